@@ -1,0 +1,12 @@
+//! gantry's gRPC contracts, generated from `proto/gantry.proto` at build time.
+//!
+//! The crate holds no logic: `gantry` implements the services and uses the
+//! clients. Keeping the contracts in their own crate lets other tools (a
+//! dashboard, the cloud hub) speak to gateways without depending on the
+//! daemon.
+#![allow(clippy::all)]
+
+/// Version 1 of the protocol: Cluster (gateway to gateway) and Admin (public).
+pub mod v1 {
+    tonic::include_proto!("gantry.v1");
+}

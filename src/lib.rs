@@ -1,0 +1,19 @@
+//! gantry: a lightweight, Raft-backed edge orchestrator. A few IoT gateways
+//! on one site form a mini-cluster that replicates its state with Raft and
+//! keeps running its containers when a gateway dies or the uplink drops.
+//!
+//! # Brief overview
+//! - [`state`]: the replicated state machine, pure (`State::apply`).
+//! - [`cluster`]: openraft on RocksDB, the gRPC transport, membership.
+//! - [`api`]: the Cluster (gateway-to-gateway) and Admin (public) services.
+//! - [`control`]: leader-only loops (liveness, scheduling).
+//! - [`gateway`]: the composition root of one daemon.
+//! - [`cli`]: the `gantry` command line.
+
+pub mod api;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod control;
+pub mod gateway;
+pub mod state;

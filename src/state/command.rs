@@ -1,0 +1,119 @@
+//! What can be proposed to the state machine, and what it answers.
+//!
+//! Commands are a serde enum stored in the Raft log for as long as the log is
+//! kept: variants and fields may be added (with defaults), never renamed or
+//! re-purposed. Every command carries its wall-clock time in `Request::at_ms`
+//! so that apply stays deterministic.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{
+    Capacity, ClusterSettings, InstanceKey, InstanceState, NodeId, NodeStatus, Source,
+};
+use super::spec::WorkloadSpec;
+
+/// The envelope in every log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Format version of `command`; bumped only on an incompatible change.
+    #[serde(default = "v1")]
+    pub v: u16,
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+fn v1() -> u16 {
+    1
+}
+
+impl Request {
+    pub fn new(at_ms: u64, command: Command) -> Self {
+        Self {
+            v: 1,
+            at_ms,
+            command,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// First entry of every cluster.
+    InitCluster {
+        cluster_id: String,
+        join_secret_sha256: String,
+        settings: ClusterSettings,
+    },
+    /// A gateway asks to join; the state machine hands out its id.
+    RegisterNode {
+        name: String,
+        address: String,
+        labels: BTreeMap<String, String>,
+        capacity: Capacity,
+        devices: BTreeSet<String>,
+    },
+    SetNodeStatus {
+        node: NodeId,
+        status: NodeStatus,
+        reason: Option<String>,
+    },
+    /// Applies a whole manifest: all workloads or none.
+    ApplyWorkloads {
+        workloads: Vec<WorkloadSpec>,
+        source: Source,
+    },
+    DeleteWorkload {
+        name: String,
+        source: Source,
+    },
+    /// One scheduler plan, committed as one write.
+    ApplyPlan {
+        plan: PlanRecord,
+    },
+    /// A gateway reports what its instances are doing.
+    ReportInstances {
+        node: NodeId,
+        reports: Vec<InstanceReport>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PlanRecord {
+    pub placements: Vec<(InstanceKey, NodeId)>,
+    pub evictions: Vec<(InstanceKey, String)>,
+    pub unplaceable: Vec<(InstanceKey, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub instance: InstanceKey,
+    pub generation: u64,
+    pub state: InstanceState,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub restarts: u32,
+    pub container_id: Option<String>,
+}
+
+/// The answer to a command. A refusal is an answer too: it is deterministic,
+/// replicated like any other, and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok,
+    NodeRegistered { node: NodeId },
+    Applied { workloads: Vec<AppliedWorkload> },
+    Deleted { name: String },
+    Rejected { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedWorkload {
+    pub name: String,
+    pub generation: u64,
+    /// `created`, `configured` or `unchanged`, as kubectl says it.
+    pub change: String,
+}

@@ -1,0 +1,555 @@
+//! The replicated state machine: the cluster's nodes, workloads, instances
+//! and events, and the one pure function that changes them.
+//!
+//! `State::apply` is deterministic: no clock, no randomness, no I/O. Time
+//! arrives inside each `Request`. Every apply records which records it
+//! touched in a `ChangeSet`, so the storage layer can persist exactly those
+//! (see `cluster::state_machine`) without knowing what they mean.
+
+pub mod command;
+pub mod model;
+pub mod quantity;
+pub mod spec;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+pub use command::{AppliedWorkload, Command, InstanceReport, PlanRecord, Request, Response};
+pub use model::*;
+use spec::{is_dns_label, WorkloadSpec};
+
+/// How many events the ring keeps; older ones fall off.
+pub const MAX_EVENTS: usize = 512;
+
+/// One persisted record of the state; the storage layer maps it to a key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StateKey {
+    Meta,
+    Node(NodeId),
+    Workload(String),
+    Instance(InstanceKey),
+    Event(u64),
+}
+
+/// The records one or more applies touched.
+pub type ChangeSet = BTreeSet<StateKey>;
+
+/// Small singletons persisted together under `StateKey::Meta`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Meta {
+    pub identity: Option<ClusterIdentity>,
+    pub settings: ClusterSettings,
+    pub next_node_id: NodeId,
+    pub next_event_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct State {
+    pub meta: Meta,
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub workloads: BTreeMap<String, Workload>,
+    /// Serialised as a list: JSON object keys must be strings.
+    #[serde(with = "instances_as_list")]
+    pub instances: BTreeMap<InstanceKey, Instance>,
+    pub events: VecDeque<Event>,
+}
+
+mod instances_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{Instance, InstanceKey};
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<InstanceKey, Instance>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<InstanceKey, Instance>, D::Error> {
+        let list = Vec::<Instance>::deserialize(d)?;
+        Ok(list.into_iter().map(|i| (i.key(), i)).collect())
+    }
+}
+
+fn rejected(reason: impl Into<String>) -> Response {
+    Response::Rejected {
+        reason: reason.into(),
+    }
+}
+
+impl State {
+    /// Applies one request. Refusals change nothing and touch nothing.
+    pub fn apply(&mut self, req: &Request, changes: &mut ChangeSet) -> Response {
+        let at = req.at_ms;
+        match &req.command {
+            Command::InitCluster {
+                cluster_id,
+                join_secret_sha256,
+                settings,
+            } => {
+                if self.meta.identity.is_some() {
+                    return rejected("the cluster is already initialised");
+                }
+                self.meta.identity = Some(ClusterIdentity {
+                    cluster_id: cluster_id.clone(),
+                    join_secret_sha256: join_secret_sha256.clone(),
+                    created_ms: at,
+                });
+                self.meta.settings = settings.clone();
+                self.meta.next_node_id = self.meta.next_node_id.max(1);
+                changes.insert(StateKey::Meta);
+                self.event(
+                    at,
+                    "cluster-created",
+                    format!("cluster {cluster_id} created"),
+                    changes,
+                );
+                Response::Ok
+            }
+            Command::RegisterNode {
+                name,
+                address,
+                labels,
+                capacity,
+                devices,
+            } => self.register_node(at, name, address, labels, *capacity, devices, changes),
+            Command::SetNodeStatus {
+                node,
+                status,
+                reason,
+            } => self.set_node_status(at, *node, *status, reason.clone(), changes),
+            Command::ApplyWorkloads { workloads, source } => {
+                self.apply_workloads(at, workloads, *source, changes)
+            }
+            Command::DeleteWorkload { name, source } => {
+                self.delete_workload(at, name, *source, changes)
+            }
+            Command::ApplyPlan { plan } => self.apply_plan(at, plan, changes),
+            Command::ReportInstances { node, reports } => {
+                self.report_instances(at, *node, reports, changes)
+            }
+        }
+    }
+
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.meta.identity.as_ref().map(|i| i.cluster_id.as_str())
+    }
+
+    pub fn node_by_name(&self, name: &str) -> Option<&Node> {
+        self.nodes
+            .values()
+            .find(|n| n.name == name && n.status != NodeStatus::Left)
+    }
+
+    pub fn instances_of<'a>(
+        &'a self,
+        workload: &'a str,
+    ) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.instances
+            .values()
+            .filter(move |i| i.workload == workload)
+    }
+
+    fn event(&mut self, at: u64, kind: &str, message: String, changes: &mut ChangeSet) {
+        let seq = self.meta.next_event_seq;
+        self.meta.next_event_seq += 1;
+        changes.insert(StateKey::Meta);
+        self.events.push_back(Event {
+            seq,
+            at_ms: at,
+            kind: kind.to_string(),
+            message,
+        });
+        changes.insert(StateKey::Event(seq));
+        while self.events.len() > MAX_EVENTS {
+            if let Some(old) = self.events.pop_front() {
+                changes.insert(StateKey::Event(old.seq));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn register_node(
+        &mut self,
+        at: u64,
+        name: &str,
+        address: &str,
+        labels: &BTreeMap<String, String>,
+        capacity: Capacity,
+        devices: &BTreeSet<String>,
+        changes: &mut ChangeSet,
+    ) -> Response {
+        if !is_dns_label(name) {
+            return rejected(format!("gateway name '{name}' is not a DNS label"));
+        }
+        if address.is_empty() {
+            return rejected("the gateway has no address");
+        }
+        if self.node_by_name(name).is_some() {
+            return rejected(format!(
+                "a gateway named '{name}' is already a member; pick another name or run `gantry leave {name}` first"
+            ));
+        }
+        let id = self.meta.next_node_id.max(1);
+        self.meta.next_node_id = id + 1;
+        changes.insert(StateKey::Meta);
+        self.nodes.insert(
+            id,
+            Node {
+                id,
+                name: name.to_string(),
+                address: address.to_string(),
+                labels: labels.clone(),
+                capacity,
+                devices: devices.clone(),
+                status: NodeStatus::Ready,
+                status_reason: None,
+                cordoned: false,
+                since_ms: at,
+                joined_ms: at,
+            },
+        );
+        changes.insert(StateKey::Node(id));
+        self.event(
+            at,
+            "node-joined",
+            format!("gateway {name} (id {id}) joined at {address}"),
+            changes,
+        );
+        Response::NodeRegistered { node: id }
+    }
+
+    fn set_node_status(
+        &mut self,
+        at: u64,
+        id: NodeId,
+        status: NodeStatus,
+        reason: Option<String>,
+        changes: &mut ChangeSet,
+    ) -> Response {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return rejected(format!("no gateway with id {id}"));
+        };
+        if node.status == NodeStatus::Left {
+            return rejected(format!("gateway {} has left the cluster", node.name));
+        }
+        if node.status == status && node.status_reason == reason {
+            return Response::Ok;
+        }
+        let before = node.status;
+        node.status = status;
+        node.status_reason = reason.clone();
+        if before != status {
+            node.since_ms = at;
+        }
+        let name = node.name.clone();
+        changes.insert(StateKey::Node(id));
+        if before != status {
+            let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
+            self.event(
+                at,
+                "node-status",
+                format!("gateway {name}: {before} -> {status}{why}"),
+                changes,
+            );
+        }
+        if status == NodeStatus::Left {
+            // A gateway that left runs nothing: its instances need a new home.
+            let keys: Vec<InstanceKey> = self
+                .instances
+                .values()
+                .filter(|i| i.node == Some(id))
+                .map(Instance::key)
+                .collect();
+            for key in keys {
+                self.unassign(
+                    at,
+                    &key,
+                    format!("gateway {name} left the cluster"),
+                    changes,
+                );
+            }
+        }
+        Response::Ok
+    }
+
+    fn apply_workloads(
+        &mut self,
+        at: u64,
+        specs: &[WorkloadSpec],
+        source: Source,
+        changes: &mut ChangeSet,
+    ) -> Response {
+        for spec in specs {
+            if let Err(e) = spec.validate() {
+                return rejected(format!("workload '{}': {}", spec.name, e.0));
+            }
+            if let Some(existing) = self.workloads.get(&spec.name) {
+                if existing.source != source {
+                    return rejected(format!(
+                        "workload '{}' is owned by the {}; a {} workload of that name is refused",
+                        spec.name, existing.source, source
+                    ));
+                }
+            }
+        }
+        let mut applied = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let (generation, change) = match self.workloads.get_mut(&spec.name) {
+                Some(existing) if existing.spec == *spec => (existing.generation, "unchanged"),
+                Some(existing) => {
+                    existing.spec = spec.clone();
+                    existing.generation += 1;
+                    existing.updated_ms = at;
+                    (existing.generation, "configured")
+                }
+                None => {
+                    self.workloads.insert(
+                        spec.name.clone(),
+                        Workload {
+                            spec: spec.clone(),
+                            source,
+                            generation: 1,
+                            created_ms: at,
+                            updated_ms: at,
+                        },
+                    );
+                    (1, "created")
+                }
+            };
+            if change != "unchanged" {
+                changes.insert(StateKey::Workload(spec.name.clone()));
+                self.sync_instances(at, &spec.name, changes);
+                self.event(
+                    at,
+                    "workload-applied",
+                    format!("workload {} {change} (generation {generation})", spec.name),
+                    changes,
+                );
+            }
+            applied.push(AppliedWorkload {
+                name: spec.name.clone(),
+                generation,
+                change: change.to_string(),
+            });
+        }
+        Response::Applied { workloads: applied }
+    }
+
+    /// Makes the instance set match the workload's replica count and
+    /// generation: missing replicas appear unplaced, surplus ones (highest
+    /// index first) disappear, and stale ones are marked for replacement.
+    fn sync_instances(&mut self, at: u64, name: &str, changes: &mut ChangeSet) {
+        let Some(workload) = self.workloads.get(name) else {
+            return;
+        };
+        let (replicas, generation) = (workload.spec.replicas, workload.generation);
+        let existing: Vec<u32> = self.instances_of(name).map(|i| i.replica).collect();
+        for replica in existing.iter().copied().filter(|r| *r >= replicas) {
+            let key = InstanceKey {
+                workload: name.to_string(),
+                replica,
+            };
+            self.instances.remove(&key);
+            changes.insert(StateKey::Instance(key));
+        }
+        for replica in 0..replicas {
+            let key = InstanceKey {
+                workload: name.to_string(),
+                replica,
+            };
+            match self.instances.get_mut(&key) {
+                Some(instance) if instance.generation != generation => {
+                    instance.generation = generation;
+                    instance.state = InstanceState::Pending;
+                    instance.exit_code = None;
+                    instance.reason = None;
+                    instance.updated_ms = at;
+                    changes.insert(StateKey::Instance(key));
+                }
+                Some(_) => {}
+                None => {
+                    self.instances.insert(
+                        key.clone(),
+                        Instance {
+                            workload: name.to_string(),
+                            replica,
+                            generation,
+                            node: None,
+                            previous_node: None,
+                            state: InstanceState::Pending,
+                            exit_code: None,
+                            reason: None,
+                            restarts: 0,
+                            container_id: None,
+                            created_ms: at,
+                            updated_ms: at,
+                        },
+                    );
+                    changes.insert(StateKey::Instance(key));
+                }
+            }
+        }
+    }
+
+    fn delete_workload(
+        &mut self,
+        at: u64,
+        name: &str,
+        source: Source,
+        changes: &mut ChangeSet,
+    ) -> Response {
+        let Some(existing) = self.workloads.get(name) else {
+            return rejected(format!("no workload named '{name}'"));
+        };
+        if existing.source != source {
+            return rejected(format!(
+                "workload '{name}' is owned by the {}; it cannot be deleted as {source}",
+                existing.source
+            ));
+        }
+        self.workloads.remove(name);
+        changes.insert(StateKey::Workload(name.to_string()));
+        let keys: Vec<InstanceKey> = self.instances_of(name).map(Instance::key).collect();
+        for key in keys {
+            self.instances.remove(&key);
+            changes.insert(StateKey::Instance(key));
+        }
+        self.event(
+            at,
+            "workload-deleted",
+            format!("workload {name} deleted"),
+            changes,
+        );
+        Response::Deleted {
+            name: name.to_string(),
+        }
+    }
+
+    fn unassign(&mut self, at: u64, key: &InstanceKey, reason: String, changes: &mut ChangeSet) {
+        if let Some(instance) = self.instances.get_mut(key) {
+            if instance.node.is_some() {
+                instance.previous_node = instance.node;
+            }
+            instance.node = None;
+            instance.state = InstanceState::Pending;
+            instance.reason = Some(reason);
+            instance.container_id = None;
+            instance.updated_ms = at;
+            changes.insert(StateKey::Instance(key.clone()));
+        }
+    }
+
+    fn apply_plan(&mut self, at: u64, plan: &PlanRecord, changes: &mut ChangeSet) -> Response {
+        for (key, reason) in &plan.evictions {
+            if self.instances.contains_key(key) {
+                self.unassign(at, key, reason.clone(), changes);
+                self.event(
+                    at,
+                    "instance-evicted",
+                    format!("instance {key} evicted: {reason}"),
+                    changes,
+                );
+            }
+        }
+        for (key, node_id) in &plan.placements {
+            let Some(node) = self.nodes.get(node_id) else {
+                continue;
+            };
+            if node.status == NodeStatus::Left {
+                continue;
+            }
+            let node_name = node.name.clone();
+            let Some(instance) = self.instances.get_mut(key) else {
+                continue;
+            };
+            let from = instance.node.or(instance.previous_node);
+            if instance.node == Some(*node_id) {
+                continue;
+            }
+            if instance.node.is_some() {
+                instance.previous_node = instance.node;
+            }
+            instance.node = Some(*node_id);
+            instance.state = InstanceState::Pending;
+            instance.exit_code = None;
+            instance.reason = None;
+            instance.container_id = None;
+            instance.updated_ms = at;
+            changes.insert(StateKey::Instance(key.clone()));
+            let message = match from.and_then(|f| self.nodes.get(&f)) {
+                Some(previous) if previous.id != *node_id => {
+                    format!(
+                        "instance {key} rescheduled from {} to {node_name}",
+                        previous.name
+                    )
+                }
+                _ => format!("instance {key} placed on {node_name}"),
+            };
+            self.event(at, "instance-placed", message, changes);
+        }
+        for (key, reason) in &plan.unplaceable {
+            if let Some(instance) = self.instances.get_mut(key) {
+                if instance.node.is_none() && instance.reason.as_deref() != Some(reason.as_str()) {
+                    instance.reason = Some(reason.clone());
+                    instance.updated_ms = at;
+                    changes.insert(StateKey::Instance(key.clone()));
+                }
+            }
+        }
+        Response::Ok
+    }
+
+    fn report_instances(
+        &mut self,
+        at: u64,
+        node: NodeId,
+        reports: &[InstanceReport],
+        changes: &mut ChangeSet,
+    ) -> Response {
+        for report in reports {
+            let Some(instance) = self.instances.get_mut(&report.instance) else {
+                continue;
+            };
+            // Reports about a replica that moved away or was replaced are stale.
+            if instance.node != Some(node) || instance.generation != report.generation {
+                continue;
+            }
+            let updated = (
+                report.state,
+                report.exit_code,
+                report.reason.clone(),
+                report.restarts,
+                report.container_id.clone(),
+            );
+            let current = (
+                instance.state,
+                instance.exit_code,
+                instance.reason.clone(),
+                instance.restarts,
+                instance.container_id.clone(),
+            );
+            if updated != current {
+                (
+                    instance.state,
+                    instance.exit_code,
+                    instance.reason,
+                    instance.restarts,
+                    instance.container_id,
+                ) = updated;
+                instance.updated_ms = at;
+                changes.insert(StateKey::Instance(report.instance.clone()));
+            }
+        }
+        Response::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+//! The records the replicated state machine holds. They are plain data,
+//! serialised with serde both in RocksDB and in snapshots, so a field added
+//! later must carry `#[serde(default)]` to read old records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::quantity::HumanDuration;
+use super::spec::WorkloadSpec;
+
+pub type NodeId = u64;
+
+/// cpu in millicores and memory in bytes, as the scheduler counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Capacity {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    Ready,
+    NotReady,
+    Draining,
+    Left,
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            NodeStatus::Ready => "Ready",
+            NodeStatus::NotReady => "NotReady",
+            NodeStatus::Draining => "Draining",
+            NodeStatus::Left => "Left",
+        };
+        f.write_str(s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub name: String,
+    /// Where other gateways and clients reach it (the Cluster and Admin port).
+    pub address: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Capacity,
+    #[serde(default)]
+    pub devices: BTreeSet<String>,
+    pub status: NodeStatus,
+    #[serde(default)]
+    pub status_reason: Option<String>,
+    #[serde(default)]
+    pub cordoned: bool,
+    /// When the status last changed (ms since the epoch, from the command).
+    pub since_ms: u64,
+    pub joined_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Cloud,
+    Local,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Cloud => "cloud",
+            Source::Local => "local",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub spec: WorkloadSpec,
+    pub source: Source,
+    /// Grows by one each time the spec changes; instances carry the
+    /// generation they run so the agent can replace stale ones.
+    pub generation: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// Where an instance is in its life, as last reported by its gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceState {
+    Pending,
+    Pulling,
+    Starting,
+    Running,
+    Exited,
+    Failed,
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One replica of a workload and the gateway it is assigned to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub workload: String,
+    pub replica: u32,
+    /// The workload generation this instance should run.
+    pub generation: u64,
+    pub node: Option<NodeId>,
+    /// The gateway it ran on before it lost its home (stickiness, describe).
+    #[serde(default)]
+    pub previous_node: Option<NodeId>,
+    pub state: InstanceState,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Why it failed, or why the scheduler could not place it.
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl Instance {
+    pub fn key(&self) -> InstanceKey {
+        InstanceKey {
+            workload: self.workload.clone(),
+            replica: self.replica,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InstanceKey {
+    pub workload: String,
+    pub replica: u32,
+}
+
+impl fmt::Display for InstanceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.workload, self.replica)
+    }
+}
+
+/// Something worth telling an operator, kept in a bounded ring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: String,
+    pub message: String,
+}
+
+/// Cluster-wide knobs every gateway must agree on, so they live in Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    pub heartbeat_interval: HumanDuration,
+    pub node_grace: HumanDuration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: HumanDuration(std::time::Duration::from_millis(300)),
+            node_grace: HumanDuration(std::time::Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Identity of the cluster, fixed by `gantry init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ClusterIdentity {
+    pub cluster_id: String,
+    /// sha256 of the join secret, hex. Only the hash is replicated.
+    pub join_secret_sha256: String,
+    pub created_ms: u64,
+}

@@ -1,0 +1,432 @@
+//! The workload manifest: what an operator (or the cloud) writes, parsed and
+//! validated before anything reaches Raft. Every error names the document and
+//! the field, and a manifest with any error is refused as a whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::quantity::{format_cpu, format_memory, parse_cpu, parse_memory, HumanDuration};
+
+/// Replicas above this are refused: a gateway site never needs more, and a
+/// typo like `replicas: 10000` should not flood the state machine.
+pub const MAX_REPLICAS: u32 = 1000;
+
+/// A manifest or spec that cannot be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+/// One workload as desired by its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub image_pull: ImagePull,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default)]
+    pub resources: ResourceRequests,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Spread>,
+    #[serde(default)]
+    pub placement: PlacementStrategy,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub priority: i32,
+    /// Root filesystem mounted read-only (the node agent honours it).
+    #[serde(default)]
+    pub read_only: bool,
+    /// At most one copy across a partition (healing issue gives it teeth).
+    #[serde(default)]
+    pub singleton: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_disconnect: Option<DisconnectPolicy>,
+    /// Rollouts replace this many instances at a time (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<HumanDuration>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImagePull {
+    #[default]
+    IfNotPresent,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Spread {
+    /// Never two replicas of the workload on one gateway.
+    Node,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacementStrategy {
+    #[default]
+    Spread,
+    Binpack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRequests {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reschedule_after: Option<HumanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after: Option<HumanDuration>,
+}
+
+/// CPU request in millicores; written `250m`, `1` or `0.5`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Cpu(pub u64);
+
+/// Memory request in bytes; written `64Mi`, `1G` or a plain byte count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Memory(pub u64);
+
+/// Accepts both YAML strings (`"250m"`) and numbers (`1`, `0.5`) and hands
+/// their text to the strict parser.
+struct QuantityText;
+
+impl<'de> Visitor<'de> for QuantityText {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a quantity such as 250m, 1, 64Mi")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Cpu {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = d.deserialize_any(QuantityText)?;
+        parse_cpu(&text).map(Cpu).map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Cpu {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_cpu(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Memory {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = d.deserialize_any(QuantityText)?;
+        parse_memory(&text).map(Memory).map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Memory {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_memory(self.0))
+    }
+}
+
+/// Parses a YAML manifest of one or many `---` documents into validated
+/// specs. Empty documents are skipped; a manifest with no workload is an
+/// error, as is any name given twice.
+pub fn parse_manifest(text: &str) -> Result<Vec<WorkloadSpec>, SpecError> {
+    let mut specs: Vec<WorkloadSpec> = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let number = index + 1;
+        let value = serde_yaml::Value::deserialize(document)
+            .map_err(|e| SpecError(format!("document {number}: malformed YAML: {e}")))?;
+        if value.is_null() {
+            continue;
+        }
+        let spec: WorkloadSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                SpecError(format!("document {number}: {inner}"))
+            } else {
+                SpecError(format!("document {number}: field `{path}`: {inner}"))
+            }
+        })?;
+        spec.validate().map_err(|e| {
+            SpecError(format!(
+                "document {number} (workload '{}'): {}",
+                spec.name, e.0
+            ))
+        })?;
+        if specs.iter().any(|s| s.name == spec.name) {
+            return Err(SpecError(format!(
+                "document {number}: field `name`: workload '{}' is defined twice in this manifest",
+                spec.name
+            )));
+        }
+        specs.push(spec);
+    }
+    if specs.is_empty() {
+        return Err(SpecError("the manifest holds no workload".into()));
+    }
+    Ok(specs)
+}
+
+/// A Kubernetes-style DNS label: what container names, log files and
+/// containerd ids can all carry safely.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+impl WorkloadSpec {
+    /// Checks what the types alone cannot; errors name the field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let fail = |field: &str, why: String| Err(SpecError(format!("field `{field}`: {why}")));
+        if !is_dns_label(&self.name) {
+            return fail(
+                "name",
+                format!(
+                    "'{}' is not a DNS label (1-63 of a-z, 0-9 and '-', starting and ending with a letter or digit)",
+                    self.name
+                ),
+            );
+        }
+        if self.image.trim().is_empty() || self.image.chars().any(char::is_whitespace) {
+            return fail(
+                "image",
+                format!("'{}' is not an image reference", self.image),
+            );
+        }
+        if self.replicas > MAX_REPLICAS {
+            return fail(
+                "replicas",
+                format!(
+                    "{} is more than the maximum of {MAX_REPLICAS}",
+                    self.replicas
+                ),
+            );
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return fail("env", format!("'{key}' is not a valid variable name"));
+            }
+        }
+        for (key, value) in &self.node_selector {
+            if key.is_empty() || key.contains(['=', ',']) || value.contains(',') {
+                return fail(
+                    "node_selector",
+                    format!("'{key}={value}' is not a valid label selector"),
+                );
+            }
+        }
+        for (i, mount) in self.mounts.iter().enumerate() {
+            if !mount.source.starts_with('/') {
+                return fail(
+                    &format!("mounts[{i}].source"),
+                    format!("'{}' must be an absolute path", mount.source),
+                );
+            }
+            if !mount.target.starts_with('/') {
+                return fail(
+                    &format!("mounts[{i}].target"),
+                    format!("'{}' must be an absolute path", mount.target),
+                );
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (i, device) in self.devices.iter().enumerate() {
+            if !device.starts_with("/dev/") {
+                return fail(
+                    &format!("devices[{i}]"),
+                    format!("'{device}' must be a path under /dev/"),
+                );
+            }
+            if !seen.insert(device) {
+                return fail(
+                    &format!("devices[{i}]"),
+                    format!("'{device}' is listed twice"),
+                );
+            }
+        }
+        for (i, port) in self.ports.iter().enumerate() {
+            if port.port == 0 {
+                return fail(
+                    &format!("ports[{i}].port"),
+                    "must be between 1 and 65535".into(),
+                );
+            }
+        }
+        if self.max_unavailable == Some(0) {
+            return fail("max_unavailable", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn cpu_millis(&self) -> u64 {
+        self.resources.cpu.map(|c| c.0).unwrap_or(0)
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.resources.memory.map(|m| m.0).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match parse_manifest(text) {
+            Ok(specs) => panic!("expected an error, got {specs:?}"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn minimal_and_defaults() {
+        let specs = parse_manifest("name: web\nimage: 127.0.0.1:5000/web:1\n").unwrap();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].replicas, 1);
+        assert_eq!(specs[0].image_pull, ImagePull::IfNotPresent);
+        assert_eq!(specs[0].restart, RestartPolicy::Always);
+    }
+
+    #[test]
+    fn full_spec_and_many_documents() {
+        let text = r#"
+name: sensor
+image: 127.0.0.1:5000/sensor:2
+image_pull: always
+command: ["/bin/sh", "-c"]
+args: ["sleep 1000"]
+env: {MODE: fast}
+replicas: 2
+resources: {cpu: 250m, memory: 64Mi}
+node_selector: {zigbee: "true"}
+spread: node
+placement: binpack
+restart: on-failure
+mounts: [{source: /var/data, target: /data, read_only: true}]
+devices: [/dev/ttyUSB0]
+ports: [{port: 8080, protocol: udp}]
+priority: 10
+singleton: true
+on_disconnect: {reschedule_after: 30s, stop_after: 5m}
+max_unavailable: 1
+progress_deadline: 2m
+---
+---
+name: other
+image: busybox
+resources: {cpu: 1, memory: 1048576}
+"#;
+        let specs = parse_manifest(text).unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].cpu_millis(), 250);
+        assert_eq!(specs[0].memory_bytes(), 64 << 20);
+        assert_eq!(specs[1].cpu_millis(), 1000);
+        assert_eq!(specs[1].memory_bytes(), 1 << 20);
+        // what we store reads back as itself
+        let json = serde_json::to_string(&specs[0]).unwrap();
+        let back: WorkloadSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, specs[0]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err("name: web\nimage: x\nfoo: 1\n").contains("unknown field `foo`"));
+        assert!(err("name: web\nimage: x\nresources: {memory: 12Q}\n").contains("resources.memory"));
+        assert!(err("name: web\nimage: x\nresources: {cpu: -1}\n").contains("resources.cpu"));
+        assert!(err("name: Web_1\nimage: x\n").contains("field `name`"));
+        assert!(err("name: web\nimage: x\nrestart: sometimes\n").contains("restart"));
+        assert!(err("name: web\nimage: x\nreplicas: 5000\n").contains("replicas"));
+        assert!(err("name: web\nimage: x\n---\nname: web\nimage: y\n").contains("defined twice"));
+        assert!(err("name: web\nimage: [x\n").contains("malformed YAML"));
+        assert!(err("image: x\n").contains("name"));
+        assert!(err("").contains("no workload"));
+        assert!(err("name: web\nimage: x\ndevices: [ttyUSB0]\n").contains("devices[0]"));
+    }
+}
