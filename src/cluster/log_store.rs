@@ -1,0 +1,230 @@
+//! The Raft log and vote in RocksDB.
+//!
+//! Durability rule (openraft's contract, and ours to gateways that lose
+//! power): the vote is fsynced before `save_vote` returns, and appended
+//! entries are fsynced before the flush callback fires. Nothing a leader
+//! counts towards a quorum is only in a page cache.
+
+// openraft fixes the storage error type (`StorageError`, ~224 bytes);
+// boxing it is not ours to choose.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::store::{cf, index_key, key_index, CF_LOGS, CF_META};
+use super::{NodeId, StorageResult, TypeConfig};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+}
+
+fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>) -> Self {
+        Self { db }
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
+        let bytes = self
+            .db
+            .get_cf(cf(&self.db, CF_META), key)
+            .map_err(|e| StorageIOError::read(&e))?;
+        bytes
+            .map(|b| serde_json::from_slice(&b).map_err(|e| StorageIOError::read(&e).into()))
+            .transpose()
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T, sync: bool) -> StorageResult<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e))?;
+        let opts = if sync {
+            synced()
+        } else {
+            WriteOptions::default()
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_META), key, bytes);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    fn last_entry(&self) -> StorageResult<Option<Entry<TypeConfig>>> {
+        let mut iter = self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::End);
+        match iter.next() {
+            None => Ok(None),
+            Some(Err(e)) => Err(StorageIOError::read_logs(&e).into()),
+            Some(Ok((_, value))) => serde_json::from_slice(&value)
+                .map(Some)
+                .map_err(|e| StorageIOError::read_logs(&e).into()),
+        }
+    }
+
+    /// Runs a blocking RocksDB write off the async workers.
+    async fn blocking<F>(&self, f: F) -> StorageResult<()>
+    where
+        F: FnOnce(&DB) -> Result<(), rocksdb::Error> + Send + 'static,
+    {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || f(&db)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageIOError::write_logs(&e).into()),
+            Err(e) => Err(StorageIOError::write_logs(&e).into()),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let key = index_key(start);
+        let iter = self.db.iterator_cf(
+            cf(&self.db, CF_LOGS),
+            IteratorMode::From(&key, Direction::Forward),
+        );
+        let mut entries = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            let Some(index) = key_index(&key) else {
+                continue;
+            };
+            if !range.contains(&index) {
+                break;
+            }
+            let entry: Entry<TypeConfig> =
+                serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?;
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta(KEY_LAST_PURGED)?;
+        let last_log_id = match self.last_entry()? {
+            Some(entry) => Some(entry.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        self.blocking(move |db| {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(db, CF_META), KEY_VOTE, bytes);
+            db.write_opt(batch, &synced())
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        // Not synced: losing it only means re-applying from the last applied id.
+        self.put_meta(KEY_COMMITTED, &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self
+            .get_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            encoded.push((entry.log_id.index, bytes));
+        }
+        let result = self
+            .blocking(move |db| {
+                let logs = cf(db, CF_LOGS);
+                let mut batch = WriteBatch::default();
+                for (index, bytes) in encoded {
+                    batch.put_cf(logs, index_key(index), bytes);
+                }
+                db.write_opt(batch, &synced())
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let from = log_id.index;
+        self.blocking(move |db| {
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(cf(db, CF_LOGS), index_key(from), index_key(u64::MAX));
+            db.write_opt(batch, &synced())
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        // Record the purge point first: a crash in between leaves entries
+        // that are merely redundant, never a hole the state cannot explain.
+        self.put_meta(KEY_LAST_PURGED, &log_id, true)?;
+        let upto = log_id.index;
+        self.blocking(move |db| {
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(
+                cf(db, CF_LOGS),
+                index_key(0),
+                index_key(upto.saturating_add(1)),
+            );
+            db.write(batch)
+        })
+        .await
+    }
+}

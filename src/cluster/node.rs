@@ -1,0 +1,386 @@
+//! `Cluster`: one gateway's Raft member and the only door to it. It starts
+//! openraft over our storage and transport, routes every write to the
+//! leader (forwarding when this gateway is a follower) and answers the
+//! questions the API asks (who leads, am I current, who votes).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gantry_proto::v1::RaftMessage;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, RaftMetrics, SnapshotPolicy};
+use rocksdb::DB;
+use serde::{Deserialize, Serialize};
+
+use super::log_store::LogStore;
+use super::network::{Network, PeerChannels};
+use super::state_machine::{StateMachineStore, StateReader};
+use super::{NodeId, Raft};
+use crate::state::{Command, Request, Response};
+
+/// Raft timing and log retention. Defaults suit loopback and site LANs:
+/// a leader loss is detected in 1-2 s; logs are compacted every 500 entries.
+#[derive(Debug, Clone)]
+pub struct RaftTimers {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    pub snapshot_after_logs: u64,
+    pub keep_logs: u64,
+}
+
+impl Default for RaftTimers {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 200,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+            snapshot_after_logs: 500,
+            keep_logs: 100,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no leader is known: the cluster may have lost its quorum ({0})")]
+    NoLeader(String),
+    #[error("not committed within {0:?}: the cluster may have lost its quorum; the change may still be applied once it recovers")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot reach the leader at {addr}: {message}")]
+    Unreachable { addr: String, message: String },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot start the Raft member: {0}")]
+    Start(String),
+}
+
+/// Operations only the leader may carry out; followers forward them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderOp {
+    Write(Request),
+    Join(JoinArgs),
+    AddMember { token: String, node: NodeId },
+    Leave { name: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinArgs {
+    pub token: String,
+    pub name: String,
+    pub address: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub capacity: crate::state::Capacity,
+    pub devices: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderReply {
+    Write(Response),
+    Joined { cluster_id: String, node: NodeId },
+    Member { role: String },
+    Left { name: String },
+}
+
+/// Why the leader did not carry out an operation, as sent back over the wire.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum LeaderFailure {
+    #[error("not the leader")]
+    NotLeader,
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: NodeId,
+    pub(crate) cluster_id: String,
+    pub(crate) raft: Raft,
+    pub(crate) state: StateReader,
+    pub(crate) peers: PeerChannels,
+    leader_contact: Mutex<Option<Instant>>,
+    pub(crate) write_timeout: Duration,
+    /// Membership changes are serialised: openraft refuses overlapping ones.
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+pub struct Cluster {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Cluster {
+    pub async fn start(
+        id: NodeId,
+        cluster_id: &str,
+        db: Arc<DB>,
+        timers: &RaftTimers,
+    ) -> Result<Self, ClusterError> {
+        let config = openraft::Config {
+            cluster_name: cluster_id.to_string(),
+            heartbeat_interval: timers.heartbeat_ms,
+            election_timeout_min: timers.election_min_ms,
+            election_timeout_max: timers.election_max_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(timers.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: timers.keep_logs,
+            purge_batch_size: 64,
+            snapshot_max_chunk_size: 256 << 10,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let log = LogStore::new(db.clone());
+        let sm = StateMachineStore::open(db).map_err(ClusterError::Start)?;
+        let state = sm.reader();
+        let peers = PeerChannels::default();
+        let network = Network {
+            cluster_id: cluster_id.to_string(),
+            peers: peers.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(config), network, log, sm)
+            .await
+            .map_err(|e| ClusterError::Start(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                id,
+                cluster_id: cluster_id.to_string(),
+                raft,
+                state,
+                peers,
+                leader_contact: Mutex::new(None),
+                write_timeout: Duration::from_secs(10),
+                membership_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Makes this gateway the single voter of a new cluster.
+    pub async fn bootstrap(&self, address: &str) -> Result<(), ClusterError> {
+        let members = std::collections::BTreeMap::from([(self.inner.id, BasicNode::new(address))]);
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(ClusterError::Raft(e.to_string())),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.inner.cluster_id
+    }
+
+    pub fn state(&self) -> &StateReader {
+        &self.inner.state
+    }
+
+    pub fn peers(&self) -> &PeerChannels {
+        &self.inner.peers
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    pub fn metrics_watch(&self) -> tokio::sync::watch::Receiver<RaftMetrics<NodeId, BasicNode>> {
+        self.inner.raft.metrics()
+    }
+
+    /// The leader's id and Raft address, as this gateway believes.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.metrics();
+        let leader = metrics.current_leader?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
+        Some((leader, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.metrics().current_leader == Some(self.inner.id)
+    }
+
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        self.metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    pub fn learners(&self) -> BTreeSet<NodeId> {
+        self.metrics()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .collect()
+    }
+
+    /// Called by the transport whenever the leader replicates to us.
+    pub fn note_leader_contact(&self) {
+        *self
+            .inner
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether this gateway believes its replica is current: it leads, or it
+    /// heard from a leader within a couple of election timeouts. The second
+    /// value is the age of that contact.
+    pub fn believes_current(&self) -> (bool, Option<u64>) {
+        if self.is_leader() {
+            return (true, Some(0));
+        }
+        let contact = *self
+            .inner
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let age = contact.map(|at| at.elapsed().as_millis() as u64);
+        let fresh = age.is_some_and(|ms| ms < 3_000) && self.metrics().current_leader.is_some();
+        (fresh, age)
+    }
+
+    /// Proposes a state-machine command wherever the leader is.
+    pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
+        match self
+            .on_leader(LeaderOp::Write(Request::new(now_ms(), command)))
+            .await?
+        {
+            LeaderReply::Write(response) => Ok(response),
+            other => Err(ClusterError::Raft(format!(
+                "unexpected leader reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Runs `op` on the leader: here when we lead, else forwarded. Retries
+    /// while leadership moves, within the write timeout.
+    pub async fn on_leader(&self, op: LeaderOp) -> Result<LeaderReply, ClusterError> {
+        let deadline = Instant::now() + self.inner.write_timeout;
+        let mut last_error = String::from("no leader elected yet");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(match self.leader() {
+                    None => ClusterError::NoLeader(last_error),
+                    Some(_) => ClusterError::Timeout(self.inner.write_timeout),
+                });
+            }
+            let Some((leader, addr)) = self.leader() else {
+                let wait = self
+                    .inner
+                    .raft
+                    .wait(Some(remaining.min(Duration::from_millis(500))));
+                let _ = wait
+                    .metrics(|m| m.current_leader.is_some(), "a leader")
+                    .await;
+                continue;
+            };
+            let outcome = if leader == self.inner.id {
+                match tokio::time::timeout(remaining, self.execute_as_leader(op.clone())).await {
+                    Ok(result) => result,
+                    Err(_) => Err(LeaderFailure::Timeout(
+                        self.inner.write_timeout.as_millis() as u64
+                    )),
+                }
+            } else {
+                match tokio::time::timeout(remaining, self.forward(&addr, &op)).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(message)) => {
+                        last_error = format!("leader {leader} at {addr}: {message}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Err(_) => Err(LeaderFailure::Timeout(
+                        self.inner.write_timeout.as_millis() as u64
+                    )),
+                }
+            };
+            match outcome {
+                Ok(reply) => return Ok(reply),
+                Err(LeaderFailure::NotLeader) => {
+                    last_error = "leadership moved".into();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(LeaderFailure::Refused(reason)) => return Err(ClusterError::Refused(reason)),
+                Err(LeaderFailure::Failed(reason)) => return Err(ClusterError::Raft(reason)),
+                Err(LeaderFailure::Timeout(_)) => {
+                    return Err(ClusterError::Timeout(self.inner.write_timeout))
+                }
+            }
+        }
+    }
+
+    /// Sends `op` to the leader's Forward RPC. The outer error is a
+    /// transport problem worth retrying; the inner one is the leader's answer.
+    async fn forward(
+        &self,
+        addr: &str,
+        op: &LeaderOp,
+    ) -> Result<Result<LeaderReply, LeaderFailure>, String> {
+        let payload = serde_json::to_vec(op).map_err(|e| e.to_string())?;
+        let mut client = self.inner.peers.client(addr)?;
+        let message = RaftMessage {
+            cluster_id: self.inner.cluster_id.clone(),
+            payload,
+        };
+        let reply = client
+            .forward(message)
+            .await
+            .map_err(|status| status.message().to_string())?;
+        serde_json::from_slice(&reply.into_inner().payload)
+            .map_err(|e| format!("undecodable reply: {e}"))
+    }
+
+    /// Carries out `op` here, refusing with `NotLeader` when we do not lead.
+    pub async fn execute_as_leader(&self, op: LeaderOp) -> Result<LeaderReply, LeaderFailure> {
+        match op {
+            LeaderOp::Write(request) => self.propose(request).await.map(LeaderReply::Write),
+            LeaderOp::Join(args) => self.join_as_leader(args).await,
+            LeaderOp::AddMember { token, node } => self.add_member_as_leader(&token, node).await,
+            LeaderOp::Leave { name } => self.leave_as_leader(&name).await,
+        }
+    }
+
+    pub(crate) async fn propose(&self, request: Request) -> Result<Response, LeaderFailure> {
+        match self.inner.raft.client_write(request).await {
+            Ok(written) => Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(LeaderFailure::NotLeader)
+            }
+            Err(e) => Err(LeaderFailure::Failed(e.to_string())),
+        }
+    }
+
+    /// Stops Raft; used on shutdown so RocksDB closes cleanly.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}

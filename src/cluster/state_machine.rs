@@ -1,0 +1,373 @@
+//! The state machine's storage: the pure `state::State` in memory, every
+//! record it touches persisted to RocksDB in the same synced batch as the
+//! last-applied log id, and snapshots built from and installed into it.
+//!
+//! Because records and `last_applied` are written together, a restart
+//! resumes from exactly what was applied; openraft then re-applies only the
+//! committed entries after it.
+
+// openraft fixes the storage error type (`StorageError`, ~224 bytes);
+// boxing it is not ours to choose.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+    StoredMembership,
+};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::store::{cf, CF_SM, CF_SM_META};
+use super::{NodeId, StorageResult, TypeConfig};
+use crate::state::{ChangeSet, Response, State, StateKey};
+
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+/// Everything the state machine holds, in memory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub state: State,
+    pub last_applied: Option<LogId<NodeId>>,
+    pub last_membership: Membership,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+/// Read access to the applied state for the API and the control loops.
+#[derive(Clone)]
+pub struct StateReader {
+    inner: Arc<RwLock<Applied>>,
+    applied_rx: watch::Receiver<u64>,
+}
+
+impl StateReader {
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fires each time entries were applied (carries the last applied index).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied_rx.clone()
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    inner: Arc<RwLock<Applied>>,
+    applied_tx: Arc<watch::Sender<u64>>,
+    applied_rx: watch::Receiver<u64>,
+}
+
+fn record_key(key: &StateKey) -> Vec<u8> {
+    match key {
+        StateKey::Meta => b"meta".to_vec(),
+        StateKey::Node(id) => format!("node/{id:020}").into_bytes(),
+        StateKey::Workload(name) => format!("workload/{name}").into_bytes(),
+        StateKey::Instance(k) => format!("instance/{}/{:010}", k.workload, k.replica).into_bytes(),
+        StateKey::Event(seq) => format!("event/{seq:020}").into_bytes(),
+    }
+}
+
+/// The current value of a record, or None when it was removed.
+fn record_value(state: &State, key: &StateKey) -> Result<Option<Vec<u8>>, serde_json::Error> {
+    match key {
+        StateKey::Meta => serde_json::to_vec(&state.meta).map(Some),
+        StateKey::Node(id) => state.nodes.get(id).map(serde_json::to_vec).transpose(),
+        StateKey::Workload(name) => state
+            .workloads
+            .get(name)
+            .map(serde_json::to_vec)
+            .transpose(),
+        StateKey::Instance(k) => state.instances.get(k).map(serde_json::to_vec).transpose(),
+        StateKey::Event(seq) => state
+            .events
+            .iter()
+            .find(|e| e.seq == *seq)
+            .map(serde_json::to_vec)
+            .transpose(),
+    }
+}
+
+fn all_keys(state: &State) -> ChangeSet {
+    let mut keys = ChangeSet::new();
+    keys.insert(StateKey::Meta);
+    keys.extend(state.nodes.keys().map(|id| StateKey::Node(*id)));
+    keys.extend(
+        state
+            .workloads
+            .keys()
+            .map(|n| StateKey::Workload(n.clone())),
+    );
+    keys.extend(
+        state
+            .instances
+            .keys()
+            .map(|k| StateKey::Instance(k.clone())),
+    );
+    keys.extend(state.events.iter().map(|e| StateKey::Event(e.seq)));
+    keys
+}
+
+fn load_record(state: &mut State, key: &[u8], value: &[u8]) -> Result<(), serde_json::Error> {
+    if key == b"meta" {
+        state.meta = serde_json::from_slice(value)?;
+    } else if key.starts_with(b"node/") {
+        let node: crate::state::Node = serde_json::from_slice(value)?;
+        state.nodes.insert(node.id, node);
+    } else if key.starts_with(b"workload/") {
+        let workload: crate::state::Workload = serde_json::from_slice(value)?;
+        state.workloads.insert(workload.spec.name.clone(), workload);
+    } else if key.starts_with(b"instance/") {
+        let instance: crate::state::Instance = serde_json::from_slice(value)?;
+        state.instances.insert(instance.key(), instance);
+    } else if key.starts_with(b"event/") {
+        // Keys sort by sequence, so events arrive oldest first.
+        state.events.push_back(serde_json::from_slice(value)?);
+    }
+    Ok(())
+}
+
+impl StateMachineStore {
+    /// Loads the state machine persisted in `db`.
+    pub fn open(db: Arc<DB>) -> Result<Self, String> {
+        let mut applied = Applied::default();
+        for item in db.iterator_cf(cf(&db, CF_SM), IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| e.to_string())?;
+            load_record(&mut applied.state, &key, &value).map_err(|e| {
+                format!(
+                    "corrupted state record {}: {e}",
+                    String::from_utf8_lossy(&key)
+                )
+            })?;
+        }
+        let meta = cf(&db, CF_SM_META);
+        if let Some(bytes) = db.get_cf(meta, KEY_APPLIED).map_err(|e| e.to_string())? {
+            applied.last_applied =
+                serde_json::from_slice(&bytes).map_err(|e| format!("corrupted applied id: {e}"))?;
+        }
+        if let Some(bytes) = db.get_cf(meta, KEY_MEMBERSHIP).map_err(|e| e.to_string())? {
+            applied.last_membership =
+                serde_json::from_slice(&bytes).map_err(|e| format!("corrupted membership: {e}"))?;
+        }
+        let index = applied.last_applied.map(|l| l.index).unwrap_or(0);
+        let (applied_tx, applied_rx) = watch::channel(index);
+        Ok(Self {
+            db,
+            inner: Arc::new(RwLock::new(applied)),
+            applied_tx: Arc::new(applied_tx),
+            applied_rx,
+        })
+    }
+
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            inner: self.inner.clone(),
+            applied_rx: self.applied_rx.clone(),
+        }
+    }
+
+    fn write_guard(&self) -> RwLockWriteGuard<'_, Applied> {
+        self.inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Puts `keys` (as they are now in `applied.state`) and the applied
+    /// markers into `batch`.
+    fn stage(
+        db: &DB,
+        applied: &Applied,
+        keys: &ChangeSet,
+        batch: &mut WriteBatch,
+    ) -> StorageResult<()> {
+        let sm = cf(db, CF_SM);
+        for key in keys {
+            match record_value(&applied.state, key)
+                .map_err(|e| StorageIOError::write_state_machine(&e))?
+            {
+                Some(value) => batch.put_cf(sm, record_key(key), value),
+                None => batch.delete_cf(sm, record_key(key)),
+            }
+        }
+        let meta = cf(db, CF_SM_META);
+        let last = serde_json::to_vec(&applied.last_applied)
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let membership = serde_json::to_vec(&applied.last_membership)
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        batch.put_cf(meta, KEY_APPLIED, last);
+        batch.put_cf(meta, KEY_MEMBERSHIP, membership);
+        Ok(())
+    }
+
+    async fn write_synced(&self, batch: WriteBatch) -> StorageResult<()> {
+        let db = self.db.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.write_opt(batch, &opts)
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageIOError::write_state_machine(&e).into()),
+            Err(e) => Err(StorageIOError::write_state_machine(&e).into()),
+        }
+    }
+
+    fn notify(&self, index: Option<LogId<NodeId>>) {
+        let index = index.map(|l| l.index).unwrap_or(0);
+        self.applied_tx.send_replace(index);
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let (data, last_applied, last_membership) = {
+            let applied = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            let data = serde_json::to_vec(&*applied)
+                .map_err(|e| StorageIOError::read_state_machine(&e))?;
+            (data, applied.last_applied, applied.last_membership.clone())
+        };
+        let snapshot_id = match last_applied {
+            Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, data.len()),
+            None => format!("empty-{}", data.len()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
+        let bytes = serde_json::to_vec(&stored)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_SM_META), KEY_SNAPSHOT, bytes);
+        self.write_synced(batch).await?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, Membership)> {
+        let applied = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        Ok((applied.last_applied, applied.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        let mut batch = WriteBatch::default();
+        let last_applied = {
+            let mut guard = self.write_guard();
+            let applied = &mut *guard;
+            let mut changes = ChangeSet::new();
+            for entry in entries {
+                applied.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => Response::Ok,
+                    EntryPayload::Normal(request) => applied.state.apply(&request, &mut changes),
+                    EntryPayload::Membership(membership) => {
+                        applied.last_membership =
+                            StoredMembership::new(Some(entry.log_id), membership);
+                        Response::Ok
+                    }
+                };
+                responses.push(response);
+            }
+            Self::stage(&self.db, applied, &changes, &mut batch)?;
+            applied.last_applied
+        };
+        self.write_synced(batch).await?;
+        self.notify(last_applied);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let incoming: Applied = serde_json::from_slice(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let stored = serde_json::to_vec(&stored)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let mut batch = WriteBatch::default();
+        // Replace every record: the snapshot is the whole truth.
+        batch.delete_range_cf(
+            cf(&self.db, CF_SM),
+            b"".as_slice(),
+            b"\xff\xff\xff\xff".as_slice(),
+        );
+        let last_applied = {
+            let mut guard = self.write_guard();
+            *guard = Applied {
+                state: incoming.state,
+                last_applied: meta.last_log_id,
+                last_membership: meta.last_membership.clone(),
+            };
+            let keys = all_keys(&guard.state);
+            Self::stage(&self.db, &guard, &keys, &mut batch)?;
+            guard.last_applied
+        };
+        batch.put_cf(cf(&self.db, CF_SM_META), KEY_SNAPSHOT, stored);
+        self.write_synced(batch).await?;
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        self.notify(last_applied);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let bytes = self
+            .db
+            .get_cf(cf(&self.db, CF_SM_META), KEY_SNAPSHOT)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let Some(bytes) = bytes else { return Ok(None) };
+        let stored: StoredSnapshot =
+            serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
