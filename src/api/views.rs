@@ -1,0 +1,192 @@
+//! The JSON documents the Admin API returns and `-o json` prints. These
+//! field names are a public contract (scripts parse them): add fields
+//! freely, never rename or remove one.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::cluster::Cluster;
+use crate::state::quantity::{format_cpu, format_memory};
+use crate::state::{Instance, Node, NodeId, State, Workload};
+
+/// RFC 3339 in UTC, from milliseconds since the epoch.
+pub fn timestamp(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn role(id: NodeId, voters: &BTreeSet<NodeId>, learners: &BTreeSet<NodeId>) -> &'static str {
+    if voters.contains(&id) {
+        "voter"
+    } else if learners.contains(&id) {
+        "learner"
+    } else {
+        "none"
+    }
+}
+
+pub fn node(node: &Node, voters: &BTreeSet<NodeId>, learners: &BTreeSet<NodeId>) -> Value {
+    json!({
+        "name": node.name,
+        "id": node.id,
+        "address": node.address,
+        "role": role(node.id, voters, learners),
+        "status": node.status.to_string(),
+        "status_reason": node.status_reason,
+        "cordoned": node.cordoned,
+        "labels": node.labels,
+        "capacity": {
+            "cpu_millis": node.capacity.cpu_millis,
+            "memory_bytes": node.capacity.memory_bytes,
+            "cpu": format_cpu(node.capacity.cpu_millis),
+            "memory": format_memory(node.capacity.memory_bytes),
+        },
+        "devices": node.devices,
+        "since": timestamp(node.since_ms),
+        "since_ms": node.since_ms,
+        "joined": timestamp(node.joined_ms),
+    })
+}
+
+pub fn workload(state: &State, workload: &Workload) -> Value {
+    let instances: Vec<&Instance> = state.instances_of(&workload.spec.name).collect();
+    let running = instances
+        .iter()
+        .filter(|i| i.state == crate::state::InstanceState::Running)
+        .count();
+    let placed = instances.iter().filter(|i| i.node.is_some()).count();
+    json!({
+        "name": workload.spec.name,
+        "image": workload.spec.image,
+        "replicas": workload.spec.replicas,
+        "placed": placed,
+        "running": running,
+        "generation": workload.generation,
+        "source": workload.source.to_string(),
+        "created": timestamp(workload.created_ms),
+        "updated": timestamp(workload.updated_ms),
+        "spec": workload.spec,
+    })
+}
+
+pub fn instance(state: &State, instance: &Instance) -> Value {
+    let node_name = |id: Option<NodeId>| {
+        id.and_then(|id| state.nodes.get(&id))
+            .map(|n| n.name.clone())
+    };
+    json!({
+        "workload": instance.workload,
+        "replica": instance.replica,
+        "node": node_name(instance.node),
+        "node_id": instance.node,
+        "previous_node": node_name(instance.previous_node),
+        "generation": instance.generation,
+        "state": instance.state.to_string(),
+        "exit_code": instance.exit_code,
+        "reason": instance.reason,
+        "restarts": instance.restarts,
+        "container_id": instance.container_id,
+        "created": timestamp(instance.created_ms),
+        "created_ms": instance.created_ms,
+        "updated": timestamp(instance.updated_ms),
+    })
+}
+
+pub fn nodes(cluster: &Cluster) -> Value {
+    let (voters, learners) = (cluster.voters(), cluster.learners());
+    let applied = cluster.state().read();
+    Value::Array(
+        applied
+            .state
+            .nodes
+            .values()
+            .map(|n| node(n, &voters, &learners))
+            .collect(),
+    )
+}
+
+pub fn workloads(cluster: &Cluster) -> Value {
+    let applied = cluster.state().read();
+    Value::Array(
+        applied
+            .state
+            .workloads
+            .values()
+            .map(|w| workload(&applied.state, w))
+            .collect(),
+    )
+}
+
+pub fn instances(cluster: &Cluster) -> Value {
+    let applied = cluster.state().read();
+    Value::Array(
+        applied
+            .state
+            .instances
+            .values()
+            .map(|i| instance(&applied.state, i))
+            .collect(),
+    )
+}
+
+pub fn events(state: &State, filter: Option<&str>) -> Value {
+    Value::Array(
+        state
+            .events
+            .iter()
+            .filter(|e| filter.is_none_or(|f| e.message.contains(f)))
+            .map(|e| json!({"seq": e.seq, "at": timestamp(e.at_ms), "kind": e.kind, "message": e.message}))
+            .collect(),
+    )
+}
+
+/// `gantry describe workload NAME`: the spec, its instances and why any
+/// of them has no home.
+pub fn describe_workload(cluster: &Cluster, name: &str) -> Option<Value> {
+    let applied = cluster.state().read();
+    let state = &applied.state;
+    let w = state.workloads.get(name)?;
+    let needle = format!("{name}/");
+    let mut related: Vec<Value> = Vec::new();
+    if let Value::Array(all) = events(state, None) {
+        related = all
+            .into_iter()
+            .filter(|e| {
+                let message = e["message"].as_str().unwrap_or("");
+                message.contains(&needle) || message.contains(&format!("workload {name} "))
+            })
+            .collect();
+    }
+    Some(json!({
+        "workload": workload(state, w),
+        "instances": state.instances_of(name).map(|i| instance(state, i)).collect::<Vec<_>>(),
+        "events": related,
+    }))
+}
+
+/// `gantry status`: the cluster as this gateway sees it.
+pub fn status(cluster: &Cluster) -> Value {
+    let metrics = cluster.metrics();
+    let (current, contact_age) = cluster.believes_current();
+    let (voters, learners) = (cluster.voters(), cluster.learners());
+    let applied = cluster.state().read();
+    let state = &applied.state;
+    let name_of = |id: NodeId| state.nodes.get(&id).map(|n| n.name.clone());
+    json!({
+        "cluster": cluster.cluster_id(),
+        "gateway": name_of(cluster.id()),
+        "gateway_id": cluster.id(),
+        "leader": metrics.current_leader.and_then(name_of),
+        "leader_id": metrics.current_leader,
+        "term": metrics.current_term,
+        "current": current,
+        "last_leader_contact_ms": contact_age,
+        "applied_index": applied.last_applied.map(|l| l.index),
+        "voters": voters.len(),
+        "learners": learners.len(),
+        "settings": state.meta.settings,
+        "nodes": state.nodes.values().map(|n| node(n, &voters, &learners)).collect::<Vec<_>>(),
+        "workloads": state.workloads.values().map(|w| workload(state, w)).collect::<Vec<_>>(),
+    })
+}

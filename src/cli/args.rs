@@ -1,0 +1,254 @@
+//! Flags and verbs as the user types them (clap derive). Values are checked
+//! here only as far as their syntax; meaning is checked where it is used.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::CapacityOverride;
+use crate::state::quantity::{parse_cpu, parse_memory, HumanDuration};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gantry",
+    version,
+    about = "A lightweight, Raft-backed edge orchestrator for small gateways"
+)]
+pub struct Cli {
+    /// Gateway whose Admin API the client verbs talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_SERVER",
+        default_value = "127.0.0.1:7400"
+    )]
+    pub server: String,
+    /// Output of the client verbs.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Log format of the daemon verbs.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Create a new cluster with this gateway as its first member (runs in the foreground).
+    Init(InitArgs),
+    /// Join an existing cluster through one of its gateways (runs in the foreground).
+    Join(JoinArgs),
+    /// Restart a gateway from its data dir (runs in the foreground).
+    Run(RunArgs),
+    /// The cluster at a glance: leader, gateways, workloads.
+    Status,
+    /// List gateways, workloads or instances.
+    Get {
+        #[command(subcommand)]
+        what: GetWhat,
+    },
+    /// Show one object in detail, with the scheduler's reasons and events.
+    Describe {
+        #[command(subcommand)]
+        what: DescribeWhat,
+    },
+    /// Create or update the workloads of a YAML manifest (one or many `---` documents).
+    Apply {
+        /// The manifest; `-` reads standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Delete a workload.
+    Delete {
+        #[command(subcommand)]
+        what: DeleteWhat,
+    },
+    /// Remove a gateway from the cluster.
+    Leave {
+        /// The gateway's name.
+        name: String,
+    },
+}
+
+impl Verb {
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Verb::Init(_) | Verb::Join(_) | Verb::Run(_))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetWhat {
+    Nodes,
+    Workloads,
+    Instances,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DescribeWhat {
+    Workload { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeleteWhat {
+    Workload { name: String },
+}
+
+/// Flags shared by `init` and `join`.
+#[derive(Debug, Args)]
+pub struct MemberArgs {
+    /// Where this gateway keeps its state; must not hold a gateway yet.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Unique name of this gateway in the cluster (a DNS label).
+    #[arg(long)]
+    pub name: String,
+    /// Address to serve the Cluster and Admin APIs on (port 0 picks a free port).
+    #[arg(long)]
+    pub listen: String,
+    /// Address others reach this gateway at (default: the bound listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Labels for placement, like `zigbee=true,room=cellar`.
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    pub labels: BTreeMap<String, String>,
+    /// Override discovered resources, like `cpu=2000m,memory=1Gi` (either part alone is fine).
+    #[arg(long, value_parser = parse_capacity)]
+    pub capacity: Option<CapacityOverride>,
+    /// Host devices workloads may require, like `/dev/ttyUSB0,/dev/ttyACM0`.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// containerd socket the node agent uses.
+    #[arg(long, default_value = crate::config::DEFAULT_CONTAINERD_SOCKET)]
+    pub containerd_socket: String,
+    /// containerd namespace of this gateway's containers.
+    #[arg(long, default_value = crate::config::DEFAULT_CONTAINERD_NAMESPACE)]
+    pub containerd_namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub member: MemberArgs,
+    /// How often gateways heartbeat the leader (cluster-wide).
+    #[arg(long, default_value = "300ms")]
+    pub heartbeat_interval: HumanDuration,
+    /// Silence after which a gateway is NotReady (cluster-wide).
+    #[arg(long, default_value = "1s")]
+    pub node_grace: HumanDuration,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    #[command(flatten)]
+    pub member: MemberArgs,
+    /// Any gateway of the cluster.
+    #[arg(long)]
+    pub peer: String,
+    /// The join token (DATA_DIR/join-token on the first gateway).
+    #[arg(long)]
+    pub token: String,
+    /// How long to keep trying an unreachable peer before giving up.
+    #[arg(long, default_value = "30s")]
+    pub join_timeout: HumanDuration,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("label '{pair}' is not key=value"))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(format!("label '{pair}' has an empty key"));
+        }
+        if labels
+            .insert(key.to_string(), value.trim().to_string())
+            .is_some()
+        {
+            return Err(format!("label '{key}' is given twice"));
+        }
+    }
+    Ok(labels)
+}
+
+fn parse_capacity(text: &str) -> Result<CapacityOverride, String> {
+    let mut capacity = CapacityOverride::default();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("cpu", value)) => {
+                capacity.cpu_millis = Some(parse_cpu(value).map_err(|e| e.to_string())?)
+            }
+            Some(("memory", value)) => {
+                capacity.memory_bytes = Some(parse_memory(value).map_err(|e| e.to_string())?)
+            }
+            _ => return Err(format!("'{pair}' is not cpu=QUANTITY or memory=QUANTITY")),
+        }
+    }
+    if capacity.cpu_millis == Some(0) || capacity.memory_bytes == Some(0) {
+        return Err("capacity must be more than zero".into());
+    }
+    Ok(capacity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_capacity() {
+        let labels = parse_labels("zigbee=true, room=cellar").unwrap();
+        assert_eq!(labels.get("room").map(String::as_str), Some("cellar"));
+        assert!(parse_labels("novalue").is_err());
+        assert!(parse_labels("a=1,a=2").is_err());
+        let cap = parse_capacity("cpu=2000m,memory=1Gi").unwrap();
+        assert_eq!(
+            (cap.cpu_millis, cap.memory_bytes),
+            (Some(2000), Some(1 << 30))
+        );
+        assert_eq!(parse_capacity("memory=512Mi").unwrap().cpu_millis, None);
+        assert!(parse_capacity("cpu=lots").is_err());
+        assert!(parse_capacity("disk=1G").is_err());
+        assert!(parse_capacity("cpu=0").is_err());
+    }
+
+    #[test]
+    fn server_flag_before_or_after_the_verb() {
+        let before =
+            Cli::try_parse_from(["gantry", "--server", "127.0.0.1:9", "get", "nodes"]).unwrap();
+        let after = Cli::try_parse_from([
+            "gantry",
+            "get",
+            "nodes",
+            "--server",
+            "127.0.0.1:9",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(before.server, "127.0.0.1:9");
+        assert_eq!(after.server, "127.0.0.1:9");
+        assert_eq!(after.output, OutputFormat::Json);
+    }
+}

@@ -1,0 +1,259 @@
+//! Rendering of Admin API documents: aligned tables for people, JSON and
+//! YAML (the documents as they are) for scripts.
+
+use std::fmt::Write;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use super::args::OutputFormat;
+
+#[derive(Debug, Clone, Copy)]
+pub enum View {
+    Status,
+    Nodes,
+    Workloads,
+    Instances,
+    DescribeWorkload,
+    Applied,
+    Deleted,
+    Left,
+}
+
+pub fn render(view: View, format: OutputFormat, value: &Value) -> Result<String> {
+    Ok(match format {
+        OutputFormat::Json => format!("{}\n", serde_json::to_string_pretty(value)?),
+        OutputFormat::Yaml => serde_yaml::to_string(value)?,
+        OutputFormat::Table => table_view(view, value),
+    })
+}
+
+/// Columns padded to their widest cell, two spaces apart.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.into(),
+        other => other.to_string(),
+    }
+}
+
+fn labels(value: &Value) -> String {
+    match value.as_object() {
+        Some(map) if !map.is_empty() => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "-".into(),
+    }
+}
+
+fn items(value: &Value) -> &[Value] {
+    value.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn nodes_table(nodes: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(nodes)
+        .iter()
+        .map(|n| {
+            let mut status = text(&n["status"]);
+            if n["cordoned"].as_bool() == Some(true) {
+                status.push_str(",Cordoned");
+            }
+            vec![
+                text(&n["name"]),
+                text(&n["id"]),
+                text(&n["address"]),
+                text(&n["role"]),
+                status,
+                text(&n["capacity"]["cpu"]),
+                text(&n["capacity"]["memory"]),
+                labels(&n["labels"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "ID", "ADDRESS", "ROLE", "STATUS", "CPU", "MEMORY", "LABELS",
+        ],
+        &rows,
+    )
+}
+
+fn workloads_table(workloads: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(workloads)
+        .iter()
+        .map(|w| {
+            vec![
+                text(&w["name"]),
+                text(&w["image"]),
+                format!("{}/{}", text(&w["running"]), text(&w["replicas"])),
+                text(&w["placed"]),
+                text(&w["generation"]),
+                text(&w["source"]),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "IMAGE", "RUNNING", "PLACED", "GENERATION", "SOURCE"],
+        &rows,
+    )
+}
+
+fn instances_table(instances: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(instances)
+        .iter()
+        .map(|i| {
+            let mut state = text(&i["state"]);
+            if let Some(code) = i["exit_code"].as_i64() {
+                let _ = write!(state, "({code})");
+            }
+            vec![
+                text(&i["workload"]),
+                text(&i["replica"]),
+                text(&i["node"]),
+                state,
+                text(&i["restarts"]),
+                text(&i["generation"]),
+                text(&i["updated"]),
+                text(&i["reason"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "WORKLOAD", "REPLICA", "NODE", "STATE", "RESTARTS", "GEN", "SINCE", "REASON",
+        ],
+        &rows,
+    )
+}
+
+fn table_view(view: View, value: &Value) -> String {
+    match view {
+        View::Status => {
+            let mut out = String::new();
+            let current = if value["current"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "NO (stale replica)"
+            };
+            let _ = writeln!(out, "Cluster:  {}", text(&value["cluster"]));
+            let _ = writeln!(
+                out,
+                "Leader:   {} (term {})",
+                text(&value["leader"]),
+                text(&value["term"])
+            );
+            let _ = writeln!(
+                out,
+                "Answered: {} (current: {current})",
+                text(&value["gateway"])
+            );
+            out.push('\n');
+            out.push_str(&nodes_table(&value["nodes"]));
+            out.push('\n');
+            if items(&value["workloads"]).is_empty() {
+                out.push_str("No workloads.\n");
+            } else {
+                out.push_str(&workloads_table(&value["workloads"]));
+            }
+            out
+        }
+        View::Nodes => nodes_table(value),
+        View::Workloads => workloads_table(value),
+        View::Instances => instances_table(value),
+        View::DescribeWorkload => {
+            let w = &value["workload"];
+            let mut out = String::new();
+            let _ = writeln!(out, "Name:        {}", text(&w["name"]));
+            let _ = writeln!(out, "Image:       {}", text(&w["image"]));
+            let _ = writeln!(out, "Source:      {}", text(&w["source"]));
+            let _ = writeln!(out, "Generation:  {}", text(&w["generation"]));
+            let _ = writeln!(
+                out,
+                "Replicas:    {} desired, {} placed, {} running",
+                text(&w["replicas"]),
+                text(&w["placed"]),
+                text(&w["running"])
+            );
+            if let Ok(spec) = serde_yaml::to_string(&w["spec"]) {
+                out.push_str("Spec:\n");
+                for line in spec.lines() {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+            out.push_str("Instances:\n");
+            for line in instances_table(&value["instances"]).lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+            out.push_str("Events:\n");
+            for e in items(&value["events"]) {
+                let _ = writeln!(out, "  {}  {}", text(&e["at"]), text(&e["message"]));
+            }
+            out
+        }
+        View::Applied => items(&value["applied"])
+            .iter()
+            .map(|a| {
+                format!(
+                    "workload/{} {} (generation {})\n",
+                    text(&a["name"]),
+                    text(&a["change"]),
+                    text(&a["generation"])
+                )
+            })
+            .collect(),
+        View::Deleted => format!("workload/{} deleted\n", text(&value["deleted"])),
+        View::Left => format!("gateway {} left the cluster\n", text(&value["left"])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let out = table(
+            &["A", "BB"],
+            &[
+                vec!["long-cell".into(), "x".into()],
+                vec!["s".into(), "y".into()],
+            ],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "A          BB");
+        assert_eq!(lines[1], "long-cell  x");
+        assert_eq!(lines[2], "s          y");
+    }
+}

@@ -1,0 +1,6 @@
+//! Control loops. Leader-only loops check leadership on every tick and start
+//! afresh when it changes, so a new leader never acts on a predecessor's
+//! soft state.
+
+pub mod liveness;
+pub mod scheduling;

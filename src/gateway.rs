@@ -1,0 +1,186 @@
+//! The composition root of a gateway daemon: opens the data dir's
+//! database, starts the Raft member, serves the Cluster and Admin services
+//! on one listener, and runs the control loops until shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use gantry_proto::v1::admin_server::AdminServer;
+use gantry_proto::v1::cluster_server::ClusterServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::admin_service::AdminService;
+use crate::api::cluster_service::ClusterService;
+use crate::cluster::network::MAX_MESSAGE_BYTES;
+use crate::cluster::{store, Cluster, RaftTimers};
+use crate::config::{GatewayConfig, RAFT_DIR};
+use crate::control::liveness::{self, Liveness};
+use crate::state::NodeStatus;
+
+/// Why a gateway's `serve` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Ctrl-C, SIGTERM or a caller's cancel.
+    Shutdown,
+    /// The cluster marked this gateway Left (`gantry leave`).
+    LeftCluster,
+}
+
+pub struct Gateway {
+    pub cluster: Cluster,
+    pub local_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Starts everything but does not wait; `serve` waits.
+    pub async fn start(
+        config: &GatewayConfig,
+        data_dir: &Path,
+        listener: TcpListener,
+        timers: &RaftTimers,
+    ) -> Result<Self> {
+        let local_addr = listener.local_addr().context("listener address")?;
+        let db = store::open(&data_dir.join(RAFT_DIR), &config.cluster_id)?;
+        let cluster = Cluster::start(config.node_id, &config.cluster_id, db, timers).await?;
+        let liveness = Arc::new(Liveness::default());
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+
+        let cluster_service = ClusterServer::new(ClusterService {
+            cluster: cluster.clone(),
+            liveness: liveness.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let admin_service = AdminServer::new(AdminService {
+            cluster: cluster.clone(),
+        });
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(cluster_service)
+                .add_service(admin_service)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "gRPC server stopped");
+                stop.cancel();
+            }
+        });
+        tasks.spawn(liveness::run_leader(
+            cluster.clone(),
+            liveness.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(liveness::run_heartbeats(
+            cluster.clone(),
+            liveness,
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::control::scheduling::run(
+            cluster.clone(),
+            shutdown.clone(),
+        ));
+        tracing::info!(node = config.node_id, name = %config.name, cluster = %config.cluster_id, address = %local_addr, "gateway started");
+        Ok(Self {
+            cluster,
+            local_addr,
+            data_dir: data_dir.to_path_buf(),
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until a signal, a cancel, or until this gateway has left.
+    pub async fn serve(mut self) -> Result<Stopped> {
+        let mut applied = self.cluster.state().subscribe();
+        // Made once: a signal must not fall between two listeners.
+        let signal = shutdown_signal();
+        tokio::pin!(signal);
+        let reason = loop {
+            if self.has_left() {
+                break Stopped::LeftCluster;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break Stopped::Shutdown,
+                _ = &mut signal => break Stopped::Shutdown,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        break Stopped::Shutdown;
+                    }
+                }
+            }
+        };
+        self.stop().await;
+        Ok(reason)
+    }
+
+    /// Marked Left, and either out of the Raft membership or no longer
+    /// hearing from a leader (which stops replicating to removed members).
+    fn has_left(&self) -> bool {
+        let marked = {
+            let applied = self.cluster.state().read();
+            applied
+                .state
+                .nodes
+                .get(&self.cluster.id())
+                .is_some_and(|n| n.status == NodeStatus::Left)
+        };
+        if !marked {
+            return false;
+        }
+        let id = self.cluster.id();
+        let member = self.cluster.voters().contains(&id) || self.cluster.learners().contains(&id);
+        let (_, contact_age) = self.cluster.believes_current();
+        !member || contact_age.is_none_or(|ms| ms > 5_000)
+    }
+
+    async fn stop(&mut self) {
+        self.shutdown.cancel();
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
+            self.tasks.abort_all();
+        }
+        self.cluster.shutdown().await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
