@@ -1,0 +1,555 @@
+//! The reconcile loop: makes the runtime run exactly the desired instances,
+//! restarts exited ones per policy with capped exponential back-off, adopts
+//! what already runs, and reports every state change.
+
+mod decide;
+mod report;
+
+pub use decide::{decide, Book, DesiredInstance, InstanceKey, SlotPlan, Step};
+pub use report::{AgentEvent, InstanceReport, InstanceState};
+
+use crate::runtime::{ActualContainer, ExitEvent, Runtime, RuntimeError, TaskState};
+use crate::spec::ContainerSpec;
+#[cfg(test)]
+use crate::spec::RestartPolicy;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+/// Timing knobs; the defaults suit a gateway, tests shorten them.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Between SIGTERM and SIGKILL when removing a container.
+    pub stop_grace: Duration,
+    /// Full relist even without events, since containerd does not replay
+    /// events missed while we were not subscribed.
+    pub resync_interval: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A container that ran this long before exiting restarts with the
+    /// initial delay again.
+    pub backoff_reset_after: Duration,
+    /// Cap for the retry delay while the runtime is unreachable.
+    pub runtime_retry_max: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            stop_grace: Duration::from_secs(10),
+            resync_interval: Duration::from_secs(10),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            backoff_reset_after: Duration::from_secs(600),
+            runtime_retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Per-container back-off state.
+#[derive(Debug, Clone)]
+struct Backoff {
+    next: Duration,
+    running_since: Option<Instant>,
+}
+
+impl Backoff {
+    fn new(config: &AgentConfig) -> Self {
+        Backoff {
+            next: config.backoff_initial,
+            running_since: None,
+        }
+    }
+
+    fn next_delay(&mut self, config: &AgentConfig, now: Instant) -> Duration {
+        if self
+            .running_since
+            .is_some_and(|t| now.duration_since(t) >= config.backoff_reset_after)
+        {
+            self.next = config.backoff_initial;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(config.backoff_max);
+        self.running_since = None;
+        delay
+    }
+}
+
+/// Who a runtime operation is about, for its report.
+#[derive(Debug, Clone)]
+struct Ident {
+    workload: String,
+    replica: u32,
+    generation: u64,
+    container_id: String,
+}
+
+impl Ident {
+    fn of_spec(s: &ContainerSpec) -> Self {
+        Ident {
+            workload: s.workload.clone(),
+            replica: s.replica,
+            generation: s.generation,
+            container_id: s.id.clone(),
+        }
+    }
+
+    fn of_actual(c: &ActualContainer) -> Self {
+        Ident {
+            workload: c.workload.clone(),
+            replica: c.replica,
+            generation: c.generation,
+            container_id: c.id.clone(),
+        }
+    }
+
+    fn report(&self, state: InstanceState, restarts: u32) -> InstanceReport {
+        InstanceReport {
+            workload: self.workload.clone(),
+            replica: self.replica,
+            generation: self.generation,
+            state,
+            exit_code: None,
+            reason: None,
+            restarts,
+            container_id: self.container_id.clone(),
+            pid: None,
+        }
+    }
+}
+
+enum Op {
+    Remove(Ident),
+    Start(Box<ContainerSpec>),
+    Restart(Ident, u32),
+}
+
+enum Outcome {
+    Started(Ident, u32),
+    Restarted(Ident, u32, u32),
+    Removed(Ident, Option<i32>),
+    Failed(Ident, Box<RuntimeError>, Op),
+}
+
+struct JobResult {
+    key: InstanceKey,
+    outcomes: Vec<Outcome>,
+}
+
+/// The per-gateway reconcile loop over a [`Runtime`].
+pub struct Agent<R: Runtime> {
+    runtime: Arc<R>,
+    config: AgentConfig,
+    desired: watch::Receiver<Vec<DesiredInstance>>,
+    events: mpsc::Sender<AgentEvent>,
+    books: HashMap<String, Book>,
+    backoffs: HashMap<String, Backoff>,
+    failures: HashMap<String, String>,
+    last: HashMap<String, InstanceReport>,
+    busy: HashSet<InstanceKey>,
+    available: Option<bool>,
+    unavailable_delay: Duration,
+    retry_runtime_at: Option<Instant>,
+    subscribed_at: Option<Instant>,
+}
+
+impl<R: Runtime> Agent<R> {
+    /// `desired` carries the full desired set for this gateway; replace it
+    /// with `send` whenever assignments change. Returns the agent and the
+    /// stream of everything it reports.
+    pub fn new(
+        runtime: Arc<R>,
+        config: AgentConfig,
+        desired: watch::Receiver<Vec<DesiredInstance>>,
+    ) -> (Self, mpsc::Receiver<AgentEvent>) {
+        let (events, rx) = mpsc::channel(1024);
+        let unavailable_delay = config.backoff_initial;
+        let agent = Agent {
+            runtime,
+            config,
+            desired,
+            events,
+            books: HashMap::new(),
+            backoffs: HashMap::new(),
+            failures: HashMap::new(),
+            last: HashMap::new(),
+            busy: HashSet::new(),
+            available: None,
+            unavailable_delay,
+            retry_runtime_at: None,
+            subscribed_at: None,
+        };
+        (agent, rx)
+    }
+
+    /// Runs until `shutdown` completes. Containers keep running afterwards;
+    /// a new agent adopts them. In-flight operations are abandoned and
+    /// finished by the next agent's reconcile.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut jobs: JoinSet<JobResult> = JoinSet::new();
+        let mut exits: Option<mpsc::Receiver<ExitEvent>> = None;
+        let mut desired_open = true;
+        let mut tick = tokio::time::interval(self.config.resync_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake = self.next_wake().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                _ = &mut shutdown => break,
+                changed = self.desired.changed(), if desired_open => {
+                    // The caller went away: keep running what we last knew.
+                    desired_open = changed.is_ok();
+                }
+                event = recv_exit(&mut exits) => match event {
+                    Some(e) => tracing::debug!(container = %e.container_id, exit_code = e.exit_code, "task exited"),
+                    None => exits = None,
+                },
+                Some(done) = jobs.join_next(), if !jobs.is_empty() => match done {
+                    Ok(result) => self.finish(result).await,
+                    Err(e) => tracing::error!(error = %e, "agent job panicked"),
+                },
+                _ = tick.tick() => {}
+                _ = sleep_until(wake) => {}
+            }
+            self.reconcile(&mut jobs, &mut exits).await;
+        }
+        tracing::info!("agent stopped");
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.books
+            .values()
+            .flat_map(|b| [b.restart_at, b.retry_start_at])
+            .chain([self.retry_runtime_at])
+            .flatten()
+            .filter(|t| *t > Instant::now())
+            .min()
+    }
+
+    async fn emit(&self, event: AgentEvent) {
+        // A caller that stopped listening does not stop the agent.
+        let _ = self.events.send(event).await;
+    }
+
+    async fn report(&mut self, report: InstanceReport) {
+        if self.last.get(&report.container_id) == Some(&report) {
+            return;
+        }
+        tracing::info!(
+            workload = %report.workload, replica = report.replica, generation = report.generation,
+            container = %report.container_id, state = ?report.state, exit_code = ?report.exit_code,
+            restarts = report.restarts, pid = ?report.pid, reason = ?report.reason, "instance state"
+        );
+        self.last
+            .insert(report.container_id.clone(), report.clone());
+        self.emit(AgentEvent::Instance(report)).await;
+    }
+
+    async fn runtime_down(&mut self, error: &RuntimeError) {
+        let now = Instant::now();
+        if self.available != Some(false) {
+            tracing::warn!(error = %error, "container runtime unavailable");
+            self.emit(AgentEvent::RuntimeUnavailable {
+                reason: error.to_string(),
+            })
+            .await;
+            self.unavailable_delay = self.config.backoff_initial;
+        } else {
+            self.unavailable_delay =
+                (self.unavailable_delay * 2).min(self.config.runtime_retry_max);
+        }
+        self.available = Some(false);
+        self.retry_runtime_at = Some(now + self.unavailable_delay);
+    }
+
+    async fn reconcile(
+        &mut self,
+        jobs: &mut JoinSet<JobResult>,
+        exits: &mut Option<mpsc::Receiver<ExitEvent>>,
+    ) {
+        if self.retry_runtime_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        // Subscribe before listing so no exit falls between the two; at most
+        // once a second, in case the stream keeps breaking.
+        let resubscribe = self
+            .subscribed_at
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if exits.is_none() && resubscribe {
+            self.subscribed_at = Some(Instant::now());
+            match self.runtime.exits().await {
+                Ok(rx) => *exits = Some(rx),
+                Err(e) => return self.runtime_down(&e).await,
+            }
+        }
+        let actual = match self.runtime.list().await {
+            Ok(a) => a,
+            Err(e) => {
+                *exits = None;
+                return self.runtime_down(&e).await;
+            }
+        };
+        if self.available != Some(true) {
+            match self.runtime.check().await {
+                Ok(version) => {
+                    tracing::info!(version = %version, containers = actual.len(), "container runtime available");
+                    self.emit(AgentEvent::RuntimeAvailable { version }).await;
+                }
+                Err(e) => return self.runtime_down(&e).await,
+            }
+            self.available = Some(true);
+            self.retry_runtime_at = None;
+        }
+        let desired = self.desired.borrow().clone();
+        self.observe(&desired, &actual).await;
+        let now = Instant::now();
+        let plans = decide(&desired, &actual, &self.books, &self.busy, now);
+        for plan in plans {
+            let mut ops = Vec::new();
+            for step in plan.steps {
+                match step {
+                    Step::ScheduleRestart {
+                        container_id,
+                        exit_code,
+                    } => {
+                        let backoff = self
+                            .backoffs
+                            .entry(container_id.clone())
+                            .or_insert_with(|| Backoff::new(&self.config));
+                        let delay = backoff.next_delay(&self.config, now);
+                        tracing::info!(container = %container_id, exit_code, delay_ms = delay.as_millis() as u64, "restart scheduled");
+                        self.books.entry(container_id).or_default().restart_at = Some(now + delay);
+                    }
+                    Step::Remove { container_id } => {
+                        if let Some(c) = actual.iter().find(|c| c.id == container_id) {
+                            ops.push(Op::Remove(Ident::of_actual(c)));
+                        }
+                    }
+                    Step::Start { spec } => {
+                        self.report(Ident::of_spec(&spec).report(InstanceState::Starting, 0))
+                            .await;
+                        ops.push(Op::Start(spec));
+                    }
+                    Step::Restart {
+                        container_id,
+                        restarts,
+                    } => {
+                        if let Some(c) = actual.iter().find(|c| c.id == container_id) {
+                            let ident = Ident::of_actual(c);
+                            self.report(ident.report(InstanceState::Starting, restarts))
+                                .await;
+                            ops.push(Op::Restart(ident, restarts));
+                        }
+                    }
+                }
+            }
+            if ops.is_empty() {
+                continue;
+            }
+            self.busy.insert(plan.key.clone());
+            let runtime = self.runtime.clone();
+            let grace = self.config.stop_grace;
+            jobs.spawn(run_ops(runtime, grace, plan.key, ops));
+        }
+        // Forget containers that are neither wanted nor present.
+        let known: HashSet<&str> = desired
+            .iter()
+            .map(|d| d.spec.id.as_str())
+            .chain(actual.iter().map(|c| c.id.as_str()))
+            .collect();
+        self.books.retain(|id, _| known.contains(id.as_str()));
+        self.backoffs.retain(|id, _| known.contains(id.as_str()));
+        self.failures.retain(|id, _| known.contains(id.as_str()));
+        self.last.retain(|id, _| known.contains(id.as_str()));
+    }
+
+    /// Reports what the runtime shows, skipping slots with an operation in
+    /// flight (their reports come from the operation).
+    async fn observe(&mut self, desired: &[DesiredInstance], actual: &[ActualContainer]) {
+        for c in actual {
+            if self.busy.contains(&(c.workload.clone(), c.replica)) {
+                continue;
+            }
+            let ident = Ident::of_actual(c);
+            let mut report = ident.report(InstanceState::Pending, c.restarts);
+            match c.task {
+                TaskState::Running | TaskState::Paused => {
+                    report.state = InstanceState::Running;
+                    report.pid = c.pid;
+                    let backoff = self
+                        .backoffs
+                        .entry(c.id.clone())
+                        .or_insert_with(|| Backoff::new(&self.config));
+                    backoff.running_since.get_or_insert_with(Instant::now);
+                    self.failures.remove(&c.id);
+                }
+                TaskState::Exited { code } => {
+                    report.state = InstanceState::Exited;
+                    report.exit_code = Some(code);
+                }
+                TaskState::Created => report.state = InstanceState::Starting,
+                TaskState::Missing => {}
+                TaskState::Unknown => continue,
+            }
+            if let Some(reason) = self.failures.get(&c.id) {
+                if report.state != InstanceState::Running {
+                    report.state = InstanceState::Failed;
+                    report.reason = Some(reason.clone());
+                }
+            }
+            self.report(report).await;
+        }
+        for d in desired {
+            let present = actual
+                .iter()
+                .any(|c| c.id == d.spec.id && c.generation == d.spec.generation);
+            if present
+                || self
+                    .busy
+                    .contains(&(d.spec.workload.clone(), d.spec.replica))
+            {
+                continue;
+            }
+            let mut report = Ident::of_spec(&d.spec).report(InstanceState::Pending, 0);
+            if let Some(reason) = self.failures.get(&d.spec.id) {
+                report.state = InstanceState::Failed;
+                report.reason = Some(reason.clone());
+            }
+            self.report(report).await;
+        }
+    }
+
+    async fn finish(&mut self, result: JobResult) {
+        self.busy.remove(&result.key);
+        let now = Instant::now();
+        for outcome in result.outcomes {
+            match outcome {
+                Outcome::Started(ident, pid) => {
+                    self.started(&ident, now);
+                    let mut r = ident.report(InstanceState::Running, 0);
+                    r.pid = Some(pid);
+                    self.report(r).await;
+                }
+                Outcome::Restarted(ident, pid, restarts) => {
+                    self.started(&ident, now);
+                    let mut r = ident.report(InstanceState::Running, restarts);
+                    r.pid = Some(pid);
+                    self.report(r).await;
+                }
+                Outcome::Removed(ident, code) => {
+                    let mut r = ident.report(InstanceState::Removed, 0);
+                    r.exit_code = code;
+                    self.report(r).await;
+                }
+                Outcome::Failed(ident, error, op) => {
+                    if error.is_unavailable() {
+                        // Not the instance's fault; the next reconcile
+                        // notices the runtime state and retries.
+                        tracing::warn!(container = %ident.container_id, error = %error, "operation interrupted");
+                        continue;
+                    }
+                    let id = ident.container_id.clone();
+                    let backoff = self
+                        .backoffs
+                        .entry(id.clone())
+                        .or_insert_with(|| Backoff::new(&self.config));
+                    let delay = backoff.next_delay(&self.config, now);
+                    let book = self.books.entry(id.clone()).or_default();
+                    let restarts = match op {
+                        Op::Start(_) => {
+                            book.retry_start_at = Some(now + delay);
+                            0
+                        }
+                        Op::Restart(_, restarts) => {
+                            book.restart_at = Some(now + delay);
+                            restarts
+                        }
+                        Op::Remove(_) => {
+                            tracing::warn!(container = %id, error = %error, "remove failed; will retry");
+                            continue;
+                        }
+                    };
+                    self.failures.insert(id, error.to_string());
+                    let mut r = ident.report(InstanceState::Failed, restarts);
+                    r.reason = Some(error.to_string());
+                    self.report(r).await;
+                }
+            }
+        }
+    }
+
+    fn started(&mut self, ident: &Ident, now: Instant) {
+        let id = &ident.container_id;
+        self.failures.remove(id);
+        let book = self.books.entry(id.clone()).or_default();
+        book.restart_at = None;
+        book.retry_start_at = None;
+        self.backoffs
+            .entry(id.clone())
+            .or_insert_with(|| Backoff::new(&self.config))
+            .running_since = Some(now);
+    }
+}
+
+async fn recv_exit(exits: &mut Option<mpsc::Receiver<ExitEvent>>) -> Option<ExitEvent> {
+    match exits {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one slot's operations in order, stopping at the first failure.
+async fn run_ops<R: Runtime>(
+    runtime: Arc<R>,
+    grace: Duration,
+    key: InstanceKey,
+    ops: Vec<Op>,
+) -> JobResult {
+    let mut outcomes = Vec::new();
+    for op in ops {
+        let outcome = match op {
+            Op::Remove(ident) => match runtime.remove(&ident.container_id, grace).await {
+                Ok(code) => Outcome::Removed(ident, code),
+                Err(e) => Outcome::Failed(ident.clone(), Box::new(e), Op::Remove(ident)),
+            },
+            Op::Start(spec) => {
+                let ident = Ident::of_spec(&spec);
+                let started = match runtime.ensure_image(&spec.image).await {
+                    Ok(()) => runtime.start(&spec).await,
+                    Err(e) => Err(e),
+                };
+                match started {
+                    Ok(s) => Outcome::Started(ident, s.pid),
+                    Err(e) => Outcome::Failed(ident, Box::new(e), Op::Start(spec)),
+                }
+            }
+            Op::Restart(ident, restarts) => {
+                match runtime.restart(&ident.container_id, restarts).await {
+                    Ok(s) => Outcome::Restarted(ident, s.pid, restarts),
+                    Err(e) => {
+                        Outcome::Failed(ident.clone(), Box::new(e), Op::Restart(ident, restarts))
+                    }
+                }
+            }
+        };
+        let failed = matches!(outcome, Outcome::Failed(..));
+        outcomes.push(outcome);
+        if failed {
+            break;
+        }
+    }
+    JobResult { key, outcomes }
+}
+
+#[cfg(test)]
+mod fake_tests;

@@ -1,0 +1,35 @@
+//! gantry-node: the per-gateway agent. It knows nothing of Raft: it is told
+//! which container instances should run on this gateway and reports what
+//! actually runs.
+//!
+//! # Brief overview
+//!
+//! - [`resources::discover`] reports the gateway's capacity (millicores,
+//!   memory bytes).
+//! - [`spec::ContainerSpec`] describes one instance in gantry's terms; a
+//!   [`spec::RestartPolicy`] says what to do when it exits.
+//! - [`runtime::Runtime`] is the engine boundary; [`containerd::ContainerdRuntime`]
+//!   implements it over containerd's gRPC API (image import and unpack,
+//!   OCI runtime spec, tasks, exit events), each gateway in its own
+//!   containerd namespace.
+//! - [`agent::Agent`] reconciles desired instances against the runtime,
+//!   restarts with back-off, adopts running containers after a restart, and
+//!   reports [`agent::InstanceReport`]s.
+//! - [`logs`] reads and follows container log files.
+//! - `testing` (feature `testing`): a private containerd and a busybox OCI
+//!   archive for end-to-end tests.
+
+pub mod agent;
+pub mod containerd;
+pub mod image;
+pub mod logs;
+pub mod resources;
+pub mod runtime;
+pub mod spec;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use agent::{Agent, AgentConfig, AgentEvent, DesiredInstance, InstanceReport, InstanceState};
+pub use containerd::{ContainerdConfig, ContainerdRuntime, ImportedImage};
+pub use runtime::{ActualContainer, ExitEvent, Runtime, RuntimeError, Started, TaskState};
+pub use spec::{ContainerSpec, MountSpec, RestartPolicy};

@@ -1,0 +1,140 @@
+//! The boundary between the agent and a container engine, in our terms,
+//! so the reconcile loop can be tested against a fake.
+
+use crate::spec::ContainerSpec;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Labels tying a containerd container to the instance it runs.
+pub const LABEL_WORKLOAD: &str = "gantry.workload";
+pub const LABEL_REPLICA: &str = "gantry.replica";
+pub const LABEL_GENERATION: &str = "gantry.generation";
+/// Restarts survive agent restarts by living on the container itself.
+pub const LABEL_RESTARTS: &str = "gantry.restarts";
+
+/// The state of a container's task, as the engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    /// The container exists but has no task (never started, or deleted).
+    Missing,
+    Created,
+    Running,
+    Paused,
+    Exited {
+        code: i32,
+    },
+    Unknown,
+}
+
+/// One gantry container found in the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActualContainer {
+    pub id: String,
+    pub workload: String,
+    pub replica: u32,
+    pub generation: u64,
+    pub image: String,
+    pub restarts: u32,
+    pub task: TaskState,
+    pub pid: Option<u32>,
+}
+
+/// A task's main process exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub container_id: String,
+    pub pid: u32,
+    /// 128+signal when killed by a signal.
+    pub exit_code: i32,
+}
+
+/// A container just started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub container_id: String,
+    pub pid: u32,
+}
+
+/// Why a runtime call failed, sorted by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine cannot be reached (not running, restarting): retry later.
+    #[error("container runtime unavailable: {0}")]
+    Unavailable(String),
+    /// The image is not in the engine and cannot be fetched.
+    #[error("image {image} not found: {reason}")]
+    ImageNotFound { image: String, reason: String },
+    /// An archive or image is malformed; retrying will not help.
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+    /// The spec cannot be turned into a container.
+    #[error("invalid container spec: {0}")]
+    InvalidSpec(String),
+    #[error("container {0} not found")]
+    NotFound(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Any other engine error, with the operation that failed.
+    #[error("{op}: {message}")]
+    Engine { op: String, message: String },
+}
+
+impl RuntimeError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        RuntimeError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether the failure says "come back later" rather than "this is wrong".
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, RuntimeError::Unavailable(_))
+    }
+}
+
+/// What the reconcile loop needs from a container engine. Implementations
+/// must only list and touch containers carrying the gantry labels.
+pub trait Runtime: Send + Sync + 'static {
+    /// Checks that the engine answers; returns its version.
+    fn check(&self) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
+    /// Makes the image usable for containers (present and unpacked), or
+    /// says why it cannot be.
+    fn ensure_image(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Creates the container and starts its task.
+    fn start(
+        &self,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<Started, RuntimeError>> + Send;
+
+    /// Starts a new task in an existing container whose task exited, and
+    /// records the restart count on the container.
+    fn restart(
+        &self,
+        container_id: &str,
+        restarts: u32,
+    ) -> impl Future<Output = Result<Started, RuntimeError>> + Send;
+
+    /// Stops the task (SIGTERM, `grace`, SIGKILL) and removes task,
+    /// container and snapshot. Returns the exit code if a task was stopped.
+    fn remove(
+        &self,
+        container_id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<Option<i32>, RuntimeError>> + Send;
+
+    /// All gantry containers with their task state.
+    fn list(&self) -> impl Future<Output = Result<Vec<ActualContainer>, RuntimeError>> + Send;
+
+    /// Exit events from now on; the receiver closes when the engine's event
+    /// stream breaks, and the caller resubscribes and relists.
+    fn exits(&self)
+        -> impl Future<Output = Result<mpsc::Receiver<ExitEvent>, RuntimeError>> + Send;
+}

@@ -1,0 +1,187 @@
+//! The instance description the agent receives, in gantry's terms rather
+//! than containerd's, so callers never see OCI or gRPC types.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One replica of a workload, as it should run on this gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// containerd container id; must be unique in the namespace and stable
+    /// for a (workload, replica, generation), e.g. `web-0-g3`.
+    pub id: String,
+    pub workload: String,
+    pub replica: u32,
+    /// Bumped by the control plane when the workload spec changes; a
+    /// container of another generation is replaced.
+    pub generation: u64,
+    /// Image reference; short names are normalised like Docker does.
+    pub image: String,
+    /// Replaces the image's Entrypoint (and then drops the image's Cmd, as
+    /// Kubernetes does) when not empty.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Replaces the image's Cmd when not empty.
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cpu_millis: Option<u64>,
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+    /// Host device paths (e.g. `/dev/ttyUSB0`) passed through to the container.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// There is no CNI in this design, so host networking is the default.
+    #[serde(default = "default_true")]
+    pub host_network: bool,
+    /// Makes the root filesystem read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A host path bind-mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// What to do when a container's main process exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    /// Whether an exit with `code` should be followed by a restart.
+    pub fn wants_restart(self, code: i32) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => code != 0,
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+impl ContainerSpec {
+    /// A spec with defaults for everything but identity and image; handy
+    /// for callers and tests that only set a few fields.
+    pub fn new(
+        id: impl Into<String>,
+        workload: impl Into<String>,
+        replica: u32,
+        generation: u64,
+        image: impl Into<String>,
+    ) -> Self {
+        ContainerSpec {
+            id: id.into(),
+            workload: workload.into(),
+            replica,
+            generation,
+            image: image.into(),
+            command: Vec::new(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            cpu_millis: None,
+            memory_bytes: None,
+            mounts: Vec::new(),
+            devices: Vec::new(),
+            host_network: true,
+            read_only: false,
+        }
+    }
+}
+
+/// containerd accepts `[A-Za-z0-9]` then `[A-Za-z0-9._-]`, up to 76 chars;
+/// checking here gives the caller a readable reason instead of a gRPC one.
+pub fn validate_container_id(id: &str) -> Result<(), String> {
+    let mut chars = id.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !first_ok || !rest_ok || id.len() > 76 {
+        return Err(format!(
+            "invalid container id {id:?}: use [A-Za-z0-9][A-Za-z0-9._-]*, at most 76 characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Normalises an image reference as Docker and containerd's `refdocker` do,
+/// so `busybox` and `docker.io/library/busybox:latest` name one image.
+pub fn normalize_image_ref(reference: &str) -> String {
+    let (name, suffix) = match reference.find('@') {
+        Some(i) => (&reference[..i], &reference[i..]),
+        None => (reference, ""),
+    };
+    let (first, rest) = match name.split_once('/') {
+        Some((f, r)) => (f, Some(r)),
+        None => (name, None),
+    };
+    let is_host =
+        rest.is_some() && (first.contains('.') || first.contains(':') || first == "localhost");
+    let mut full = if is_host {
+        name.to_string()
+    } else if rest.is_some() {
+        format!("docker.io/{name}")
+    } else {
+        format!("docker.io/library/{name}")
+    };
+    let last = full.rsplit('/').next().unwrap_or("");
+    if suffix.is_empty() && !last.contains(':') {
+        full.push_str(":latest");
+    }
+    full.push_str(suffix);
+    full
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_refs_are_normalised() {
+        assert_eq!(
+            normalize_image_ref("busybox"),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(normalize_image_ref("me/app:1"), "docker.io/me/app:1");
+        assert_eq!(
+            normalize_image_ref("127.0.0.1:5000/gantry/busybox:test"),
+            "127.0.0.1:5000/gantry/busybox:test"
+        );
+        assert_eq!(normalize_image_ref("localhost/x"), "localhost/x:latest");
+        assert_eq!(
+            normalize_image_ref("reg.io/x@sha256:00"),
+            "reg.io/x@sha256:00"
+        );
+    }
+
+    #[test]
+    fn container_ids_are_checked() {
+        assert!(validate_container_id("web-0-g3").is_ok());
+        assert!(validate_container_id("-x").is_err());
+        assert!(validate_container_id("a/b").is_err());
+    }
+
+    #[test]
+    fn restart_policy_decides_on_exit_code() {
+        assert!(RestartPolicy::Always.wants_restart(0));
+        assert!(!RestartPolicy::OnFailure.wants_restart(0));
+        assert!(RestartPolicy::OnFailure.wants_restart(137));
+        assert!(!RestartPolicy::Never.wants_restart(1));
+    }
+}

@@ -1,0 +1,272 @@
+//! The reconcile loop against a real private containerd.
+
+mod common;
+
+use common::{busybox_spec, env, Env};
+use gantry_node::{
+    Agent, AgentConfig, AgentEvent, ContainerSpec, ContainerdRuntime, DesiredInstance,
+    InstanceReport, InstanceState, RestartPolicy, Runtime,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+fn config() -> AgentConfig {
+    AgentConfig {
+        stop_grace: Duration::from_millis(500),
+        resync_interval: Duration::from_secs(1),
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(2),
+        backoff_reset_after: Duration::from_secs(600),
+        runtime_retry_max: Duration::from_secs(1),
+    }
+}
+
+struct Running {
+    desired: watch::Sender<Vec<DesiredInstance>>,
+    events: mpsc::Receiver<AgentEvent>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<()>,
+    seen: Vec<AgentEvent>,
+}
+
+fn start_agent(rt: &ContainerdRuntime, desired: Vec<DesiredInstance>) -> Running {
+    let (tx, rx) = watch::channel(desired);
+    let (agent, events) = Agent::new(Arc::new(rt.clone()), config(), rx);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(agent.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        desired: tx,
+        events,
+        stop: Some(stop),
+        handle,
+        seen: Vec::new(),
+    }
+}
+
+impl Running {
+    /// Waits for an event matching `pred`; the deadline only avoids a hang.
+    async fn wait(&mut self, what: &str, pred: impl Fn(&AgentEvent) -> bool) -> AgentEvent {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) => {
+                    self.seen.push(e.clone());
+                    if pred(&e) {
+                        return e;
+                    }
+                }
+                Ok(None) => panic!(
+                    "agent stopped while waiting for {what}; seen {:#?}",
+                    self.seen
+                ),
+                Err(_) => panic!("timed out waiting for {what}; seen {:#?}", self.seen),
+            }
+        }
+    }
+
+    async fn wait_instance(
+        &mut self,
+        id: &str,
+        what: &str,
+        pred: impl Fn(&InstanceReport) -> bool,
+    ) -> InstanceReport {
+        let e = self
+            .wait(
+                what,
+                |e| matches!(e, AgentEvent::Instance(r) if r.container_id == id && pred(r)),
+            )
+            .await;
+        match e {
+            AgentEvent::Instance(r) => r,
+            _ => unreachable!(),
+        }
+    }
+
+    async fn stop(mut self) -> Vec<AgentEvent> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.handle.await.unwrap();
+        while let Ok(e) = self.events.try_recv() {
+            self.seen.push(e);
+        }
+        self.seen
+    }
+}
+
+fn want(spec: ContainerSpec, restart: RestartPolicy) -> DesiredInstance {
+    DesiredInstance { spec, restart }
+}
+
+async fn imported(ns: &str) -> Env {
+    let env = env(ns).await;
+    env.rt.import_archive(&env.archive.path).await.unwrap();
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_task_is_restarted_and_counted() {
+    let env = imported("a-restart").await;
+    let spec = busybox_spec("svc-0-g1", "svc", 0, 1, "echo up; sleep 1000");
+    let mut agent = start_agent(&env.rt, vec![want(spec.clone(), RestartPolicy::Always)]);
+    let first = agent
+        .wait_instance(&spec.id, "running", |r| r.state == InstanceState::Running)
+        .await;
+    env.kill_task(&spec.id).await;
+    let exited = agent
+        .wait_instance(&spec.id, "exited", |r| r.state == InstanceState::Exited)
+        .await;
+    assert_eq!(exited.exit_code, Some(137));
+    let again = agent
+        .wait_instance(&spec.id, "running again", |r| {
+            r.state == InstanceState::Running
+        })
+        .await;
+    assert_eq!(again.restarts, 1);
+    assert_ne!(again.pid, first.pid);
+    let listed = env.rt.list().await.unwrap();
+    assert_eq!(listed[0].restarts, 1);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_code_is_reported_and_never_policy_leaves_it_exited() {
+    let env = imported("a-exit").await;
+    let spec = busybox_spec("job-0-g1", "job", 0, 1, "exit 3");
+    let mut agent = start_agent(&env.rt, vec![want(spec.clone(), RestartPolicy::Never)]);
+    let exited = agent
+        .wait_instance(&spec.id, "exited", |r| r.state == InstanceState::Exited)
+        .await;
+    assert_eq!(exited.exit_code, Some(3));
+    assert_eq!(exited.restarts, 0);
+    let seen = agent.stop().await;
+    assert!(!seen
+        .iter()
+        .any(|e| matches!(e, AgentEvent::Instance(r) if r.restarts > 0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_change_replaces_and_removal_cleans_up() {
+    let env = imported("a-gen").await;
+    let g1 = busybox_spec("web-0-g1", "web", 0, 1, "sleep 1000");
+    let mut agent = start_agent(&env.rt, vec![want(g1.clone(), RestartPolicy::Always)]);
+    agent
+        .wait_instance(&g1.id, "g1 running", |r| r.state == InstanceState::Running)
+        .await;
+    let g2 = busybox_spec("web-0-g2", "web", 0, 2, "sleep 1000");
+    agent
+        .desired
+        .send(vec![want(g2.clone(), RestartPolicy::Always)])
+        .unwrap();
+    let removed = agent
+        .wait_instance(&g1.id, "g1 removed", |r| r.state == InstanceState::Removed)
+        .await;
+    assert_eq!(removed.generation, 1);
+    let running = agent
+        .wait_instance(&g2.id, "g2 running", |r| r.state == InstanceState::Running)
+        .await;
+    assert_eq!(running.generation, 2);
+    let ids: Vec<String> = env
+        .rt
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, vec![g2.id.clone()]);
+    assert!(!env.container_exists(&g1.id).await);
+
+    agent.desired.send(vec![]).unwrap();
+    agent
+        .wait_instance(&g2.id, "g2 removed", |r| r.state == InstanceState::Removed)
+        .await;
+    assert!(!env.task_exists(&g2.id).await);
+    assert!(!env.container_exists(&g2.id).await);
+    assert!(!env.snapshot_exists(&g2.id).await);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_agent_adopts_running_containers() {
+    let env = imported("a-adopt").await;
+    let spec = busybox_spec("db-0-g1", "db", 0, 1, "sleep 1000");
+    let desired = vec![want(spec.clone(), RestartPolicy::Always)];
+    let mut agent = start_agent(&env.rt, desired.clone());
+    let first = agent
+        .wait_instance(&spec.id, "running", |r| r.state == InstanceState::Running)
+        .await;
+    agent.stop().await;
+
+    let mut agent = start_agent(&env.rt, desired);
+    let adopted = agent
+        .wait_instance(&spec.id, "adopted", |r| r.state == InstanceState::Running)
+        .await;
+    assert_eq!(adopted.pid, first.pid);
+    assert_eq!(adopted.restarts, 0);
+    let seen = agent.stop().await;
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, AgentEvent::Instance(r) if r.state == InstanceState::Starting)),
+        "adoption must not restart: {seen:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_image_fails_naming_the_image() {
+    let env = env("a-noimage").await;
+    let mut spec = busybox_spec("x-0-g1", "x", 0, 1, "true");
+    spec.image = "127.0.0.1:5000/gantry/absent:1".into();
+    let mut agent = start_agent(&env.rt, vec![want(spec.clone(), RestartPolicy::Always)]);
+    let failed = agent
+        .wait_instance(&spec.id, "failed", |r| r.state == InstanceState::Failed)
+        .await;
+    let reason = failed.reason.unwrap();
+    assert!(
+        reason.contains("127.0.0.1:5000/gantry/absent:1"),
+        "{reason}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_restart_adopts_without_restarting() {
+    let mut env = imported("a-ctdrestart").await;
+    let spec = busybox_spec("edge-0-g1", "edge", 0, 1, "sleep 1000");
+    let mut agent = start_agent(&env.rt, vec![want(spec.clone(), RestartPolicy::Always)]);
+    let first = agent
+        .wait_instance(&spec.id, "running", |r| r.state == InstanceState::Running)
+        .await;
+
+    env.containerd.kill();
+    let down = agent
+        .wait("runtime unavailable", |e| {
+            matches!(e, AgentEvent::RuntimeUnavailable { .. })
+        })
+        .await;
+    if let AgentEvent::RuntimeUnavailable { reason } = down {
+        assert!(!reason.is_empty());
+    }
+    env.containerd.restart().await.unwrap();
+    agent
+        .wait("runtime available", |e| {
+            matches!(e, AgentEvent::RuntimeAvailable { .. })
+        })
+        .await;
+    let listed = env.rt.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].pid, first.pid);
+    assert_eq!(listed[0].restarts, 0);
+    let seen = agent.stop().await;
+    let after_first = seen
+        .iter()
+        .skip_while(|e| !matches!(e, AgentEvent::RuntimeUnavailable { .. }))
+        .filter(|e| matches!(e, AgentEvent::Instance(r) if r.state != InstanceState::Running || r.pid != first.pid))
+        .count();
+    assert_eq!(after_first, 0, "nothing restarted: {seen:#?}");
+}
