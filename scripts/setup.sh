@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what gantry needs to build and test on Debian 12 (run as root):
+# protoc and libclang for the build, containerd + runc + busybox-static for
+# the runtime tests, iproute2 for the network-namespace tests.
+set -euo pipefail
+
+packages=(build-essential pkg-config protobuf-compiler libclang-dev clang containerd runc busybox-static iproute2)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  # Debian 12's own cargo is too old (we need Rust >= 1.88).
+  echo "installing the Rust toolchain with rustup"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+
+# The system containerd is not needed: tests and the demo start their own.
+# Keep one target dir outside the clone so repeated runs reuse the RocksDB build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/gantry-target}"
+mkdir -p "$CARGO_TARGET_DIR"

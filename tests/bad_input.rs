@@ -1,0 +1,288 @@
+//! Bad input gets a clear error and changes nothing.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use support::{gantry_bin, TestCluster};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(gantry_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gantry")
+}
+
+#[test]
+fn bad_manifests_are_refused_naming_the_field_and_change_nothing() {
+    let mut cluster = TestCluster::new();
+    cluster.init("gw-a", &[]);
+    let addr = cluster.addr(0);
+    assert!(cluster
+        .apply(&addr, "name: web\nimage: img:1\n")
+        .status
+        .success());
+    let before = cluster.json(&addr, &["get", "workloads"]);
+
+    let cases = [
+        ("name: web\nimage: [unclosed\n", "malformed YAML"),
+        (
+            "name: web\nimage: img:2\ncolour: blue\n",
+            "unknown field `colour`",
+        ),
+        (
+            "name: web\nimage: img:2\nresources: {memory: 12Q}\n",
+            "resources.memory",
+        ),
+        (
+            "name: web\nimage: img:2\nresources: {cpu: lots}\n",
+            "resources.cpu",
+        ),
+        ("name: Web!\nimage: img:2\n", "field `name`"),
+        (
+            "name: web\nimage: img:2\n---\nname: web\nimage: img:3\n",
+            "defined twice",
+        ),
+        // One good and one bad document: neither is applied.
+        (
+            "name: fresh\nimage: img\n---\nname: web\nimage: img\nrestart: sometimes\n",
+            "restart",
+        ),
+    ];
+    for (manifest, expected) in cases {
+        let out = cluster.apply(&addr, manifest);
+        assert!(!out.status.success(), "accepted: {manifest}");
+        assert!(
+            stderr(&out).contains(expected),
+            "for {manifest:?}: {}",
+            stderr(&out)
+        );
+    }
+    let missing = cluster.cli(&addr, &["apply", "-f", "/nonexistent/manifest.yaml"]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("cannot read"));
+    let unknown = cluster.cli(&addr, &["delete", "workload", "nope"]);
+    assert!(
+        stderr(&unknown).contains("no workload named 'nope'"),
+        "{}",
+        stderr(&unknown)
+    );
+    assert_eq!(cluster.json(&addr, &["get", "workloads"]), before);
+}
+
+#[test]
+fn joins_with_a_wrong_token_or_a_taken_name_are_refused() {
+    let mut cluster = TestCluster::new();
+    cluster.init("gw-a", &[]);
+    let addr = cluster.addr(0);
+    let dir = cluster.tmp.path().join("intruder");
+    let dir = dir.to_str().unwrap();
+    let real = cluster.token();
+    let cluster_id = real.split('.').nth(1).unwrap();
+    let wrong = format!("gantry-join-v1.{cluster_id}.{}", "0".repeat(64));
+    let join = |name: &str, token: &str| {
+        run(&[
+            "join",
+            "--data-dir",
+            dir,
+            "--name",
+            name,
+            "--listen",
+            "127.0.0.1:0",
+            "--peer",
+            &addr,
+            "--token",
+            token,
+        ])
+    };
+    let out = join("gw-x", &wrong);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("wrong join token"),
+        "{}",
+        stderr(&out)
+    );
+    let other_cluster = format!("gantry-join-v1.0000000000000000.{}", "0".repeat(64));
+    assert!(stderr(&join("gw-x", &other_cluster)).contains("token is for cluster"));
+    assert!(stderr(&join("gw-x", "garbage")).contains("malformed join token"));
+    let taken = join("gw-a", &real);
+    assert!(!taken.status.success());
+    assert!(
+        stderr(&taken).contains("already a member"),
+        "{}",
+        stderr(&taken)
+    );
+    // Nothing changed: still one gateway, and the refused joins left no data dir.
+    let nodes = cluster.json(&addr, &["get", "nodes"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 1);
+    assert!(!std::path::Path::new(dir).join("gantry.json").exists());
+}
+
+#[test]
+fn an_unreachable_peer_is_retried_then_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Bind and drop: nothing listens there any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let peer = format!("127.0.0.1:{port}");
+    let token = format!("gantry-join-v1.0011223344556677.{}", "a".repeat(64));
+    let dir = tmp.path().join("gw");
+    let out = run(&[
+        "join",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--name",
+        "gw",
+        "--listen",
+        "127.0.0.1:0",
+        "--peer",
+        &peer,
+        "--token",
+        &token,
+        "--join-timeout",
+        "2s",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("retrying"), "logs each retry: {err}");
+    assert!(err.contains(&format!("cannot reach {peer}")), "{err}");
+    assert!(!dir.join("gantry.json").exists());
+}
+
+#[test]
+fn data_dirs_that_are_not_fresh_or_not_ours_are_refused() {
+    let mut cluster = TestCluster::new();
+    cluster.init("gw-a", &[]);
+    let dir = cluster.gateways[0].dir.clone();
+    let dir_str = dir.to_str().unwrap();
+
+    let again = run(&[
+        "init",
+        "--data-dir",
+        dir_str,
+        "--name",
+        "gw-b",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already holds a gateway"),
+        "{}",
+        stderr(&again)
+    );
+
+    cluster.gateways[0].kill();
+    // A config that names another cluster than the database's.
+    let config_path = dir.join("gantry.json");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
+    config["cluster_id"] = "ffffffffffffffff".into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let out = run(&["run", "--data-dir", dir_str]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("belongs to cluster"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(&config_path, "{ not json").unwrap();
+    let out = run(&["run", "--data-dir", dir_str]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("corrupted"), "{}", stderr(&out));
+
+    let empty = cluster.tmp.path().join("empty");
+    let out = run(&["run", "--data-dir", empty.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("holds no gateway"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The original config brings the gateway back.
+    std::fs::write(&config_path, original).unwrap();
+    cluster.gateways[0].restart();
+    cluster.status_with_leader();
+}
+
+#[test]
+fn bad_flags_are_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gw");
+    let d = dir.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "init",
+                "--data-dir",
+                d,
+                "--name",
+                "Bad_Name",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "not a DNS label",
+        ),
+        (
+            &[
+                "init",
+                "--data-dir",
+                d,
+                "--name",
+                "gw",
+                "--listen",
+                "127.0.0.1:0",
+                "--capacity",
+                "cpu=lots",
+            ],
+            "invalid cpu",
+        ),
+        (
+            &[
+                "init",
+                "--data-dir",
+                d,
+                "--name",
+                "gw",
+                "--listen",
+                "127.0.0.1:0",
+                "--labels",
+                "novalue",
+            ],
+            "key=value",
+        ),
+        (
+            &[
+                "init",
+                "--data-dir",
+                d,
+                "--name",
+                "gw",
+                "--listen",
+                "not-an-address",
+            ],
+            "cannot listen",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = run(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!dir.join("gantry.json").exists());
+    }
+    let unreachable = run(&["--server", "127.0.0.1:1", "status"]);
+    assert!(stderr(&unreachable).contains("cannot reach a gateway at 127.0.0.1:1"));
+}

@@ -1,0 +1,321 @@
+//! Test harness: real `gantry` processes on loopback, each with its own
+//! data dir in a temp dir, driven through the CLI like an operator would.
+//! Ports are chosen by the gateways themselves (`--listen 127.0.0.1:0`) and
+//! read back from their data dir, so tests never race for fixed ports.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn gantry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gantry")
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct Gateway {
+    pub name: String,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Gateway {
+    pub fn config(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.dir.join("gantry.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The address it serves on, once it has written its config.
+    pub fn addr(&self) -> String {
+        wait_for(
+            &format!("{} to write its config", self.name),
+            DEADLINE,
+            || {
+                self.config()
+                    .and_then(|c| c["advertise"].as_str().map(String::from))
+            },
+        )
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// kill -9 of the process we started, as a power cut would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `gantry run --data-dir DIR`.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        self.child = Some(spawn(
+            &["run", "--data-dir", path_str(&self.dir)],
+            &self.log,
+        ));
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+fn spawn(args: &[&str], log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    let err = out.try_clone().expect("clone log");
+    Command::new(gantry_bin())
+        .args(args)
+        .env("GANTRY_LOG", "info,openraft=warn")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn gantry")
+}
+
+pub struct TestCluster {
+    pub tmp: tempfile::TempDir,
+    pub gateways: Vec<Gateway>,
+}
+
+impl TestCluster {
+    pub fn new() -> Self {
+        Self {
+            tmp: tempfile::tempdir().expect("tempdir"),
+            gateways: Vec::new(),
+        }
+    }
+
+    fn dirs(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.tmp.path().join(name),
+            self.tmp.path().join(format!("{name}.log")),
+        )
+    }
+
+    /// `gantry init` with `extra` flags; waits until it answers `status`.
+    pub fn init(&mut self, name: &str, extra: &[&str]) -> usize {
+        let (dir, log) = self.dirs(name);
+        let mut args = vec![
+            "init",
+            "--data-dir",
+            path_str(&dir),
+            "--name",
+            name,
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let child = spawn(&args, &log);
+        self.gateways.push(Gateway {
+            name: name.into(),
+            dir,
+            log,
+            child: Some(child),
+        });
+        let index = self.gateways.len() - 1;
+        self.wait_registered(index);
+        index
+    }
+
+    pub fn token(&self) -> String {
+        let path = self.gateways[0].dir.join("join-token");
+        wait_for("the join token", DEADLINE, || {
+            std::fs::read_to_string(&path).ok()
+        })
+        .trim()
+        .to_string()
+    }
+
+    /// `gantry join` through gateway 0 (or `peer`), then waits until the
+    /// new gateway is a member that the cluster lists.
+    pub fn join(&mut self, name: &str, extra: &[&str]) -> usize {
+        let peer = self.gateways[0].addr();
+        self.join_via(name, &peer, extra)
+    }
+
+    pub fn join_via(&mut self, name: &str, peer: &str, extra: &[&str]) -> usize {
+        let token = self.token();
+        let (dir, log) = self.dirs(name);
+        let mut args = vec![
+            "join",
+            "--data-dir",
+            path_str(&dir),
+            "--name",
+            name,
+            "--listen",
+            "127.0.0.1:0",
+            "--peer",
+            peer,
+            "--token",
+            &token,
+        ];
+        args.extend_from_slice(extra);
+        let child = spawn(&args, &log);
+        self.gateways.push(Gateway {
+            name: name.into(),
+            dir,
+            log,
+            child: Some(child),
+        });
+        let index = self.gateways.len() - 1;
+        wait_for(&format!("{name} to become a member"), DEADLINE, || {
+            let config = self.gateways[index].config()?;
+            config["member"].as_bool().filter(|m| *m)
+        });
+        self.wait_registered(index);
+        index
+    }
+
+    fn wait_registered(&mut self, index: usize) {
+        let name = self.gateways[index].name.clone();
+        let addr = self.gateways[index].addr();
+        wait_for(&format!("{name} to list itself"), DEADLINE, || {
+            let status = self.try_json(&addr, &["status"])?;
+            let listed = status["nodes"]
+                .as_array()?
+                .iter()
+                .any(|n| n["name"] == name.as_str());
+            listed.then_some(())
+        });
+    }
+
+    pub fn addr(&self, index: usize) -> String {
+        self.gateways[index].addr()
+    }
+
+    /// Runs a client verb against `server`.
+    pub fn cli(&self, server: &str, args: &[&str]) -> Output {
+        Command::new(gantry_bin())
+            .arg("--server")
+            .arg(server)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run gantry")
+    }
+
+    /// Runs a client verb with `-o json` and parses the answer.
+    pub fn try_json(&self, server: &str, args: &[&str]) -> Option<Value> {
+        let mut full = args.to_vec();
+        full.extend_from_slice(&["-o", "json"]);
+        let out = self.cli(server, &full);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn json(&self, server: &str, args: &[&str]) -> Value {
+        let mut full = args.to_vec();
+        full.extend_from_slice(&["-o", "json"]);
+        let out = self.cli(server, &full);
+        assert!(
+            out.status.success(),
+            "gantry {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    /// Writes `text` to a manifest file and applies it through `server`.
+    pub fn apply(&self, server: &str, text: &str) -> Output {
+        let path = self
+            .tmp
+            .path()
+            .join(format!("manifest-{}.yaml", rand_suffix()));
+        std::fs::write(&path, text).expect("write manifest");
+        self.cli(server, &["apply", "-f", path_str(&path)])
+    }
+
+    /// Status from any running gateway that knows a leader.
+    pub fn status_with_leader(&mut self) -> Value {
+        wait_for("a gateway that knows the leader", DEADLINE, || {
+            for index in 0..self.gateways.len() {
+                if !self.gateways[index].is_running() {
+                    continue;
+                }
+                let addr = self.gateways[index].addr();
+                if let Some(status) = self.try_json(&addr, &["status"]) {
+                    if !status["leader"].is_null() {
+                        return Some(status);
+                    }
+                }
+            }
+            None
+        })
+    }
+
+    pub fn index_of(&self, name: &str) -> usize {
+        self.gateways
+            .iter()
+            .position(|g| g.name == name)
+            .expect("known gateway")
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for gateway in &self.gateways {
+                let log = gateway.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- last lines of {} ----", gateway.name);
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        for gateway in &mut self.gateways {
+            gateway.kill();
+        }
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Nodes of a status document by name.
+pub fn node<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["name"] == name))
+        .unwrap_or(&Value::Null)
+}
