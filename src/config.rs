@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::state::quantity::HumanDuration;
 use crate::state::Capacity;
 
 pub const CONFIG_FILE: &str = "gantry.json";
@@ -61,6 +62,13 @@ pub struct GatewayConfig {
     pub containerd_socket: String,
     #[serde(default = "default_namespace")]
     pub containerd_namespace: String,
+    /// Between SIGTERM and SIGKILL when a container is stopped.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace: HumanDuration,
+}
+
+fn default_stop_grace() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
 }
 
 fn default_socket() -> String {

@@ -53,15 +53,18 @@ impl Gateway {
         let liveness = Arc::new(Liveness::default());
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let node = crate::agent::start(&cluster, config, data_dir, &mut tasks, &shutdown)?;
 
         let cluster_service = ClusterServer::new(ClusterService {
             cluster: cluster.clone(),
             liveness: liveness.clone(),
+            node: node.clone(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let admin_service = AdminServer::new(AdminService {
             cluster: cluster.clone(),
+            node: node.clone(),
         });
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let stop = shutdown.clone();
@@ -79,11 +82,13 @@ impl Gateway {
         tasks.spawn(liveness::run_leader(
             cluster.clone(),
             liveness.clone(),
+            node.health.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(liveness::run_heartbeats(
             cluster.clone(),
             liveness,
+            node.health.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(crate::control::scheduling::run(

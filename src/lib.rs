@@ -7,9 +7,11 @@
 //! - [`cluster`]: openraft on RocksDB, the gRPC transport, membership.
 //! - [`api`]: the Cluster (gateway-to-gateway) and Admin (public) services.
 //! - [`control`]: leader-only loops (liveness, scheduling).
+//! - [`agent`]: bridges the local replica and the containerd node agent.
 //! - [`gateway`]: the composition root of one daemon.
 //! - [`cli`]: the `gantry` command line.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod cluster;

@@ -4,13 +4,15 @@
 
 use gantry_proto::v1::admin_server::Admin;
 use gantry_proto::v1::{
-    ApplyRequest, DeleteWorkloadRequest, DescribeRequest, GetRequest, JsonDocument, LeaveRequest,
-    StatusRequest,
+    ApplyRequest, DeleteWorkloadRequest, DescribeRequest, GetRequest, ImageChunk, JsonDocument,
+    LeaveRequest, LogsRequest, StatusRequest,
 };
 use serde_json::json;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{json_document, status_from, views};
+use crate::agent::logs::LogStream;
+use crate::agent::{images, logs, NodeRuntime};
 use crate::cluster::node::{LeaderOp, LeaderReply};
 use crate::cluster::Cluster;
 use crate::state::spec::parse_manifest;
@@ -18,6 +20,7 @@ use crate::state::{Command, Response as Answer, Source};
 
 pub struct AdminService {
     pub cluster: Cluster,
+    pub node: NodeRuntime,
 }
 
 type Reply = Result<Response<JsonDocument>, Status>;
@@ -99,5 +102,62 @@ impl Admin for AdminService {
             LeaderReply::Left { name } => reply(json!({ "left": name })),
             other => Err(Status::internal(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    async fn import_image(&self, request: Request<Streaming<ImageChunk>>) -> Reply {
+        let mut stream = request.into_inner();
+        let (file, meta) = images::receive(&mut stream, &self.node.scratch_dir).await?;
+        let file_name = meta.file_name.clone();
+        let me = self.cluster.id();
+        let (my_name, others) = {
+            let applied = self.cluster.state().read();
+            let nodes = &applied.state.nodes;
+            let my_name = nodes.get(&me).map(|n| n.name.clone()).unwrap_or_default();
+            let others: Vec<(String, String)> = nodes
+                .values()
+                .filter(|n| n.id != me && n.status != crate::state::NodeStatus::Left)
+                .map(|n| (n.name.clone(), n.address.clone()))
+                .collect();
+            (my_name, others)
+        };
+        // The local import first: a broken archive is refused before it
+        // travels anywhere.
+        let local = images::import_local(&self.node, &file.0)
+            .await
+            .map_err(Status::invalid_argument)?;
+        let mut gateways = vec![json!({"gateway": my_name, "images": local, "error": null})];
+        if meta.all {
+            for (name, address) in others {
+                let entry = match images::push(&self.cluster, &address, &file.0, &file_name).await {
+                    Ok(reply) => json!({"gateway": name, "images": reply["images"], "error": null}),
+                    Err(error) => json!({"gateway": name, "images": [], "error": error}),
+                };
+                gateways.push(entry);
+            }
+        }
+        reply(json!({ "gateways": gateways }))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogStream>, Status> {
+        let req = request.into_inner();
+        let (node, container_id, address) = {
+            let applied = self.cluster.state().read();
+            let (node, container_id) = logs::locate(&applied.state, &req.workload, req.replica)?;
+            let address = applied
+                .state
+                .nodes
+                .get(&node)
+                .map(|n| n.address.clone())
+                .unwrap_or_default();
+            (node, container_id, address)
+        };
+        let stream = if node == self.cluster.id() {
+            logs::local(&self.node, &container_id, req.follow)?
+        } else {
+            logs::remote(&self.cluster, &address, container_id, req.follow).await?
+        };
+        Ok(Response::new(stream))
     }
 }

@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use gantry_proto::v1::cluster_server::Cluster as ClusterRpc;
 use gantry_proto::v1::{
-    AddMemberReply, AddMemberRequest, HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest,
-    RaftMessage,
+    AddMemberReply, AddMemberRequest, HeartbeatReply, HeartbeatRequest, ImageChunk, JoinReply,
+    JoinRequest, JsonDocument, LogsRequest, RaftMessage,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::status_from;
+use crate::agent::logs::LogStream;
+use crate::agent::{images, logs, NodeRuntime};
 use crate::cluster::node::{JoinArgs, LeaderOp, LeaderReply};
 use crate::cluster::Cluster;
 use crate::control::liveness::Liveness;
@@ -22,6 +24,7 @@ use crate::state::Capacity;
 pub struct ClusterService {
     pub cluster: Cluster,
     pub liveness: Arc<Liveness>,
+    pub node: NodeRuntime,
 }
 
 fn decode<T: DeserializeOwned>(cluster: &Cluster, message: &RaftMessage) -> Result<T, Status> {
@@ -142,8 +145,44 @@ impl ClusterRpc for ClusterService {
         }
         let accepted = self.cluster.is_leader();
         if accepted {
-            self.liveness.record(req.node_id);
+            let problem = Some(req.runtime_problem).filter(|p| !p.is_empty());
+            self.liveness.record(req.node_id, problem);
         }
         Ok(Response::new(HeartbeatReply { accepted }))
+    }
+
+    async fn push_image(
+        &self,
+        request: Request<Streaming<ImageChunk>>,
+    ) -> Result<Response<JsonDocument>, Status> {
+        let mut stream = request.into_inner();
+        let (file, meta) = images::receive(&mut stream, &self.node.scratch_dir).await?;
+        if meta.cluster_id != self.cluster.cluster_id() {
+            return Err(Status::permission_denied(
+                "the archive comes from another cluster",
+            ));
+        }
+        let imported = images::import_local(&self.node, &file.0)
+            .await
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(super::json_document(
+            &serde_json::json!({ "images": imported }),
+        )))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogStream>, Status> {
+        let req = request.into_inner();
+        if req.cluster_id != self.cluster.cluster_id() {
+            return Err(Status::permission_denied(
+                "the gateway belongs to another cluster",
+            ));
+        }
+        Ok(Response::new(logs::local(
+            &self.node,
+            &req.container_id,
+            req.follow,
+        )?))
     }
 }

@@ -78,6 +78,21 @@ pub enum Verb {
         #[command(subcommand)]
         what: DeleteWhat,
     },
+    /// Load images into the gateways' containerd.
+    Image {
+        #[command(subcommand)]
+        what: ImageVerb,
+    },
+    /// Print (or follow) a workload's container log, from whichever gateway runs it.
+    Logs {
+        workload: String,
+        /// Which replica (default: the lowest one that has a container).
+        #[arg(long)]
+        replica: Option<u32>,
+        /// Keep printing new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Remove a gateway from the cluster.
     Leave {
         /// The gateway's name.
@@ -96,6 +111,17 @@ pub enum GetWhat {
     Nodes,
     Workloads,
     Instances,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageVerb {
+    /// Load an OCI image-layout archive (as `skopeo copy ... oci-archive:` writes).
+    Import {
+        file: PathBuf,
+        /// Load it into every gateway of the cluster, over the cluster's own connections.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +164,9 @@ pub struct MemberArgs {
     /// containerd namespace of this gateway's containers.
     #[arg(long, default_value = crate::config::DEFAULT_CONTAINERD_NAMESPACE)]
     pub containerd_namespace: String,
+    /// Between SIGTERM and SIGKILL when this gateway stops a container.
+    #[arg(long, default_value = "10s")]
+    pub stop_grace: HumanDuration,
 }
 
 #[derive(Debug, Args)]

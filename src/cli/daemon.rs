@@ -95,6 +95,7 @@ fn new_config(
         member: false,
         containerd_socket: member.containerd_socket.clone(),
         containerd_namespace: member.containerd_namespace.clone(),
+        stop_grace: member.stop_grace,
     }
 }
 

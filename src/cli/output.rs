@@ -18,6 +18,7 @@ pub enum View {
     Applied,
     Deleted,
     Left,
+    Imported,
 }
 
 pub fn render(view: View, format: OutputFormat, value: &Value) -> Result<String> {
@@ -235,6 +236,24 @@ fn table_view(view: View, value: &Value) -> String {
             .collect(),
         View::Deleted => format!("workload/{} deleted\n", text(&value["deleted"])),
         View::Left => format!("gateway {} left the cluster\n", text(&value["left"])),
+        View::Imported => {
+            let rows: Vec<Vec<String>> = items(&value["gateways"])
+                .iter()
+                .map(|g| {
+                    let images: Vec<String> = items(&g["images"])
+                        .iter()
+                        .map(|i| text(&i["name"]))
+                        .collect();
+                    let result = if g["error"].is_null() {
+                        "imported".to_string()
+                    } else {
+                        text(&g["error"])
+                    };
+                    vec![text(&g["gateway"]), images.join(","), result]
+                })
+                .collect();
+            table(&["GATEWAY", "IMAGES", "RESULT"], &rows)
+        }
     }
 }
 

@@ -201,6 +201,7 @@ impl Cluster {
                 node: id,
                 status: NodeStatus::Left,
                 reason: Some("left the cluster".into()),
+                runtime_down: false,
             };
             // Boxed: `write` may route back into `execute_as_leader`.
             match Box::pin(self.write(status)).await {

@@ -1,7 +1,10 @@
 //! Liveness: gateways heartbeat the leader; the leader keeps when it last
 //! heard from each in memory (soft state) and commits only transitions
-//! (Ready -> NotReady -> Ready) through Raft. A new leader starts with an
-//! empty table and gives every gateway a full grace period.
+//! (Ready -> NotReady -> Ready) through Raft. A heartbeat also says whether
+//! the gateway's container runtime answers: a gateway whose containerd is
+//! down is NotReady with that reason, flagged `runtime_down` so its
+//! instances are not duplicated at once. A new leader starts with an empty
+//! table and gives every gateway a full grace period.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,30 +13,30 @@ use std::time::{Duration, Instant};
 use gantry_proto::v1::HeartbeatRequest;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::RuntimeHealth;
 use crate::cluster::{Cluster, NodeId};
 use crate::state::quantity::format_duration;
-use crate::state::{Command, NodeStatus};
+use crate::state::{Command, Node, NodeStatus};
 
-/// When the leader last heard from each gateway.
+/// When the leader last heard from each gateway, and what its container
+/// runtime said then.
 #[derive(Default)]
 pub struct Liveness {
-    seen: Mutex<HashMap<NodeId, Instant>>,
+    seen: Mutex<HashMap<NodeId, (Instant, Option<String>)>>,
 }
 
 impl Liveness {
-    pub fn record(&self, node: NodeId) {
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node, Instant::now());
+    pub fn record(&self, node: NodeId, runtime_problem: Option<String>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(node, (Instant::now(), runtime_problem));
     }
 
-    fn last_seen(&self, node: NodeId) -> Option<Instant> {
+    fn last_seen(&self, node: NodeId) -> Option<(Instant, Option<String>)> {
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&node)
-            .copied()
+            .cloned()
     }
 
     fn reset(&self) {
@@ -44,8 +47,52 @@ impl Liveness {
 /// How often the leader looks at the table.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
+/// status, reason, runtime_down
+type Wanted = (NodeStatus, Option<String>, bool);
+
+/// The pure rule: what a gateway's status should be, given when we last
+/// heard from it and what its runtime said.
+pub fn wanted_status(
+    silent_for: Duration,
+    grace: Duration,
+    runtime_problem: Option<String>,
+) -> Wanted {
+    if silent_for > grace {
+        let reason = format!("no heartbeat for {}", format_duration(grace));
+        (NodeStatus::NotReady, Some(reason), false)
+    } else if let Some(problem) = runtime_problem {
+        let reason = format!("container runtime unavailable: {problem}");
+        (NodeStatus::NotReady, Some(reason), true)
+    } else {
+        (NodeStatus::Ready, None, false)
+    }
+}
+
+fn transition(
+    node: &Node,
+    liveness: &Liveness,
+    since: Instant,
+    grace: Duration,
+) -> Option<(NodeId, Wanted)> {
+    if !matches!(node.status, NodeStatus::Ready | NodeStatus::NotReady) {
+        return None;
+    }
+    let (seen, problem) = match liveness.last_seen(node.id) {
+        Some((at, problem)) => (at.max(since), problem),
+        None => (since, None),
+    };
+    let wanted = wanted_status(seen.elapsed(), grace, problem);
+    let current = (node.status, node.status_reason.clone(), node.runtime_down);
+    (current != wanted).then_some((node.id, wanted))
+}
+
 /// Leader side: turns silence into NotReady and a heartbeat back into Ready.
-pub async fn run_leader(cluster: Cluster, liveness: Arc<Liveness>, shutdown: CancellationToken) {
+pub async fn run_leader(
+    cluster: Cluster,
+    liveness: Arc<Liveness>,
+    health: Arc<RuntimeHealth>,
+    shutdown: CancellationToken,
+) {
     let mut leading_since: Option<Instant> = None;
     let mut ticker = tokio::time::interval(CHECK_EVERY);
     loop {
@@ -62,49 +109,35 @@ pub async fn run_leader(cluster: Cluster, liveness: Arc<Liveness>, shutdown: Can
             tracing::info!("leading: every gateway gets a fresh grace period");
             Instant::now()
         });
-        liveness.record(cluster.id());
-        let transitions = {
+        liveness.record(cluster.id(), health.problem());
+        let transitions: Vec<(NodeId, Wanted)> = {
             let applied = cluster.state().read();
             let grace = applied.state.meta.settings.node_grace.0;
-            applied
-                .state
-                .nodes
-                .values()
-                .filter_map(|node| {
-                    let seen = liveness.last_seen(node.id).map_or(since, |s| s.max(since));
-                    let alive = seen.elapsed() <= grace;
-                    match (node.status, alive) {
-                        (NodeStatus::Ready, false) => Some((
-                            node.id,
-                            NodeStatus::NotReady,
-                            Some(format!("no heartbeat for {}", format_duration(grace))),
-                        )),
-                        (NodeStatus::NotReady, true) => Some((node.id, NodeStatus::Ready, None)),
-                        _ => None,
-                    }
-                })
-                .collect::<Vec<_>>()
+            let nodes = applied.state.nodes.values();
+            nodes
+                .filter_map(|node| transition(node, &liveness, since, grace))
+                .collect()
         };
-        for (node, status, reason) in transitions {
+        for (node, (status, reason, runtime_down)) in transitions {
             tracing::info!(node, %status, reason = reason.as_deref().unwrap_or(""), "gateway liveness changed");
-            if let Err(e) = cluster
-                .write(Command::SetNodeStatus {
-                    node,
-                    status,
-                    reason,
-                })
-                .await
-            {
+            let command = Command::SetNodeStatus {
+                node,
+                status,
+                reason,
+                runtime_down,
+            };
+            if let Err(e) = cluster.write(command).await {
                 tracing::warn!(node, error = %e, "could not commit a liveness transition");
             }
         }
     }
 }
 
-/// Every gateway: tells the leader it is alive.
+/// Every gateway: tells the leader it is alive (and how its runtime is).
 pub async fn run_heartbeats(
     cluster: Cluster,
     liveness: Arc<Liveness>,
+    health: Arc<RuntimeHealth>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -124,7 +157,7 @@ pub async fn run_heartbeats(
             continue;
         };
         if leader == cluster.id() {
-            liveness.record(leader);
+            liveness.record(leader, health.problem());
             continue;
         }
         let Ok(mut client) = cluster.peers().client(&addr) else {
@@ -133,6 +166,7 @@ pub async fn run_heartbeats(
         let request = HeartbeatRequest {
             cluster_id: cluster.cluster_id().to_string(),
             node_id: cluster.id(),
+            runtime_problem: health.problem().unwrap_or_default(),
         };
         match tokio::time::timeout(Duration::from_secs(1), client.heartbeat(request)).await {
             Ok(Ok(_)) => {}
@@ -141,5 +175,37 @@ pub async fn run_heartbeats(
             }
             Err(_) => tracing::debug!(%addr, "heartbeat timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_beats_runtime_state_and_both_give_reasons() {
+        let grace = Duration::from_secs(1);
+        let ok = wanted_status(Duration::from_millis(200), grace, None);
+        assert_eq!(ok, (NodeStatus::Ready, None, false));
+        let down = wanted_status(
+            Duration::from_millis(200),
+            grace,
+            Some("connection refused".into()),
+        );
+        assert_eq!(down.0, NodeStatus::NotReady);
+        assert!(down
+            .1
+            .as_deref()
+            .is_some_and(|r| r.contains("connection refused")));
+        assert!(down.2);
+        let silent = wanted_status(Duration::from_secs(2), grace, Some("x".into()));
+        assert_eq!(
+            silent,
+            (
+                NodeStatus::NotReady,
+                Some("no heartbeat for 1s".into()),
+                false
+            )
+        );
     }
 }

@@ -19,6 +19,10 @@ use crate::state::{Command, Instance, InstanceKey, NodeStatus, PlanRecord, State
 /// `reschedule_after` need it).
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long instances stay on a gateway whose container runtime is down
+/// (while the gateway itself still heartbeats) before they move.
+pub const RUNTIME_OUTAGE_GRACE_MS: u64 = 60_000;
+
 fn requirements(workload: &Workload) -> sched::WorkloadRequirements {
     let spec = &workload.spec;
     sched::WorkloadRequirements {
@@ -48,13 +52,20 @@ fn lost_long_enough(state: &State, instance: &Instance, now: u64) -> bool {
         NodeStatus::Ready | NodeStatus::Draining => false,
         NodeStatus::Left => true,
         NodeStatus::NotReady => {
-            let wait = state
+            let configured = state
                 .workloads
                 .get(&instance.workload)
                 .and_then(|w| w.spec.on_disconnect)
                 .and_then(|d| d.reschedule_after)
                 .map(|d| d.0.as_millis() as u64)
                 .unwrap_or(0);
+            // A runtime outage (the gateway still heartbeats) usually ends
+            // with the containers adopted: do not duplicate them at once.
+            let wait = if node.runtime_down {
+                configured.max(RUNTIME_OUTAGE_GRACE_MS)
+            } else {
+                configured
+            };
             now.saturating_sub(node.since_ms) >= wait
         }
     }
@@ -276,6 +287,7 @@ mod tests {
             node: first,
             status: NodeStatus::NotReady,
             reason: None,
+            runtime_down: false,
         };
         state.apply(&Request::new(20, down), &mut ChangeSet::new());
         let plan = plan_for(&state, 30).unwrap();

@@ -59,6 +59,9 @@ pub enum Command {
         node: NodeId,
         status: NodeStatus,
         reason: Option<String>,
+        /// NotReady because the container runtime is down, not the gateway.
+        #[serde(default)]
+        runtime_down: bool,
     },
     /// Applies a whole manifest: all workloads or none.
     ApplyWorkloads {

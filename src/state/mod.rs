@@ -123,7 +123,8 @@ impl State {
                 node,
                 status,
                 reason,
-            } => self.set_node_status(at, *node, *status, reason.clone(), changes),
+                runtime_down,
+            } => self.set_node_status(at, *node, *status, reason.clone(), *runtime_down, changes),
             Command::ApplyWorkloads { workloads, source } => {
                 self.apply_workloads(at, workloads, *source, changes)
             }
@@ -211,6 +212,7 @@ impl State {
                 status: NodeStatus::Ready,
                 status_reason: None,
                 cordoned: false,
+                runtime_down: false,
                 since_ms: at,
                 joined_ms: at,
             },
@@ -231,6 +233,7 @@ impl State {
         id: NodeId,
         status: NodeStatus,
         reason: Option<String>,
+        runtime_down: bool,
         changes: &mut ChangeSet,
     ) -> Response {
         let Some(node) = self.nodes.get_mut(&id) else {
@@ -239,12 +242,16 @@ impl State {
         if node.status == NodeStatus::Left {
             return rejected(format!("gateway {} has left the cluster", node.name));
         }
-        if node.status == status && node.status_reason == reason {
+        if node.status == status
+            && node.status_reason == reason
+            && node.runtime_down == runtime_down
+        {
             return Response::Ok;
         }
         let before = node.status;
         node.status = status;
         node.status_reason = reason.clone();
+        node.runtime_down = runtime_down;
         if before != status {
             node.since_ms = at;
         }

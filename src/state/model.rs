@@ -55,6 +55,10 @@ pub struct Node {
     pub status_reason: Option<String>,
     #[serde(default)]
     pub cordoned: bool,
+    /// NotReady because its container runtime does not answer (heartbeats
+    /// still arrive): its containers most likely still run.
+    #[serde(default)]
+    pub runtime_down: bool,
     /// When the status last changed (ms since the epoch, from the command).
     pub since_ms: u64,
     pub joined_ms: u64,

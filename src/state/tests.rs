@@ -80,6 +80,7 @@ fn a_left_name_can_be_reused_with_a_new_id() {
         node: 1,
         status: NodeStatus::Left,
         reason: None,
+        runtime_down: false,
     };
     state.apply(&req(30, left), &mut ChangeSet::new());
     assert_eq!(
@@ -238,6 +239,7 @@ fn plans_place_and_stale_reports_are_ignored() {
         node: 1,
         status: NodeStatus::Left,
         reason: None,
+        runtime_down: false,
     };
     state.apply(&req(70, left), &mut ChangeSet::new());
     assert_eq!(state.instances[&key].node, None);
@@ -261,6 +263,7 @@ fn the_event_ring_is_bounded() {
                     node: 1,
                     status,
                     reason: None,
+                    runtime_down: false,
                 },
             ),
             &mut ChangeSet::new(),

@@ -1,0 +1,143 @@
+//! Which containers this gateway should run, derived from its local replica.
+//!
+//! The local replica, not the leader, is the source: a gateway cut off from
+//! the quorum keeps running what it last knew (edge autonomy), except the
+//! instances whose `on_disconnect.stop_after` has passed.
+
+use std::time::Duration;
+
+use gantry_node::{ContainerSpec, DesiredInstance, MountSpec, RestartPolicy};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Cluster, NodeId};
+use crate::state::spec::RestartPolicy as SpecRestart;
+use crate::state::{Instance, NodeStatus, State, Workload};
+
+/// containerd container id: unique per generation so a replacement never
+/// collides with the container it replaces.
+pub fn container_id(instance: &Instance) -> String {
+    format!(
+        "{}-{}-g{}",
+        instance.workload, instance.replica, instance.generation
+    )
+}
+
+fn container_spec(instance: &Instance, workload: &Workload) -> ContainerSpec {
+    let spec = &workload.spec;
+    let mut container = ContainerSpec::new(
+        container_id(instance),
+        instance.workload.clone(),
+        instance.replica,
+        instance.generation,
+        spec.image.clone(),
+    );
+    container.command = spec.command.clone();
+    container.args = spec.args.clone();
+    container.env = spec.env.clone();
+    container.cpu_millis = Some(spec.cpu_millis()).filter(|c| *c > 0);
+    container.memory_bytes = Some(spec.memory_bytes()).filter(|m| *m > 0);
+    container.mounts = spec
+        .mounts
+        .iter()
+        .map(|m| MountSpec {
+            source: m.source.clone(),
+            target: m.target.clone(),
+            read_only: m.read_only,
+        })
+        .collect();
+    container.devices = spec.devices.clone();
+    container.read_only = spec.read_only;
+    container
+}
+
+fn restart_policy(policy: SpecRestart) -> RestartPolicy {
+    match policy {
+        SpecRestart::Always => RestartPolicy::Always,
+        SpecRestart::OnFailure => RestartPolicy::OnFailure,
+        SpecRestart::Never => RestartPolicy::Never,
+    }
+}
+
+/// The pure part: this gateway's desired containers, given how long it has
+/// been cut off from the quorum (None when it is not).
+pub fn desired_for(
+    state: &State,
+    node: NodeId,
+    isolated_for: Option<Duration>,
+) -> Vec<DesiredInstance> {
+    if state
+        .nodes
+        .get(&node)
+        .is_some_and(|n| n.status == NodeStatus::Left)
+    {
+        return Vec::new();
+    }
+    state
+        .instances
+        .values()
+        .filter(|i| i.node == Some(node))
+        .filter_map(|instance| {
+            let workload = state.workloads.get(&instance.workload)?;
+            let stop_after = workload
+                .spec
+                .on_disconnect
+                .and_then(|d| d.stop_after)
+                .map(|d| d.0);
+            if let (Some(isolated), Some(limit)) = (isolated_for, stop_after) {
+                if isolated >= limit {
+                    return None;
+                }
+            }
+            Some(DesiredInstance {
+                spec: container_spec(instance, workload),
+                restart: restart_policy(workload.spec.restart),
+            })
+        })
+        .collect()
+}
+
+/// How long this gateway has been unable to reach a quorum, if it is.
+fn isolation(cluster: &Cluster) -> Option<Duration> {
+    let metrics = cluster.metrics();
+    if metrics.current_leader == Some(cluster.id()) {
+        // openraft 0.9 leaders do not step down without a quorum; they know
+        // when a quorum last acknowledged them.
+        let since = metrics.millis_since_quorum_ack?;
+        return (since > 1_000).then(|| Duration::from_millis(since));
+    }
+    let (current, age) = cluster.believes_current();
+    if current {
+        return None;
+    }
+    Some(Duration::from_millis(age.unwrap_or(u64::MAX / 2)))
+}
+
+/// Keeps the agent's desired set equal to `desired_for` as the replica
+/// changes (and re-checks isolation every second).
+pub async fn feed(
+    cluster: Cluster,
+    desired: watch::Sender<Vec<DesiredInstance>>,
+    shutdown: CancellationToken,
+) {
+    let mut applied = cluster.state().subscribe();
+    loop {
+        let next = {
+            let isolated = isolation(&cluster);
+            let guard = cluster.state().read();
+            desired_for(&guard.state, cluster.id(), isolated)
+        };
+        desired.send_if_modified(|current| {
+            if *current == next {
+                return false;
+            }
+            *current = next;
+            true
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Commits what the node agent reports. Reports are coalesced (latest per
+//! instance), batched into one Raft write, kept while the quorum cannot be
+//! reached, and re-sent when the replicated state disagrees with what this
+//! gateway last saw (e.g. after a leader change lost an in-flight batch).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_node::{AgentEvent, InstanceReport as AgentReport, InstanceState as AgentState};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::health::RuntimeHealth;
+use super::REPORT_TIMEOUT;
+use crate::cluster::Cluster;
+use crate::state::{Command, InstanceKey, InstanceReport, InstanceState, State};
+
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const RESYNC_EVERY: Duration = Duration::from_secs(3);
+
+/// The agent's report in the state machine's terms; None for a container
+/// that is gone (the state has nothing to say about it).
+pub fn convert(report: &AgentReport) -> Option<InstanceReport> {
+    let state = match report.state {
+        AgentState::Pending => InstanceState::Pending,
+        AgentState::Pulling => InstanceState::Pulling,
+        AgentState::Starting => InstanceState::Starting,
+        AgentState::Running => InstanceState::Running,
+        AgentState::Exited => InstanceState::Exited,
+        AgentState::Failed => InstanceState::Failed,
+        AgentState::Removed => return None,
+    };
+    Some(InstanceReport {
+        instance: InstanceKey {
+            workload: report.workload.clone(),
+            replica: report.replica,
+        },
+        generation: report.generation,
+        state,
+        exit_code: report.exit_code,
+        reason: report.reason.clone(),
+        restarts: report.restarts,
+        container_id: Some(report.container_id.clone()),
+    })
+}
+
+/// Whether the replicated state still lacks what `report` says.
+fn disagrees(state: &State, node: u64, report: &InstanceReport) -> bool {
+    let Some(instance) = state.instances.get(&report.instance) else {
+        return false;
+    };
+    if instance.node != Some(node) || instance.generation != report.generation {
+        return false;
+    }
+    instance.state != report.state
+        || instance.exit_code != report.exit_code
+        || instance.restarts != report.restarts
+        || instance.reason != report.reason
+        || instance.container_id != report.container_id
+}
+
+pub async fn run(
+    cluster: Cluster,
+    mut events: mpsc::Receiver<AgentEvent>,
+    health: Arc<RuntimeHealth>,
+    shutdown: CancellationToken,
+) {
+    let mut pending: BTreeMap<InstanceKey, InstanceReport> = BTreeMap::new();
+    let mut latest: BTreeMap<InstanceKey, InstanceReport> = BTreeMap::new();
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let mut resync = tokio::time::interval(RESYNC_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = events.recv() => match event {
+                None => return,
+                Some(AgentEvent::Instance(report)) => {
+                    let key = InstanceKey { workload: report.workload.clone(), replica: report.replica };
+                    match convert(&report) {
+                        Some(converted) => {
+                            latest.insert(key.clone(), converted.clone());
+                            pending.insert(key, converted);
+                        }
+                        None => {
+                            if latest.get(&key).is_some_and(|r| r.generation == report.generation) {
+                                latest.remove(&key);
+                            }
+                        }
+                    }
+                }
+                Some(AgentEvent::RuntimeAvailable { version }) => {
+                    tracing::info!(%version, "container runtime available");
+                    health.set_problem(None);
+                }
+                Some(AgentEvent::RuntimeUnavailable { reason }) => {
+                    tracing::warn!(%reason, "container runtime unavailable");
+                    health.set_problem(Some(reason));
+                }
+            },
+            _ = resync.tick() => {
+                let guard = cluster.state().read();
+                for (key, report) in &latest {
+                    if disagrees(&guard.state, cluster.id(), report) {
+                        pending.insert(key.clone(), report.clone());
+                    }
+                }
+            }
+            _ = flush.tick() => {
+                if pending.is_empty() {
+                    continue;
+                }
+                let reports: Vec<InstanceReport> = pending.values().cloned().collect();
+                let command = Command::ReportInstances { node: cluster.id(), reports };
+                match tokio::time::timeout(REPORT_TIMEOUT, cluster.write(command)).await {
+                    Ok(Ok(_)) => pending.clear(),
+                    Ok(Err(e)) => tracing::debug!(error = %e, kept = pending.len(), "instance reports not committed yet"),
+                    Err(_) => tracing::debug!(kept = pending.len(), "instance reports not committed yet"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! End-to-end tests of gateways running real containers: a private
+//! containerd shared by the gateways (a namespace each), a busybox OCI
+//! archive built in the test, `gantry image import`, apply, logs, restarts,
+//! replacement, adoption after a gateway restart and a containerd restart.
+
+mod support;
+
+use std::time::Duration;
+
+use gantry_node::testing::{busybox_oci_archive, PrivateContainerd};
+use gantry_node::{ContainerdConfig, ContainerdRuntime, Runtime};
+use serde_json::Value;
+use support::{wait_for, TestCluster};
+
+const IMAGE: &str = "127.0.0.1:5000/gantry/busybox:test";
+const LONG: Duration = Duration::from_secs(90);
+
+/// Field order matters: the cluster (gateways) stops first, then containerd
+/// cleans up its containers, then the temp dir goes.
+struct Site {
+    cluster: TestCluster,
+    containerd: PrivateContainerd,
+    tokio: tokio::runtime::Runtime,
+    archive: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn site(gateways: &[&str]) -> Site {
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("gt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let containerd = tokio
+        .block_on(PrivateContainerd::start(dir.path().join("ctd")))
+        .expect("a private containerd (install containerd and runc)");
+    let archive = dir.path().join("busybox.tar");
+    busybox_oci_archive(&archive, IMAGE).expect("busybox archive (install busybox-static)");
+    let socket = containerd.socket();
+    let socket = socket.to_str().unwrap().to_string();
+    let mut cluster = TestCluster::new();
+    for (i, name) in gateways.iter().enumerate() {
+        let flags = [
+            "--containerd-socket",
+            &socket,
+            "--containerd-namespace",
+            name,
+            "--stop-grace",
+            "1s",
+        ];
+        if i == 0 {
+            cluster.init(name, &flags);
+        } else {
+            cluster.join(name, &flags);
+        }
+    }
+    Site {
+        cluster,
+        containerd,
+        tokio,
+        archive,
+        _dir: dir,
+    }
+}
+
+impl Site {
+    fn addr(&self, i: usize) -> String {
+        self.cluster.addr(i)
+    }
+
+    fn runtime(&self, namespace: &str) -> ContainerdRuntime {
+        let mut config = ContainerdConfig::new(self._dir.path().join("unused-logs"));
+        config.socket = self.containerd.socket();
+        config.namespace = namespace.to_string();
+        // The channel is made lazily and needs a reactor.
+        let _entered = self.tokio.enter();
+        ContainerdRuntime::new(config).unwrap()
+    }
+
+    /// (container id, pid) of the workload's running containers in `namespace`.
+    fn containers(&self, namespace: &str, workload: &str) -> Vec<(String, Option<u32>)> {
+        let rt = self.runtime(namespace);
+        let list = self.tokio.block_on(rt.list()).unwrap_or_default();
+        list.into_iter()
+            .filter(|c| c.workload == workload)
+            .map(|c| (c.id, c.pid))
+            .collect()
+    }
+
+    fn import_all(&self) {
+        let out = self.cluster.cli(
+            &self.addr(0),
+            &[
+                "image",
+                "import",
+                self.archive.to_str().unwrap(),
+                "--all",
+                "-o",
+                "json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for gateway in result["gateways"].as_array().unwrap() {
+            assert!(gateway["error"].is_null(), "{gateway}");
+            assert_eq!(gateway["images"][0]["name"], IMAGE);
+        }
+    }
+
+    fn instance(&self, addr: &str, workload: &str, replica: u64) -> Option<Value> {
+        let all = self.cluster.try_json(addr, &["get", "instances"])?;
+        all.as_array()?
+            .iter()
+            .find(|i| i["workload"] == workload && i["replica"] == replica)
+            .cloned()
+    }
+
+    fn wait_instance(&self, workload: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let addr = self.addr(0);
+        wait_for(&format!("{workload}: {what}"), LONG, || {
+            self.instance(&addr, workload, 0).filter(|i| check(i))
+        })
+    }
+
+    fn apply(&self, manifest: &str) {
+        let out = self.cluster.apply(&self.addr(0), manifest);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn running(i: &Value) -> bool {
+    i["state"] == "Running"
+}
+
+#[test]
+fn containers_run_log_exit_and_restart() {
+    let site = site(&["gw-a", "gw-b"]);
+    site.import_all();
+    site.apply(&format!(
+        "name: hello\nimage: {IMAGE}\ncommand: [sh, -c, 'echo hello-from-gantry; exec sleep 100000']\n"
+    ));
+    let hello = site.wait_instance("hello", "Running", running);
+    let node = hello["node"].as_str().unwrap().to_string();
+    assert_eq!(site.containers(&node, "hello").len(), 1);
+
+    // Logs come from the gateway that runs it, whichever gateway is asked.
+    for i in 0..2 {
+        let addr = site.addr(i);
+        let text = wait_for("the log line", LONG, || {
+            let out = site.cluster.cli(&addr, &["logs", "hello"]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.contains("hello-from-gantry").then_some(text)
+        });
+        assert!(text.contains("hello-from-gantry"));
+    }
+
+    // An exit code is reported; `restart: never` leaves it exited.
+    site.apply(&format!(
+        "name: exiter\nimage: {IMAGE}\nrestart: never\ncommand: [sh, -c, 'exit 3']\n"
+    ));
+    let exited = site.wait_instance("exiter", "Exited(3)", |i| i["state"] == "Exited");
+    assert_eq!(exited["exit_code"], 3);
+    assert_eq!(exited["restarts"], 0);
+
+    // Killed from outside: `restart: always` brings it back, counted.
+    let (_, pid) = site.containers(&node, "hello")[0].clone();
+    let pid = pid.expect("a running task has a pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let back = site.wait_instance("hello", "restarted", |i| {
+        running(i) && i["restarts"].as_u64() >= Some(1)
+    });
+    assert_eq!(back["node"], node.as_str());
+    let (_, new_pid) = site.containers(&node, "hello")[0].clone();
+    assert_ne!(new_pid, Some(pid));
+}
+
+#[test]
+fn new_generations_replace_and_delete_removes() {
+    let site = site(&["gw-a", "gw-b"]);
+    site.import_all();
+    let manifest = |v: &str| {
+        format!("name: svc\nimage: {IMAGE}\nenv: {{VERSION: '{v}'}}\ncommand: [sleep, '100000']\n")
+    };
+    site.apply(&manifest("1"));
+    let first = site.wait_instance("svc", "Running", running);
+    let node = first["node"].as_str().unwrap().to_string();
+    assert_eq!(first["container_id"], "svc-0-g1");
+
+    site.apply(&manifest("2"));
+    let second = site.wait_instance("svc", "generation 2 Running", |i| {
+        running(i) && i["generation"] == 2
+    });
+    let now_on = second["node"].as_str().unwrap().to_string();
+    wait_for("only the new generation's container", LONG, || {
+        let ids: Vec<String> = site
+            .containers(&now_on, "svc")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        (ids == vec!["svc-0-g2".to_string()]).then_some(())
+    });
+    assert!(node == now_on || site.containers(&node, "svc").is_empty());
+
+    let out = site
+        .cluster
+        .cli(&site.addr(1), &["delete", "workload", "svc"]);
+    assert!(out.status.success());
+    wait_for("the container removed", LONG, || {
+        site.containers(&now_on, "svc").is_empty().then_some(())
+    });
+}
+
+#[test]
+fn a_restarted_gateway_adopts_its_containers_without_restarting_them() {
+    let mut site = site(&["gw-a", "gw-b"]);
+    site.import_all();
+    site.apply(&format!(
+        "name: keep\nimage: {IMAGE}\ncommand: [sleep, '100000']\n"
+    ));
+    let before = site.wait_instance("keep", "Running", running);
+    let node = before["node"].as_str().unwrap().to_string();
+    let (id, pid) = site.containers(&node, "keep")[0].clone();
+
+    // kill -9 the gateway (its agent); the container lives on.
+    let index = site.cluster.index_of(&node);
+    site.cluster.gateways[index].kill();
+    assert_eq!(site.containers(&node, "keep"), vec![(id.clone(), pid)]);
+    site.cluster.gateways[index].restart();
+    let addr = site.addr(index);
+    wait_for("the gateway back", LONG, || {
+        let status = site.cluster.try_json(&addr, &["status"])?;
+        (support::node(&status, &node)["status"] == "Ready").then_some(())
+    });
+    let after = site.wait_instance("keep", "Running", running);
+    assert_eq!(after["restarts"], 0);
+    assert_eq!(
+        site.containers(&node, "keep"),
+        vec![(id, pid)],
+        "same container, same pid"
+    );
+}
+
+#[test]
+fn containerd_restart_is_survived_without_restarting_containers() {
+    let mut site = site(&["gw-a"]);
+    site.import_all();
+    site.apply(&format!(
+        "name: steady\nimage: {IMAGE}\ncommand: [sleep, '100000']\n"
+    ));
+    site.wait_instance("steady", "Running", running);
+    let before = site.containers("gw-a", "steady");
+
+    site.containerd.kill();
+    let addr = site.addr(0);
+    let status = wait_for("NotReady with the runtime's reason", LONG, || {
+        let status = site.cluster.try_json(&addr, &["status"])?;
+        let me = support::node(&status, "gw-a").clone();
+        (me["status"] == "NotReady").then_some(me)
+    });
+    assert!(
+        status["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("container runtime unavailable"),
+        "{status}"
+    );
+
+    site.tokio.block_on(site.containerd.restart()).unwrap();
+    wait_for("Ready again", LONG, || {
+        let status = site.cluster.try_json(&addr, &["status"])?;
+        (support::node(&status, "gw-a")["status"] == "Ready").then_some(())
+    });
+    let after = site.wait_instance("steady", "Running", running);
+    assert_eq!(after["restarts"], 0);
+    assert_eq!(
+        site.containers("gw-a", "steady"),
+        before,
+        "adopted: same container, same pid"
+    );
+}
+
+#[test]
+fn absent_images_and_broken_archives_are_reported() {
+    let site = site(&["gw-a"]);
+    site.apply("name: ghost\nimage: 127.0.0.1:5000/gantry/absent:1\n");
+    let failed = site.wait_instance("ghost", "Failed", |i| i["state"] == "Failed");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:5000/gantry/absent:1"),
+        "{failed}"
+    );
+
+    // A truncated archive is refused with a reason, and nothing is imported.
+    let bytes = std::fs::read(&site.archive).unwrap();
+    let truncated = site.archive.with_file_name("truncated.tar");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let out = site.cluster.cli(
+        &site.addr(0),
+        &["image", "import", truncated.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty());
+    let out = site
+        .cluster
+        .cli(&site.addr(0), &["image", "import", "/nonexistent.tar"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+
+    // Nothing of the broken archive can run: the image is still absent.
+    site.apply(&format!(
+        "name: probe\nimage: {IMAGE}\ncommand: [sleep, '100000']\n"
+    ));
+    let probe = site.wait_instance("probe", "Failed", |i| i["state"] == "Failed");
+    assert!(probe["reason"].as_str().unwrap().contains(IMAGE));
+    // Importing the good archive lets it start (the agent retries).
+    let out = site.cluster.cli(
+        &site.addr(0),
+        &["image", "import", site.archive.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    site.wait_instance("probe", "Running after import", running);
+}
