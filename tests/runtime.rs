@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use gantry_node::testing::{busybox_oci_archive, PrivateContainerd};
+use gantry_node::testing::busybox_oci_archive;
 use gantry_node::{ContainerdConfig, ContainerdRuntime, Runtime};
 use serde_json::Value;
 use support::{wait_for, TestCluster};
@@ -15,52 +15,24 @@ use support::{wait_for, TestCluster};
 const IMAGE: &str = "127.0.0.1:5000/gantry/busybox:test";
 const LONG: Duration = Duration::from_secs(90);
 
-/// Field order matters: the cluster (gateways) stops first, then containerd
-/// cleans up its containers, then the temp dir goes.
+/// The gateways share the test cluster's private containerd.
 struct Site {
     cluster: TestCluster,
-    containerd: PrivateContainerd,
-    tokio: tokio::runtime::Runtime,
     archive: std::path::PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 fn site(gateways: &[&str]) -> Site {
-    let tokio = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix("gt")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let containerd = tokio
-        .block_on(PrivateContainerd::start(dir.path().join("ctd")))
-        .expect("a private containerd (install containerd and runc)");
-    let archive = dir.path().join("busybox.tar");
-    busybox_oci_archive(&archive, IMAGE).expect("busybox archive (install busybox-static)");
-    let socket = containerd.socket();
-    let socket = socket.to_str().unwrap().to_string();
     let mut cluster = TestCluster::new();
+    let archive = cluster.tmp.path().join("busybox.tar");
+    busybox_oci_archive(&archive, IMAGE).expect("busybox archive (install busybox-static)");
     for (i, name) in gateways.iter().enumerate() {
-        let flags = [
-            "--containerd-socket",
-            &socket,
-            "--containerd-namespace",
-            name,
-            "--stop-grace",
-            "1s",
-        ];
         if i == 0 {
-            cluster.init(name, &flags);
+            cluster.init(name, &[]);
         } else {
-            cluster.join(name, &flags);
+            cluster.join(name, &[]);
         }
     }
-    Site {
-        cluster,
-        containerd,
-        tokio,
-        archive,
-        _dir: dir,
-    }
+    Site { cluster, archive }
 }
 
 impl Site {
@@ -69,18 +41,18 @@ impl Site {
     }
 
     fn runtime(&self, namespace: &str) -> ContainerdRuntime {
-        let mut config = ContainerdConfig::new(self._dir.path().join("unused-logs"));
-        config.socket = self.containerd.socket();
+        let mut config = ContainerdConfig::new(self.cluster.tmp.path().join("unused-logs"));
+        config.socket = self.cluster.containerd.socket();
         config.namespace = namespace.to_string();
         // The channel is made lazily and needs a reactor.
-        let _entered = self.tokio.enter();
+        let _entered = self.cluster.tokio.enter();
         ContainerdRuntime::new(config).unwrap()
     }
 
     /// (container id, pid) of the workload's running containers in `namespace`.
     fn containers(&self, namespace: &str, workload: &str) -> Vec<(String, Option<u32>)> {
         let rt = self.runtime(namespace);
-        let list = self.tokio.block_on(rt.list()).unwrap_or_default();
+        let list = self.cluster.tokio.block_on(rt.list()).unwrap_or_default();
         list.into_iter()
             .filter(|c| c.workload == workload)
             .map(|c| (c.id, c.pid))
@@ -262,7 +234,7 @@ fn containerd_restart_is_survived_without_restarting_containers() {
     site.wait_instance("steady", "Running", running);
     let before = site.containers("gw-a", "steady");
 
-    site.containerd.kill();
+    site.cluster.containerd.kill();
     let addr = site.addr(0);
     let status = wait_for("NotReady with the runtime's reason", LONG, || {
         let status = site.cluster.try_json(&addr, &["status"])?;
@@ -277,7 +249,10 @@ fn containerd_restart_is_survived_without_restarting_containers() {
         "{status}"
     );
 
-    site.tokio.block_on(site.containerd.restart()).unwrap();
+    site.cluster
+        .tokio
+        .block_on(site.cluster.containerd.restart())
+        .unwrap();
     wait_for("Ready again", LONG, || {
         let status = site.cluster.try_json(&addr, &["status"])?;
         (support::node(&status, "gw-a")["status"] == "Ready").then_some(())

@@ -106,17 +106,50 @@ fn spawn(args: &[&str], log: &Path) -> Child {
         .expect("spawn gantry")
 }
 
+/// Gateways of one test, sharing one private containerd (a namespace each,
+/// named after the gateway). Field order matters on drop: gateways are
+/// killed first (in `Drop`), then containerd removes the containers, then
+/// the temp dir goes.
 pub struct TestCluster {
-    pub tmp: tempfile::TempDir,
     pub gateways: Vec<Gateway>,
+    pub containerd: gantry_node::testing::PrivateContainerd,
+    pub tokio: tokio::runtime::Runtime,
+    pub tmp: tempfile::TempDir,
 }
 
 impl TestCluster {
     pub fn new() -> Self {
+        let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
+        // Short paths: containerd's socket path must fit a sockaddr_un.
+        let tmp = tempfile::Builder::new()
+            .prefix("gt")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let containerd = tokio
+            .block_on(gantry_node::testing::PrivateContainerd::start(
+                tmp.path().join("ctd"),
+            ))
+            .expect("a private containerd for the gateways (install containerd and runc)");
         Self {
-            tmp: tempfile::tempdir().expect("tempdir"),
             gateways: Vec::new(),
+            containerd,
+            tokio,
+            tmp,
         }
+    }
+
+    /// Flags that point a gateway at this test's containerd.
+    fn runtime_flags(&self, name: &str) -> Vec<String> {
+        let socket = self.containerd.socket().to_string_lossy().into_owned();
+        let flags = [
+            "--containerd-socket",
+            &socket,
+            "--containerd-namespace",
+            name,
+            "--stop-grace",
+            "1s",
+        ];
+        flags.iter().map(|s| s.to_string()).collect()
     }
 
     fn dirs(&self, name: &str) -> (PathBuf, PathBuf) {
@@ -138,6 +171,8 @@ impl TestCluster {
             "--listen",
             "127.0.0.1:0",
         ];
+        let runtime = self.runtime_flags(name);
+        args.extend(runtime.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let child = spawn(&args, &log);
         self.gateways.push(Gateway {
@@ -183,6 +218,8 @@ impl TestCluster {
             "--token",
             &token,
         ];
+        let runtime = self.runtime_flags(name);
+        args.extend(runtime.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let child = spawn(&args, &log);
         self.gateways.push(Gateway {
