@@ -223,6 +223,25 @@ impl Cluster {
         self.metrics().current_leader == Some(self.inner.id)
     }
 
+    /// Whether this gateway leads and a quorum acknowledged it within one
+    /// `node_grace` (a leader cut off in a minority soon stops claiming it).
+    pub fn leader_has_quorum(&self) -> bool {
+        let metrics = self.metrics();
+        let grace = self.state().read().state.meta.settings.node_grace.0;
+        metrics.current_leader == Some(self.inner.id)
+            && metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| u128::from(ms) <= grace.as_millis())
+    }
+
+    /// Voters of every config when the membership is joint (a change that
+    /// was cut short); None when it is uniform.
+    pub fn joint_config(&self) -> Option<Vec<BTreeSet<NodeId>>> {
+        let metrics = self.metrics();
+        let joint = metrics.membership_config.membership().get_joint_config();
+        (joint.len() > 1).then(|| joint.clone())
+    }
+
     pub fn voters(&self) -> BTreeSet<NodeId> {
         self.metrics()
             .membership_config

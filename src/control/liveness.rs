@@ -74,11 +74,12 @@ pub async fn run_leader(cluster: Cluster, liveness: Arc<Liveness>, shutdown: Can
                     let seen = liveness.last_seen(node.id).map_or(since, |s| s.max(since));
                     let alive = seen.elapsed() <= grace;
                     match (node.status, alive) {
-                        (NodeStatus::Ready, false) => Some((
+                        (NodeStatus::Ready | NodeStatus::Draining, false) => Some((
                             node.id,
                             NodeStatus::NotReady,
                             Some(format!("no heartbeat for {}", format_duration(grace))),
                         )),
+                        // The state machine turns Ready into Draining for a draining gateway.
                         (NodeStatus::NotReady, true) => Some((node.id, NodeStatus::Ready, None)),
                         _ => None,
                     }
