@@ -19,7 +19,12 @@ use tonic::transport::Channel;
 const IMAGE: &str = "127.0.0.1:5000/gantry/busybox:bench";
 
 fn ctr(socket: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("ctr").arg("--address").arg(socket).args(["-n", "bench-ctr"]).args(args).output()?;
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["-n", "bench-ctr"])
+        .args(args)
+        .output()?;
     if !out.status.success() {
         bail!("ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -30,12 +35,16 @@ async fn running(client: &mut AdminClient<Channel>, workload: &str) -> Result<us
     let json = client.get_instances(GetRequest {}).await?.into_inner().json;
     let all: serde_json::Value = serde_json::from_str(&json)?;
     let items = all.as_array().map(Vec::as_slice).unwrap_or(&[]);
-    Ok(items.iter().filter(|i| i["workload"] == workload && i["state"] == "Running").count())
+    Ok(items
+        .iter()
+        .filter(|i| i["workload"] == workload && i["state"] == "Running")
+        .count())
 }
 
 async fn gantry_start(client: &mut AdminClient<Channel>, n: u32, round: u32) -> Result<Duration> {
     let name = format!("bench-{n}-{round}");
-    let manifest = format!("name: {name}\nimage: {IMAGE}\nreplicas: {n}\ncommand: [sleep, '100000']\n");
+    let manifest =
+        format!("name: {name}\nimage: {IMAGE}\nreplicas: {n}\ncommand: [sleep, '100000']\n");
     let started = Instant::now();
     client.apply(ApplyRequest { manifest }).await?;
     while running(client, &name).await? < n as usize {
@@ -45,7 +54,9 @@ async fn gantry_start(client: &mut AdminClient<Channel>, n: u32, round: u32) -> 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let took = started.elapsed();
-    client.delete_workload(DeleteWorkloadRequest { name }).await?;
+    client
+        .delete_workload(DeleteWorkloadRequest { name })
+        .await?;
     Ok(took)
 }
 
@@ -90,13 +101,21 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let rounds: u32 = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let rounds: u32 = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let tmp = tempfile::Builder::new().prefix("gb").tempdir_in("/tmp")?;
-    let containerd = PrivateContainerd::start(tmp.path().join("ctd")).await.context("private containerd")?;
+    let containerd = PrivateContainerd::start(tmp.path().join("ctd"))
+        .await
+        .context("private containerd")?;
     let socket = containerd.socket();
     let archive = tmp.path().join("busybox.tar");
     busybox_oci_archive(&archive, IMAGE)?;
-    ctr(&socket, &["images", "import", archive.to_str().unwrap_or_default()])?;
+    ctr(
+        &socket,
+        &["images", "import", archive.to_str().unwrap_or_default()],
+    )?;
 
     let member = MemberArgs {
         data_dir: tmp.path().join("gw"),
@@ -110,14 +129,29 @@ async fn main() -> Result<()> {
         containerd_namespace: "bench".into(),
         stop_grace: HumanDuration(Duration::from_millis(100)),
     };
-    let init = InitArgs { member, heartbeat_interval: "300ms".parse()?, node_grace: "1s".parse()? };
+    let init = InitArgs {
+        member,
+        heartbeat_interval: "300ms".parse()?,
+        node_grace: "1s".parse()?,
+        voter_replace_after: "30s".parse()?,
+    };
     let gateway = start_init(&init).await?;
     let mut client = AdminClient::connect(format!("http://{}", gateway.local_addr)).await?;
     let bytes = std::fs::read(&archive)?;
-    let chunk = ImageChunk { cluster_id: String::new(), all: false, file_name: "busybox.tar".into(), data: bytes };
-    client.import_image(futures::stream::iter(vec![chunk])).await?;
+    let chunk = ImageChunk {
+        cluster_id: String::new(),
+        all: false,
+        file_name: "busybox.tar".into(),
+        data: bytes,
+    };
+    client
+        .import_image(futures::stream::iter(vec![chunk]))
+        .await?;
 
-    println!("{:>10}  {:>14}  {:>14}  {:>6}", "containers", "gantry apply", "ctr run -d", "ratio");
+    println!(
+        "{:>10}  {:>14}  {:>14}  {:>6}",
+        "containers", "gantry apply", "ctr run -d", "ratio"
+    );
     for n in [1u32, 20] {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();

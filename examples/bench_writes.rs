@@ -55,6 +55,7 @@ async fn main() -> Result<()> {
         member: member(tmp.path(), "bench-a"),
         heartbeat_interval: "300ms".parse()?,
         node_grace: "1s".parse()?,
+        voter_replace_after: "30s".parse()?,
     };
     let a = start_init(&init).await?;
     let leader = a.local_addr.to_string();

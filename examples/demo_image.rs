@@ -3,8 +3,11 @@
 //! Run: `cargo run --example demo_image -- OUT.tar`.
 
 fn main() -> anyhow::Result<()> {
-    let out = std::env::args().nth(1).ok_or_else(|| anyhow::anyhow!("usage: demo_image OUT.tar"))?;
-    let archive = gantry_node::testing::busybox_oci_archive(&out, "127.0.0.1:5000/gantry/busybox:demo")?;
+    let out = std::env::args()
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("usage: demo_image OUT.tar"))?;
+    let archive =
+        gantry_node::testing::busybox_oci_archive(&out, "127.0.0.1:5000/gantry/busybox:demo")?;
     println!("wrote {} ({})", archive.name, out);
     Ok(())
 }

@@ -95,6 +95,10 @@ impl Gateway {
             cluster.clone(),
             shutdown.clone(),
         ));
+        tasks.spawn(crate::control::voters::run(
+            cluster.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!(node = config.node_id, name = %config.name, cluster = %config.cluster_id, address = %local_addr, "gateway started");
         Ok(Self {
             cluster,

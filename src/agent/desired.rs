@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, NodeId};
+use crate::control::fencing;
 use crate::state::spec::RestartPolicy as SpecRestart;
 use crate::state::{Instance, NodeStatus, State, Workload};
 
@@ -79,15 +80,12 @@ pub fn desired_for(
         .filter(|i| i.node == Some(node))
         .filter_map(|instance| {
             let workload = state.workloads.get(&instance.workload)?;
-            let stop_after = workload
-                .spec
-                .on_disconnect
-                .and_then(|d| d.stop_after)
-                .map(|d| d.0);
-            if let (Some(isolated), Some(limit)) = (isolated_for, stop_after) {
-                if isolated >= limit {
-                    return None;
-                }
+            // Moving away (drain of a singleton): stop it here first.
+            if instance.stopping {
+                return None;
+            }
+            if isolated_for.is_some_and(|d| fencing::must_stop_when_isolated(&workload.spec, d)) {
+                return None;
             }
             Some(DesiredInstance {
                 spec: container_spec(instance, workload),
@@ -95,22 +93,6 @@ pub fn desired_for(
             })
         })
         .collect()
-}
-
-/// How long this gateway has been unable to reach a quorum, if it is.
-fn isolation(cluster: &Cluster) -> Option<Duration> {
-    let metrics = cluster.metrics();
-    if metrics.current_leader == Some(cluster.id()) {
-        // openraft 0.9 leaders do not step down without a quorum; they know
-        // when a quorum last acknowledged them.
-        let since = metrics.millis_since_quorum_ack?;
-        return (since > 1_000).then(|| Duration::from_millis(since));
-    }
-    let (current, age) = cluster.believes_current();
-    if current {
-        return None;
-    }
-    Some(Duration::from_millis(age.unwrap_or(u64::MAX / 2)))
 }
 
 /// Keeps the agent's desired set equal to `desired_for` as the replica
@@ -123,7 +105,7 @@ pub async fn feed(
     let mut applied = cluster.state().subscribe();
     loop {
         let next = {
-            let isolated = isolation(&cluster);
+            let isolated = cluster.isolated_for();
             let guard = cluster.state().read();
             desired_for(&guard.state, cluster.id(), isolated)
         };

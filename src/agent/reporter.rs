@@ -60,6 +60,25 @@ fn disagrees(state: &State, node: u64, report: &InstanceReport) -> bool {
         || instance.container_id != report.container_id
 }
 
+/// The report that tells the leader a `stopping` instance is down here.
+fn stopped_for_move(state: &State, node: u64, removed: &AgentReport) -> Option<InstanceReport> {
+    let key = InstanceKey {
+        workload: removed.workload.clone(),
+        replica: removed.replica,
+    };
+    let instance = state.instances.get(&key)?;
+    let ours = instance.node == Some(node) && instance.generation == removed.generation;
+    (ours && instance.stopping).then(|| InstanceReport {
+        instance: key,
+        generation: removed.generation,
+        state: InstanceState::Exited,
+        exit_code: None,
+        reason: Some("stopped so that it can move".into()),
+        restarts: removed.restarts,
+        container_id: None,
+    })
+}
+
 pub async fn run(
     cluster: Cluster,
     mut events: mpsc::Receiver<AgentEvent>,
@@ -85,6 +104,16 @@ pub async fn run(
                         None => {
                             if latest.get(&key).is_some_and(|r| r.generation == report.generation) {
                                 latest.remove(&key);
+                            }
+                            // A copy stopped so that it can move (drain of a
+                            // singleton): the leader waits to hear it stopped.
+                            let stopped = {
+                                let guard = cluster.state().read();
+                                stopped_for_move(&guard.state, cluster.id(), &report)
+                            };
+                            if let Some(stopped) = stopped {
+                                latest.insert(key.clone(), stopped.clone());
+                                pending.insert(key, stopped);
                             }
                         }
                     }

@@ -5,7 +5,7 @@
 use gantry_proto::v1::admin_server::Admin;
 use gantry_proto::v1::{
     ApplyRequest, DeleteWorkloadRequest, DescribeRequest, GetRequest, ImageChunk, JsonDocument,
-    LeaveRequest, LogsRequest, StatusRequest,
+    LeaveRequest, LogsRequest, NodeRequest, SetSettingsRequest, StatusRequest,
 };
 use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
@@ -13,10 +13,12 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{json_document, status_from, views};
 use crate::agent::logs::LogStream;
 use crate::agent::{images, logs, NodeRuntime};
+use crate::cluster::node::now_ms;
 use crate::cluster::node::{LeaderOp, LeaderReply};
 use crate::cluster::Cluster;
+use crate::state::settings::SettingsChange;
 use crate::state::spec::parse_manifest;
-use crate::state::{Command, Response as Answer, Source};
+use crate::state::{Command, NodeId, Response as Answer, Source};
 
 pub struct AdminService {
     pub cluster: Cluster,
@@ -33,6 +35,33 @@ fn refused(answer: Answer) -> Status {
     match answer {
         Answer::Rejected { reason } => Status::failed_precondition(reason),
         other => Status::internal(format!("unexpected answer {other:?}")),
+    }
+}
+
+impl AdminService {
+    /// The id of a current (not Left) gateway, from this replica.
+    fn node_id(&self, name: &str) -> Result<NodeId, Status> {
+        let applied = self.cluster.state().read();
+        applied
+            .state
+            .node_by_name(name)
+            .map(|n| n.id)
+            .ok_or_else(|| Status::not_found(format!("no gateway named '{name}' in the cluster")))
+    }
+
+    /// Writes `command`; on success answers with the node's description.
+    async fn node_write(&self, name: &str, command: Command) -> Reply {
+        match self.cluster.write(command).await.map_err(status_from)? {
+            Answer::Ok => self.describe(name),
+            other => Err(refused(other)),
+        }
+    }
+
+    fn describe(&self, name: &str) -> Reply {
+        match views::describe_node(&self.cluster, name, now_ms()) {
+            Some(value) => reply(value),
+            None => Err(Status::not_found(format!("no gateway named '{name}'"))),
+        }
     }
 }
 
@@ -159,5 +188,58 @@ impl Admin for AdminService {
             logs::remote(&self.cluster, &address, container_id, req.follow).await?
         };
         Ok(Response::new(stream))
+    }
+
+    async fn get_settings(&self, _: Request<GetRequest>) -> Reply {
+        reply(views::settings(&self.cluster))
+    }
+
+    async fn set_settings(&self, request: Request<SetSettingsRequest>) -> Reply {
+        let change = SettingsChange::parse(&request.into_inner().assignments)
+            .map_err(Status::invalid_argument)?;
+        match self
+            .cluster
+            .write(Command::UpdateSettings { change })
+            .await
+            .map_err(status_from)?
+        {
+            Answer::Ok => reply(views::settings(&self.cluster)),
+            other => Err(refused(other)),
+        }
+    }
+
+    async fn cordon(&self, request: Request<NodeRequest>) -> Reply {
+        let name = request.into_inner().name;
+        let node = self.node_id(&name)?;
+        let command = Command::SetCordon {
+            node,
+            cordoned: true,
+        };
+        self.node_write(&name, command).await
+    }
+
+    async fn uncordon(&self, request: Request<NodeRequest>) -> Reply {
+        let name = request.into_inner().name;
+        let node = self.node_id(&name)?;
+        let command = Command::SetCordon {
+            node,
+            cordoned: false,
+        };
+        self.node_write(&name, command).await
+    }
+
+    async fn drain(&self, request: Request<NodeRequest>) -> Reply {
+        let name = request.into_inner().name;
+        let node = self.node_id(&name)?;
+        self.node_write(&name, Command::DrainNode { node }).await
+    }
+
+    async fn describe_node(&self, request: Request<DescribeRequest>) -> Reply {
+        self.describe(&request.into_inner().name)
+    }
+
+    async fn events(&self, _: Request<GetRequest>) -> Reply {
+        let applied = self.cluster.state().read();
+        reply(views::events(&applied.state, None))
     }
 }

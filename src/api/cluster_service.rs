@@ -143,11 +143,15 @@ impl ClusterRpc for ClusterService {
                 "the gateway belongs to another cluster",
             ));
         }
-        let accepted = self.cluster.is_leader();
-        if accepted {
+        let leading = self.cluster.is_leader();
+        if leading {
             let problem = Some(req.runtime_problem).filter(|p| !p.is_empty());
             self.liveness.record(req.node_id, problem);
         }
+        // `accepted` tells the gateway it is in touch with a leader that
+        // still hears from a quorum: a leader cut off in a minority must not
+        // keep an isolated gateway's singletons alive (see `control::fencing`).
+        let accepted = leading && self.cluster.leader_has_quorum();
         Ok(Response::new(HeartbeatReply { accepted }))
     }
 

@@ -35,6 +35,7 @@ pub fn node(node: &Node, voters: &BTreeSet<NodeId>, learners: &BTreeSet<NodeId>)
         "status": node.status.to_string(),
         "status_reason": node.status_reason,
         "cordoned": node.cordoned,
+        "draining": node.draining,
         "labels": node.labels,
         "capacity": {
             "cpu_millis": node.capacity.cpu_millis,
@@ -161,6 +162,64 @@ pub fn describe_workload(cluster: &Cluster, name: &str) -> Option<Value> {
     Some(json!({
         "workload": workload(state, w),
         "instances": state.instances_of(name).map(|i| instance(state, i)).collect::<Vec<_>>(),
+        "events": related,
+    }))
+}
+
+/// Whether `message` names the gateway `name` as a whole word.
+fn mentions(message: &str, name: &str) -> bool {
+    message
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .any(|word| word == name)
+}
+
+/// `gantry settings get`: the cluster-wide settings.
+pub fn settings(cluster: &Cluster) -> Value {
+    json!(cluster.state().read().state.meta.settings)
+}
+
+/// `gantry describe node NAME`: status, role, capacity, what is allocated
+/// on it, its instances, what a drain still waits for, and its events.
+pub fn describe_node(cluster: &Cluster, name: &str, now_ms: u64) -> Option<Value> {
+    let (voters, learners) = (cluster.voters(), cluster.learners());
+    let applied = cluster.state().read();
+    let state = &applied.state;
+    let n = state
+        .node_by_name(name)
+        .or_else(|| state.nodes.values().rev().find(|n| n.name == name))?;
+    let on_it: Vec<&Instance> = state
+        .instances
+        .values()
+        .filter(|i| i.node == Some(n.id))
+        .collect();
+    let (mut cpu, mut memory) = (0u64, 0u64);
+    for i in &on_it {
+        if let Some(w) = state.workloads.get(&i.workload) {
+            cpu += w.spec.cpu_millis();
+            memory += w.spec.memory_bytes();
+        }
+    }
+    let waiting: Vec<Value> = crate::control::scheduling::drain_blockers(state, n.id, now_ms)
+        .into_iter()
+        .map(|(k, reason)| json!({"instance": k.to_string(), "reason": reason}))
+        .collect();
+    let related: Vec<Value> = match events(state, None) {
+        Value::Array(all) => all
+            .into_iter()
+            .filter(|e| mentions(e["message"].as_str().unwrap_or(""), &n.name))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(json!({
+        "node": node(n, &voters, &learners),
+        "allocated": {
+            "cpu_millis": cpu,
+            "memory_bytes": memory,
+            "cpu": format_cpu(cpu),
+            "memory": format_memory(memory),
+        },
+        "instances": on_it.iter().map(|i| instance(state, i)).collect::<Vec<_>>(),
+        "drain": {"draining": n.draining, "waiting": waiting},
         "events": related,
     }))
 }

@@ -98,6 +98,32 @@ pub enum Verb {
         /// The gateway's name.
         name: String,
     },
+    /// Show or change the cluster-wide settings.
+    Settings {
+        #[command(subcommand)]
+        what: SettingsWhat,
+    },
+    /// Keep new instances off a gateway (what runs there stays).
+    Cordon { name: String },
+    /// Let the scheduler use a gateway again (also cancels a drain).
+    Uncordon { name: String },
+    /// Cordon a gateway and move its instances away; waits until done.
+    Drain {
+        name: String,
+        /// Give up (and exit non-zero, saying what is stuck) after this long.
+        #[arg(long, default_value = "2m")]
+        timeout: HumanDuration,
+    },
+    /// The cluster's recent events, oldest first.
+    Events,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SettingsWhat {
+    /// Print the settings.
+    Get,
+    /// Change some settings, like `node-grace=2s,heartbeat-interval=500ms,voter-replace-after=1m`.
+    Set { assignments: String },
 }
 
 impl Verb {
@@ -127,6 +153,7 @@ pub enum ImageVerb {
 #[derive(Debug, Subcommand)]
 pub enum DescribeWhat {
     Workload { name: String },
+    Node { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +206,9 @@ pub struct InitArgs {
     /// Silence after which a gateway is NotReady (cluster-wide).
     #[arg(long, default_value = "1s")]
     pub node_grace: HumanDuration,
+    /// A voter NotReady this long is replaced by a Ready learner (cluster-wide).
+    #[arg(long, default_value = "30s")]
+    pub voter_replace_after: HumanDuration,
 }
 
 #[derive(Debug, Args)]

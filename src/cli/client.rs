@@ -8,12 +8,12 @@ use anyhow::{anyhow, Context, Result};
 use gantry_proto::v1::admin_client::AdminClient;
 use gantry_proto::v1::{
     ApplyRequest, DeleteWorkloadRequest, DescribeRequest, GetRequest, ImageChunk, JsonDocument,
-    LeaveRequest, LogsRequest, StatusRequest,
+    LeaveRequest, LogsRequest, NodeRequest, SetSettingsRequest, StatusRequest,
 };
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
-use super::args::{DeleteWhat, DescribeWhat, GetWhat, ImageVerb, OutputFormat, Verb};
+use super::args::{DeleteWhat, DescribeWhat, GetWhat, ImageVerb, OutputFormat, SettingsWhat, Verb};
 use super::output;
 
 async fn connect(server: &str) -> Result<AdminClient<Channel>> {
@@ -121,6 +121,41 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
             output::View::Left,
             document(client.leave(LeaveRequest { name }).await)?,
         ),
+        Verb::Describe {
+            what: DescribeWhat::Node { name },
+        } => (
+            output::View::DescribeNode,
+            document(client.describe_node(DescribeRequest { name }).await)?,
+        ),
+        Verb::Settings {
+            what: SettingsWhat::Get,
+        } => (
+            output::View::Settings,
+            document(client.get_settings(GetRequest {}).await)?,
+        ),
+        Verb::Settings {
+            what: SettingsWhat::Set { assignments },
+        } => (
+            output::View::Settings,
+            document(
+                client
+                    .set_settings(SetSettingsRequest { assignments })
+                    .await,
+            )?,
+        ),
+        Verb::Cordon { name } => (
+            output::View::Cordoned,
+            document(client.cordon(NodeRequest { name }).await)?,
+        ),
+        Verb::Uncordon { name } => (
+            output::View::Cordoned,
+            document(client.uncordon(NodeRequest { name }).await)?,
+        ),
+        Verb::Events => (
+            output::View::Events,
+            document(client.events(GetRequest {}).await)?,
+        ),
+        Verb::Drain { name, timeout } => return drain(&mut client, format, name, timeout.0).await,
         Verb::Init(_) | Verb::Join(_) | Verb::Run(_) => return Err(anyhow!("not a client verb")),
     };
     print!("{}", output::render(view, format, &value)?);
@@ -207,4 +242,116 @@ async fn stream_logs(
         }
     }
     Ok(())
+}
+
+/// `gantry drain`: starts the drain, then follows it, printing each move
+/// and each new reason an instance cannot move yet, until nothing is left
+/// on the gateway or `timeout` passes (then it says what is stuck and
+/// fails).
+async fn drain(
+    client: &mut AdminClient<Channel>,
+    format: OutputFormat,
+    name: String,
+    timeout: Duration,
+) -> Result<ExitCode> {
+    use std::collections::BTreeMap;
+    let table = format == OutputFormat::Table;
+    let start = document(client.drain(NodeRequest { name: name.clone() }).await)?;
+    if table {
+        println!("gateway {name} cordoned; draining");
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    // Every instance seen on the gateway, and whether its move was printed.
+    let mut seen: BTreeMap<String, bool> = BTreeMap::new();
+    let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+    let mut moved: Vec<Value> = Vec::new();
+    let key = |i: &Value| {
+        format!(
+            "{}/{}",
+            output::text(&i["workload"]),
+            output::text(&i["replica"])
+        )
+    };
+    let mut described = start;
+    loop {
+        for i in output::items(&described["instances"]) {
+            seen.entry(key(i)).or_insert(false);
+        }
+        let everywhere = document(client.get_instances(GetRequest {}).await)?;
+        for i in output::items(&everywhere) {
+            let k = key(i);
+            let Some(printed) = seen.get_mut(&k) else {
+                continue;
+            };
+            let to = output::text(&i["node"]);
+            if !*printed && i["node"].is_string() && to != name {
+                *printed = true;
+                reasons.remove(&k);
+                if table {
+                    println!("moved {k} to {to}");
+                }
+                moved.push(serde_json::json!({"instance": k, "to": to}));
+            }
+        }
+        let waiting = output::items(&described["drain"]["waiting"]).to_vec();
+        for w in &waiting {
+            let (k, reason) = (output::text(&w["instance"]), output::text(&w["reason"]));
+            if reasons.get(&k) != Some(&reason) {
+                if table {
+                    println!("waiting: {k} {reason}");
+                }
+                reasons.insert(k, reason);
+            }
+        }
+        let left_on_it = output::items(&described["instances"]).len();
+        let done = left_on_it == 0;
+        if done || std::time::Instant::now() >= deadline {
+            let stuck: Vec<Value> = output::items(&described["instances"])
+                .iter()
+                .map(|i| {
+                    let k = key(i);
+                    let reason = reasons
+                        .get(&k)
+                        .cloned()
+                        .unwrap_or_else(|| "not moved yet".into());
+                    serde_json::json!({"instance": k, "reason": reason})
+                })
+                .collect();
+            let summary =
+                serde_json::json!({"node": name, "drained": done, "moved": moved, "stuck": stuck});
+            if !table {
+                print!(
+                    "{}",
+                    output::render(output::View::Drained, format, &summary)?
+                );
+            }
+            if done {
+                if table {
+                    println!("gateway {name} drained");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let list: Vec<String> = stuck
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} ({})",
+                        output::text(&s["instance"]),
+                        output::text(&s["reason"])
+                    )
+                })
+                .collect();
+            return Err(anyhow!(
+                "drain of {name} not finished after {}: still on it: {}",
+                crate::state::quantity::format_duration(timeout),
+                list.join("; ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        described = document(
+            client
+                .describe_node(DescribeRequest { name: name.clone() })
+                .await,
+        )?;
+    }
 }

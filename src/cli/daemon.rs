@@ -122,6 +122,12 @@ pub async fn init(args: InitArgs) -> Result<ExitCode> {
 pub async fn start_init(args: &InitArgs) -> Result<Gateway> {
     let member = &args.member;
     check_member_args(member)?;
+    let settings = ClusterSettings {
+        heartbeat_interval: args.heartbeat_interval,
+        node_grace: args.node_grace,
+        voter_replace_after: args.voter_replace_after,
+    };
+    crate::state::settings::check(&settings).map_err(|e| anyhow!("--{e}"))?;
     ensure_fresh(&member.data_dir)?;
     let capacity = member
         .capacity
@@ -140,10 +146,6 @@ pub async fn start_init(args: &InitArgs) -> Result<Gateway> {
     config.save(&member.data_dir)?;
     write_token(&member.data_dir, &token.to_string())?;
 
-    let settings = ClusterSettings {
-        heartbeat_interval: args.heartbeat_interval,
-        node_grace: args.node_grace,
-    };
     let gateway =
         Gateway::start(&config, &member.data_dir, listener, &RaftTimers::default()).await?;
     gateway.cluster.bootstrap(&config.advertise).await?;

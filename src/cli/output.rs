@@ -19,6 +19,11 @@ pub enum View {
     Deleted,
     Left,
     Imported,
+    DescribeNode,
+    Settings,
+    Cordoned,
+    Events,
+    Drained,
 }
 
 pub fn render(view: View, format: OutputFormat, value: &Value) -> Result<String> {
@@ -59,7 +64,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn text(value: &Value) -> String {
+pub fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -79,7 +84,7 @@ fn labels(value: &Value) -> String {
     }
 }
 
-fn items(value: &Value) -> &[Value] {
+pub fn items(value: &Value) -> &[Value] {
     value.as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
@@ -254,7 +259,98 @@ fn table_view(view: View, value: &Value) -> String {
                 .collect();
             table(&["GATEWAY", "IMAGES", "RESULT"], &rows)
         }
+        View::DescribeNode => describe_node(value),
+        View::Settings => {
+            let rows: Vec<Vec<String>> = value
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| vec![k.replace('_', "-"), text(v)])
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(&["SETTING", "VALUE"], &rows)
+        }
+        View::Cordoned => {
+            let n = &value["node"];
+            let state = if n["cordoned"].as_bool() == Some(true) {
+                "cordoned"
+            } else {
+                "uncordoned"
+            };
+            format!(
+                "gateway {} {state} ({})\n",
+                text(&n["name"]),
+                text(&n["status"])
+            )
+        }
+        View::Events => events_table(value),
+        View::Drained => format!("{value}\n"),
     }
+}
+
+fn events_table(events: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(events)
+        .iter()
+        .map(|e| {
+            vec![
+                text(&e["seq"]),
+                text(&e["at"]),
+                text(&e["kind"]),
+                text(&e["message"]),
+            ]
+        })
+        .collect();
+    table(&["SEQ", "AT", "KIND", "MESSAGE"], &rows)
+}
+
+fn describe_node(value: &Value) -> String {
+    let n = &value["node"];
+    let a = &value["allocated"];
+    let mut out = String::new();
+    let mut status = text(&n["status"]);
+    if n["cordoned"].as_bool() == Some(true) {
+        status.push_str(",Cordoned");
+    }
+    let _ = writeln!(
+        out,
+        "Name:       {} (id {})",
+        text(&n["name"]),
+        text(&n["id"])
+    );
+    let _ = writeln!(out, "Address:    {}", text(&n["address"]));
+    let _ = writeln!(out, "Role:       {}", text(&n["role"]));
+    let _ = writeln!(out, "Status:     {status} since {}", text(&n["since"]));
+    let _ = writeln!(out, "Reason:     {}", text(&n["status_reason"]));
+    let _ = writeln!(out, "Labels:     {}", labels(&n["labels"]));
+    let _ = writeln!(
+        out,
+        "Capacity:   cpu {}, memory {}",
+        text(&n["capacity"]["cpu"]),
+        text(&n["capacity"]["memory"])
+    );
+    let _ = writeln!(
+        out,
+        "Allocated:  cpu {}, memory {}",
+        text(&a["cpu"]),
+        text(&a["memory"])
+    );
+    out.push_str("Instances:\n");
+    for line in instances_table(&value["instances"]).lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    let waiting = items(&value["drain"]["waiting"]);
+    if !waiting.is_empty() {
+        out.push_str("Drain waits for:\n");
+        for w in waiting {
+            let _ = writeln!(out, "  {}  {}", text(&w["instance"]), text(&w["reason"]));
+        }
+    }
+    out.push_str("Events:\n");
+    for e in items(&value["events"]) {
+        let _ = writeln!(out, "  {}  {}", text(&e["at"]), text(&e["message"]));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -2,10 +2,14 @@
 //!
 //! - a gateway joins in two steps: `Join` checks the token and registers it
 //!   (the state machine hands out its id); once it serves Raft, `AddMember`
-//!   adds it as a learner, waits until it has caught up, then promotes it
-//!   while the cluster has fewer than `MAX_VOTERS` voters;
+//!   adds it as a learner, waits until it has caught up, then
+//!   promotes it (with another Ready learner when needed) so that the voters
+//!   stay odd and at most `MAX_VOTERS`;
 //! - `leave` removes a gateway from the Raft membership, then marks it Left,
-//!   then promotes a Ready learner if that brings the voters back up.
+//!   then promotes a Ready learner if that brings the voters back up;
+//! - a voter lost for `voter_replace_after` is replaced by a Ready learner,
+//!   and a joint config left by a cut-short change is finished
+//!   (`repair_membership`, `replace_voter`, driven by `control::voters`).
 //!
 //! openraft's `change_membership` runs joint consensus then the uniform
 //! config in one call; we never return between the two.
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, ChangeMembers};
 
+use super::node::ClusterError;
 use super::node::{Cluster, JoinArgs, LeaderFailure, LeaderReply};
 use super::token::JoinToken;
 use super::NodeId;
@@ -123,12 +128,17 @@ impl Cluster {
             tracing::info!(node = id, %name, "added as learner; waiting for it to catch up");
         }
         self.wait_caught_up(id).await?;
-        if self.voters().len() < MAX_VOTERS {
+        // This gateway first, then other Ready learners if a pair is needed
+        // to keep the number of voters odd.
+        let mut candidates = vec![id];
+        candidates.extend(self.ready_learners().into_iter().filter(|l| *l != id));
+        let promote = promotions(self.voters().len(), &candidates);
+        if promote.contains(&id) {
             self.raft()
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .change_membership(ChangeMembers::AddVoterIds(promote.clone()), false)
                 .await
                 .map_err(failed)?;
-            tracing::info!(node = id, %name, "promoted to voter");
+            tracing::info!(node = id, %name, promoted = ?promote, "promoted to voter");
             return Ok(LeaderReply::Member {
                 role: "voter".into(),
             });
@@ -232,35 +242,159 @@ impl Cluster {
         })
     }
 
-    /// Promotes Ready learners while voters are fewer than `MAX_VOTERS`.
+    /// Learners whose gateway is Ready, lowest id first.
+    fn ready_learners(&self) -> Vec<NodeId> {
+        let state = self.state().read();
+        self.learners()
+            .into_iter()
+            .filter(|id| {
+                state
+                    .state
+                    .nodes
+                    .get(id)
+                    .is_some_and(|n| n.status == NodeStatus::Ready)
+            })
+            .collect()
+    }
+
+    /// Promotes Ready learners towards `MAX_VOTERS`, keeping the number of
+    /// voters odd (see `promotions`).
     pub(crate) async fn promote_learners(&self) {
         let _guard = self.inner.membership_lock.lock().await;
-        loop {
-            if self.voters().len() >= MAX_VOTERS {
-                return;
-            }
-            let candidate = {
-                let state = self.state().read();
-                self.learners().into_iter().find(|id| {
-                    state
-                        .state
-                        .nodes
-                        .get(id)
-                        .is_some_and(|n| n.status == NodeStatus::Ready)
-                })
-            };
-            let Some(id) = candidate else { return };
-            match self
-                .raft()
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                .await
-            {
-                Ok(_) => tracing::info!(node = id, "learner promoted to voter"),
-                Err(e) => {
-                    tracing::warn!(node = id, error = %e, "could not promote learner");
-                    return;
-                }
-            }
+        let promote = promotions(self.voters().len(), &self.ready_learners());
+        if promote.is_empty() {
+            return;
         }
+        match self
+            .raft()
+            .change_membership(ChangeMembers::AddVoterIds(promote.clone()), false)
+            .await
+        {
+            Ok(_) => tracing::info!(promoted = ?promote, "learners promoted to voters"),
+            Err(e) => tracing::warn!(error = %e, "could not promote learners"),
+        }
+    }
+}
+
+/// What `Cluster::heal_membership_step` did, for the caller to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipRepair {
+    /// A joint config left by a cut-short change was completed.
+    FinishedJoint,
+    /// A gateway marked Left was still a (learner) member and was removed.
+    RemovedLeft(NodeId),
+}
+
+impl Cluster {
+    /// Leader only: completes what a crash or a leadership change may have
+    /// cut short. A joint config (a `change_membership` whose second,
+    /// uniform step never committed) is finished by re-issuing its target;
+    /// a gateway marked Left that is still a learner is removed.
+    pub async fn repair_membership(&self) -> Result<Option<MembershipRepair>, ClusterError> {
+        if !self.is_leader() {
+            return Ok(None);
+        }
+        let _guard = self.inner.membership_lock.lock().await;
+        if let Some(joint) = self.joint_config() {
+            let Some(target) = joint.last().cloned() else {
+                return Ok(None);
+            };
+            tracing::warn!(?joint, "membership is joint; finishing the change");
+            self.raft()
+                .change_membership(ChangeMembers::ReplaceAllVoters(target), true)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            return Ok(Some(MembershipRepair::FinishedJoint));
+        }
+        let left = {
+            let state = self.state().read();
+            self.learners().into_iter().find(|id| {
+                state
+                    .state
+                    .nodes
+                    .get(id)
+                    .is_some_and(|n| n.status == NodeStatus::Left)
+            })
+        };
+        if let Some(id) = left {
+            self.raft()
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            return Ok(Some(MembershipRepair::RemovedLeft(id)));
+        }
+        Ok(None)
+    }
+
+    /// Leader only: `learner` (Ready, caught up) becomes a voter, then `dead`
+    /// stops voting (it stays a learner, so it can catch up if it returns).
+    /// One `change_membership` each, under the membership lock; the voter
+    /// count is unchanged. With no learner (`None`), `dead` is only demoted,
+    /// which callers do only to turn an even voter count odd.
+    pub async fn replace_voter(
+        &self,
+        dead: NodeId,
+        learner: Option<NodeId>,
+    ) -> Result<(), ClusterError> {
+        let _guard = self.inner.membership_lock.lock().await;
+        if !self.is_leader() {
+            return Err(ClusterError::Refused("not the leader".into()));
+        }
+        let voters = self.voters();
+        if !voters.contains(&dead) || dead == self.id() {
+            return Ok(());
+        }
+        if let Some(learner) = learner {
+            if !self.learners().contains(&learner) {
+                return Err(ClusterError::Refused(format!(
+                    "gateway {learner} is not a learner"
+                )));
+            }
+            self.raft()
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([learner])), false)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            tracing::info!(node = learner, "learner promoted to replace a lost voter");
+        }
+        self.raft()
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([dead])), true)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        tracing::info!(node = dead, "lost voter demoted to learner");
+        Ok(())
+    }
+}
+
+/// Which of `candidates` (in order of preference) to make voters, given
+/// `voters` today: as many as bring the count towards `MAX_VOTERS` while
+/// leaving it odd. An even number of voters tolerates no more failures than
+/// one fewer and needs a larger quorum, so a fourth gateway stays a learner
+/// until a fifth lets both vote.
+pub fn promotions(voters: usize, candidates: &[NodeId]) -> BTreeSet<NodeId> {
+    let mut target = (voters + candidates.len()).min(MAX_VOTERS);
+    if target.is_multiple_of(2) {
+        target -= 1;
+    }
+    candidates
+        .iter()
+        .copied()
+        .take(target.saturating_sub(voters))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promotions_keep_voters_odd() {
+        assert_eq!(promotions(1, &[2]), BTreeSet::new());
+        assert_eq!(promotions(1, &[3, 2]), BTreeSet::from([2, 3]));
+        assert_eq!(promotions(3, &[4]), BTreeSet::new());
+        assert_eq!(promotions(3, &[5, 4, 6]), BTreeSet::from([4, 5]));
+        assert_eq!(promotions(5, &[6, 7]), BTreeSet::new());
+        // An even count left by a leave is made odd again.
+        assert_eq!(promotions(4, &[6]), BTreeSet::from([6]));
+        assert_eq!(promotions(2, &[]), BTreeSet::new());
     }
 }

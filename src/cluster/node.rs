@@ -105,6 +105,9 @@ pub(crate) struct Inner {
     pub(crate) state: StateReader,
     pub(crate) peers: PeerChannels,
     leader_contact: Mutex<Option<Instant>>,
+    /// Last heartbeat a leader with a quorum accepted (or our own quorum).
+    quorum_contact: Mutex<Option<Instant>>,
+    started: Instant,
     pub(crate) write_timeout: Duration,
     /// Membership changes are serialised: openraft refuses overlapping ones.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
@@ -162,6 +165,8 @@ impl Cluster {
                 state,
                 peers,
                 leader_contact: Mutex::new(None),
+                quorum_contact: Mutex::new(None),
+                started: Instant::now(),
                 write_timeout: Duration::from_secs(10),
                 membership_lock: tokio::sync::Mutex::new(()),
             }),
@@ -223,6 +228,25 @@ impl Cluster {
         self.metrics().current_leader == Some(self.inner.id)
     }
 
+    /// Whether this gateway leads and a quorum acknowledged it within one
+    /// `node_grace` (a leader cut off in a minority soon stops claiming it).
+    pub fn leader_has_quorum(&self) -> bool {
+        let metrics = self.metrics();
+        let grace = self.state().read().state.meta.settings.node_grace.0;
+        metrics.current_leader == Some(self.inner.id)
+            && metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| u128::from(ms) <= grace.as_millis())
+    }
+
+    /// Voters of every config when the membership is joint (a change that
+    /// was cut short); None when it is uniform.
+    pub fn joint_config(&self) -> Option<Vec<BTreeSet<NodeId>>> {
+        let metrics = self.metrics();
+        let joint = metrics.membership_config.membership().get_joint_config();
+        (joint.len() > 1).then(|| joint.clone())
+    }
+
     pub fn voters(&self) -> BTreeSet<NodeId> {
         self.metrics()
             .membership_config
@@ -246,6 +270,36 @@ impl Cluster {
             .leader_contact
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Called when a leader that hears from a quorum accepted our heartbeat.
+    pub fn note_quorum_contact(&self) {
+        *self
+            .inner
+            .quorum_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// How long this gateway has been cut off from a quorum, if it is (more
+    /// than one `node_grace` without contact). A leader asks openraft when a
+    /// quorum last acknowledged it; a follower counts from its last heartbeat
+    /// accepted by a leader that has a quorum, so a deposed leader stranded
+    /// in a minority cannot keep it "connected".
+    pub fn isolated_for(&self) -> Option<Duration> {
+        let grace = self.state().read().state.meta.settings.node_grace.0;
+        let metrics = self.metrics();
+        let age = if metrics.current_leader == Some(self.inner.id) {
+            Duration::from_millis(metrics.millis_since_quorum_ack?)
+        } else {
+            let last = *self
+                .inner
+                .quorum_contact
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            last.unwrap_or(self.inner.started).elapsed()
+        };
+        (age > grace).then_some(age)
     }
 
     /// Whether this gateway believes its replica is current: it leads, or it

@@ -74,14 +74,21 @@ fn transition(
     since: Instant,
     grace: Duration,
 ) -> Option<(NodeId, Wanted)> {
-    if !matches!(node.status, NodeStatus::Ready | NodeStatus::NotReady) {
+    if !matches!(
+        node.status,
+        NodeStatus::Ready | NodeStatus::NotReady | NodeStatus::Draining
+    ) {
         return None;
     }
     let (seen, problem) = match liveness.last_seen(node.id) {
         Some((at, problem)) => (at.max(since), problem),
         None => (since, None),
     };
-    let wanted = wanted_status(seen.elapsed(), grace, problem);
+    let mut wanted = wanted_status(seen.elapsed(), grace, problem);
+    // The state machine shows a draining gateway that heartbeats as Draining.
+    if wanted.0 == NodeStatus::Ready && node.draining {
+        wanted.0 = NodeStatus::Draining;
+    }
     let current = (node.status, node.status_reason.clone(), node.runtime_down);
     (current != wanted).then_some((node.id, wanted))
 }
@@ -158,6 +165,9 @@ pub async fn run_heartbeats(
         };
         if leader == cluster.id() {
             liveness.record(leader, health.problem());
+            if cluster.leader_has_quorum() {
+                cluster.note_quorum_contact();
+            }
             continue;
         }
         let Ok(mut client) = cluster.peers().client(&addr) else {
@@ -169,7 +179,11 @@ pub async fn run_heartbeats(
             runtime_problem: health.problem().unwrap_or_default(),
         };
         match tokio::time::timeout(Duration::from_secs(1), client.heartbeat(request)).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(reply)) => {
+                if reply.into_inner().accepted {
+                    cluster.note_quorum_contact();
+                }
+            }
             Ok(Err(status)) => {
                 tracing::debug!(%addr, error = %status.message(), "heartbeat refused")
             }

@@ -2,18 +2,24 @@
 //! a slow tick), it finds the instances that need a home, asks the pure
 //! `gantry-scheduler` for a plan, and commits the whole plan as one Raft
 //! write. Refusal reasons are committed too, so `describe` can show them on
-//! every gateway.
+//! every gateway. It also moves instances off draining gateways, holds
+//! singletons back until their old copy has surely stopped (`fencing`),
+//! and ignores NotReady verdicts from its own first moments as leader.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use gantry_scheduler as sched;
 use tokio_util::sync::CancellationToken;
 
+use super::fencing;
 use crate::cluster::node::now_ms;
 use crate::cluster::Cluster;
+use crate::state::quantity::format_duration;
 use crate::state::spec::{PlacementStrategy, Spread};
-use crate::state::{Command, Instance, InstanceKey, NodeStatus, PlanRecord, State, Workload};
+use crate::state::{
+    Command, Instance, InstanceKey, InstanceState, NodeId, NodeStatus, PlanRecord, State, Workload,
+};
 
 /// Even with no change, look again this often (time-based rules such as
 /// `reschedule_after` need it).
@@ -42,38 +48,150 @@ fn requirements(workload: &Workload) -> sched::WorkloadRequirements {
     }
 }
 
-/// Whether an instance assigned to a gateway that is no longer Ready has
-/// waited long enough (`on_disconnect.reschedule_after`, default 0) to move.
-fn lost_long_enough(state: &State, instance: &Instance, now: u64) -> bool {
+/// The clock a scheduling round sees: now, and since when this gateway has
+/// led (0 in dry runs and tests: no settling window).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timing {
+    pub now_ms: u64,
+    pub leading_since_ms: u64,
+}
+
+/// One round's outcome: what to commit, and the instances that must leave
+/// their gateway but cannot yet, with why (drain progress shows them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Round {
+    pub record: PlanRecord,
+    pub stuck: Vec<(InstanceKey, String)>,
+}
+
+/// Since when a gateway counts as lost for rescheduling: when it went
+/// NotReady (or left), but never earlier than the end of this leader's
+/// settling window (see `fencing::leader_settle`).
+fn lost_since(state: &State, node: &crate::state::Node, timing: &Timing) -> u64 {
+    if timing.leading_since_ms == 0 {
+        return node.since_ms;
+    }
+    let settle = fencing::leader_settle(&state.meta.settings).as_millis() as u64;
+    node.since_ms.max(timing.leading_since_ms + settle)
+}
+
+/// Whether a lost gateway has been lost for `wait` already.
+fn waited(state: &State, node: &crate::state::Node, wait: Duration, timing: &Timing) -> bool {
+    let since = lost_since(state, node, timing);
+    timing.now_ms >= since && timing.now_ms - since >= wait.as_millis() as u64
+}
+
+/// Whether the gateway may still run (or be about to run) this copy. A
+/// Pending instance without a container was never started there.
+fn may_be_running(instance: &Instance) -> bool {
+    match instance.state {
+        InstanceState::Exited | InstanceState::Failed => false,
+        InstanceState::Pending => instance.container_id.is_some(),
+        _ => true,
+    }
+}
+
+/// What the driver does with one instance this round.
+enum Fate {
+    /// Stays where it is (counts against its gateway's capacity).
+    Stays(NodeId),
+    /// Needs a home; `moving` when it still has one it must leave.
+    Pending { moving: bool },
+    /// Must leave but may not yet (singleton fence, old copy not stopped).
+    Waits(String),
+}
+
+fn fate(state: &State, instance: &Instance, workload: &Workload, timing: &Timing) -> Fate {
+    let spec = &workload.spec;
+    let settings = &state.meta.settings;
     let Some(node) = instance.node.and_then(|id| state.nodes.get(&id)) else {
-        return true;
+        // Unassigned. A singleton whose last gateway was lost waits out the
+        // fence first: that gateway may still run it in isolation.
+        let previous = instance.previous_node.and_then(|id| state.nodes.get(&id));
+        if let Some(p) = previous.filter(|p| spec.singleton && is_lost(p.status)) {
+            let fence = fencing::singleton_fence(spec, settings);
+            if !waited(state, p, fence, timing) {
+                return Fate::Waits(format!(
+                    "singleton: waits {} after gateway {} was lost, until its copy there has surely stopped",
+                    format_duration(fence),
+                    p.name
+                ));
+            }
+        }
+        return Fate::Pending { moving: false };
     };
     match node.status {
-        NodeStatus::Ready | NodeStatus::Draining => false,
-        NodeStatus::Left => true,
-        NodeStatus::NotReady => {
-            let configured = state
-                .workloads
-                .get(&instance.workload)
-                .and_then(|w| w.spec.on_disconnect)
-                .and_then(|d| d.reschedule_after)
-                .map(|d| d.0.as_millis() as u64)
-                .unwrap_or(0);
-            // A runtime outage (the gateway still heartbeats) usually ends
-            // with the containers adopted: do not duplicate them at once.
-            let wait = if node.runtime_down {
-                configured.max(RUNTIME_OUTAGE_GRACE_MS)
+        NodeStatus::NotReady | NodeStatus::Left => {
+            let mut wait = fencing::disconnect_wait(spec, settings);
+            if node.runtime_down && node.status == NodeStatus::NotReady {
+                // A runtime outage (the gateway still heartbeats) usually
+                // ends with the containers adopted: do not duplicate them.
+                wait = wait.max(Duration::from_millis(RUNTIME_OUTAGE_GRACE_MS));
+            }
+            if waited(state, node, wait, timing) {
+                Fate::Pending { moving: true }
             } else {
-                configured
-            };
-            now.saturating_sub(node.since_ms) >= wait
+                Fate::Stays(node.id)
+            }
         }
+        _ if node.draining => {
+            if spec.singleton && may_be_running(instance) {
+                Fate::Waits(format!(
+                    "singleton: waits for gateway {} to report its copy stopped",
+                    node.name
+                ))
+            } else {
+                Fate::Pending { moving: true }
+            }
+        }
+        _ => Fate::Stays(node.id),
     }
+}
+
+fn is_lost(status: NodeStatus) -> bool {
+    matches!(status, NodeStatus::NotReady | NodeStatus::Left)
 }
 
 /// The pure part: the state as the scheduler sees it, and its plan, as the
 /// record to commit (None when there is nothing new to say).
 pub fn plan_for(state: &State, now: u64) -> Option<PlanRecord> {
+    let round = round(
+        state,
+        &Timing {
+            now_ms: now,
+            leading_since_ms: 0,
+        },
+    );
+    worth_committing(&round.record).then_some(round.record)
+}
+
+fn worth_committing(record: &PlanRecord) -> bool {
+    !(record.placements.is_empty()
+        && record.evictions.is_empty()
+        && record.unplaceable.is_empty()
+        && record.stop.is_empty()
+        && record.drained.is_empty())
+}
+
+/// Why each instance still on `node` cannot leave it yet (drain progress),
+/// as a dry run on this replica.
+pub fn drain_blockers(state: &State, node: NodeId, now: u64) -> Vec<(InstanceKey, String)> {
+    let round = round(
+        state,
+        &Timing {
+            now_ms: now,
+            leading_since_ms: 0,
+        },
+    );
+    round
+        .stuck
+        .into_iter()
+        .filter(|(k, _)| state.instances.get(k).and_then(|i| i.node) == Some(node))
+        .collect()
+}
+
+/// One scheduling round over the whole state.
+pub fn round(state: &State, timing: &Timing) -> Round {
     let nodes: Vec<sched::NodeView> = state
         .nodes
         .values()
@@ -96,70 +214,101 @@ pub fn plan_for(state: &State, now: u64) -> Option<PlanRecord> {
         .iter()
         .map(|(name, w)| (name.as_str(), requirements(w)))
         .collect();
+    let mut out = Round::default();
     let mut running = Vec::new();
     let mut pending = Vec::new();
+    let mut moving = BTreeSet::new();
     for instance in state.instances.values() {
-        let Some(req) = requirements.get(instance.workload.as_str()) else {
+        let (Some(req), Some(workload)) = (
+            requirements.get(instance.workload.as_str()),
+            state.workloads.get(&instance.workload),
+        ) else {
             continue;
         };
-        let needs_home = instance.node.is_none() || lost_long_enough(state, instance, now);
-        if needs_home {
-            pending.push(sched::PendingInstance {
-                workload: req.clone(),
-                replica: instance.replica,
-                previous_node: instance.node.or(instance.previous_node),
-            });
-        } else if let Some(node) = instance.node {
-            running.push(sched::RunningInstance {
-                instance: sched::InstanceRef {
-                    workload: instance.workload.clone(),
+        match fate(state, instance, workload, timing) {
+            Fate::Pending { moving: m } => {
+                if m {
+                    moving.insert(instance.key());
+                }
+                pending.push(sched::PendingInstance {
+                    workload: req.clone(),
                     replica: instance.replica,
-                },
-                node,
-                requests: req.requests,
-                priority: req.priority,
-            });
+                    previous_node: instance.node.or(instance.previous_node),
+                });
+            }
+            Fate::Waits(reason) => {
+                if let Some(node) = instance.node {
+                    if !instance.stopping && state.nodes.get(&node).is_some_and(|n| n.draining) {
+                        out.record.stop.push(instance.key());
+                    }
+                    running.push(running_ref(instance, node, req));
+                    out.stuck.push((instance.key(), reason));
+                } else if instance.reason.as_deref() != Some(reason.as_str()) {
+                    out.record.unplaceable.push((instance.key(), reason));
+                }
+            }
+            Fate::Stays(node) => running.push(running_ref(instance, node, req)),
+        }
+    }
+    for node in state.nodes.values().filter(|n| n.draining) {
+        if !state.instances.values().any(|i| i.node == Some(node.id)) {
+            out.record.drained.push(node.id);
         }
     }
     if pending.is_empty() {
-        return None;
+        return out;
     }
     let plan = sched::plan(&sched::ClusterView { nodes, running }, &pending);
     let key = |i: &sched::InstanceRef| InstanceKey {
         workload: i.workload.clone(),
         replica: i.replica,
     };
-    let record = PlanRecord {
-        placements: plan
-            .placements
-            .iter()
-            .map(|a| (key(&a.instance), a.node))
-            .collect(),
-        evictions: plan
-            .evictions
-            .iter()
-            .map(|e| (key(&e.instance), e.reason.clone()))
-            .collect(),
-        unplaceable: plan
-            .unplaceable
-            .iter()
-            .map(|u| (key(&u.instance), u.reason.to_string()))
-            .filter(|(k, reason)| {
-                state
-                    .instances
-                    .get(k)
-                    .is_some_and(|i| i.reason.as_deref() != Some(reason))
-            })
-            .collect(),
-    };
-    let nothing_new = record.placements.is_empty()
-        && record.evictions.is_empty()
-        && record.unplaceable.is_empty();
-    (!nothing_new).then_some(record)
+    out.record.placements = plan
+        .placements
+        .iter()
+        .map(|a| (key(&a.instance), a.node))
+        .collect();
+    out.record.evictions = plan
+        .evictions
+        .iter()
+        .map(|e| (key(&e.instance), e.reason.clone()))
+        .collect();
+    for u in &plan.unplaceable {
+        let k = key(&u.instance);
+        let reason = u.reason.to_string();
+        if moving.contains(&k) {
+            // Still assigned: the reason is progress, not state.
+            out.stuck.push((k, format!("has no other home: {reason}")));
+        } else if state
+            .instances
+            .get(&k)
+            .is_some_and(|i| i.reason.as_deref() != Some(reason.as_str()))
+        {
+            out.record.unplaceable.push((k, reason));
+        }
+    }
+    out
+}
+
+fn running_ref(
+    instance: &Instance,
+    node: NodeId,
+    req: &sched::WorkloadRequirements,
+) -> sched::RunningInstance {
+    sched::RunningInstance {
+        instance: sched::InstanceRef {
+            workload: instance.workload.clone(),
+            replica: instance.replica,
+        },
+        node,
+        requests: req.requests,
+        priority: req.priority,
+    }
 }
 
 pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
     let mut applied = cluster.state().subscribe();
+    let mut leading_since: Option<u64> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -167,17 +316,28 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
             _ = tokio::time::sleep(TICK) => {}
         }
         if !cluster.is_leader() {
+            leading_since = None;
             continue;
         }
+        let since = *leading_since.get_or_insert_with(now_ms);
         let record = {
             let guard = cluster.state().read();
-            plan_for(&guard.state, now_ms())
+            let timing = Timing {
+                now_ms: now_ms(),
+                leading_since_ms: since,
+            };
+            round(&guard.state, &timing).record
         };
-        let Some(plan) = record else { continue };
+        if !worth_committing(&record) {
+            continue;
+        }
+        let plan = record;
         tracing::info!(
             placements = plan.placements.len(),
             evictions = plan.evictions.len(),
             unplaceable = plan.unplaceable.len(),
+            stop = plan.stop.len(),
+            drained = plan.drained.len(),
             "committing a scheduling plan"
         );
         if let Err(e) = cluster.write(Command::ApplyPlan { plan }).await {
@@ -293,5 +453,241 @@ mod tests {
         let plan = plan_for(&state, 30).unwrap();
         assert_eq!(plan.placements.len(), 1);
         assert_ne!(plan.placements[0].1, first);
+    }
+
+    fn key(w: &str, r: u32) -> InstanceKey {
+        InstanceKey {
+            workload: w.into(),
+            replica: r,
+        }
+    }
+
+    fn with_manifest(manifest: &str) -> State {
+        let mut state = cluster_state();
+        // A third gateway, so that spread has somewhere to go.
+        state.apply(
+            &Request::new(
+                1,
+                Command::RegisterNode {
+                    name: "c".into(),
+                    address: "127.0.0.1:1c".into(),
+                    labels: BTreeMap::new(),
+                    capacity: Capacity {
+                        cpu_millis: 1000,
+                        memory_bytes: 512 << 20,
+                    },
+                    devices: Default::default(),
+                },
+            ),
+            &mut ChangeSet::new(),
+        );
+        let workloads = parse_manifest(manifest).unwrap();
+        state.apply(
+            &Request::new(
+                2,
+                Command::ApplyWorkloads {
+                    workloads,
+                    source: Source::Local,
+                },
+            ),
+            &mut ChangeSet::new(),
+        );
+        let plan = plan_for(&state, 3).unwrap();
+        apply_plan(&mut state, plan);
+        state
+    }
+
+    fn set(state: &mut State, at: u64, command: Command) -> crate::state::Response {
+        state.apply(&Request::new(at, command), &mut ChangeSet::new())
+    }
+
+    fn node_of(state: &State, k: &InstanceKey) -> Option<NodeId> {
+        state.instances[k].node
+    }
+
+    fn down(node: NodeId) -> Command {
+        Command::SetNodeStatus {
+            node,
+            status: NodeStatus::NotReady,
+            reason: Some("no heartbeat for 1s".into()),
+            runtime_down: false,
+        }
+    }
+
+    #[test]
+    fn reschedule_after_is_honoured() {
+        let mut state =
+            with_manifest("name: web\nimage: i\non_disconnect: {reschedule_after: 10s}\n");
+        let k = key("web", 0);
+        let first = node_of(&state, &k).unwrap();
+        set(&mut state, 1_000, down(first));
+        assert_eq!(plan_for(&state, 10_999), None);
+        let plan = plan_for(&state, 11_000).unwrap();
+        assert_ne!(plan.placements[0].1, first);
+        apply_plan(&mut state, plan);
+        let event = state.events.back().unwrap();
+        assert_eq!(event.kind, "instance-rescheduled");
+        assert!(
+            event
+                .message
+                .ends_with(&format!("(gateway {} NotReady)", state.nodes[&first].name)),
+            "{}",
+            event.message
+        );
+    }
+
+    #[test]
+    fn a_singleton_waits_out_its_fence() {
+        let mut state = with_manifest(
+            "name: cam\nimage: i\nsingleton: true\non_disconnect: {stop_after: 5s}\n",
+        );
+        let k = key("cam", 0);
+        let first = node_of(&state, &k).unwrap();
+        set(&mut state, 1_000, down(first));
+        // Fence: 5 s + 2 x 1 s + 1 s = 8 s after NotReady.
+        assert_eq!(plan_for(&state, 8_999), None);
+        assert_eq!(node_of(&state, &k), Some(first));
+        let plan = plan_for(&state, 9_000).unwrap();
+        assert_ne!(plan.placements[0].1, first);
+
+        // Unassigned because its gateway was marked Left: the fence counts
+        // from then, and the reason says why it waits.
+        let mut state = with_manifest("name: cam\nimage: i\nsingleton: true\n");
+        let first = node_of(&state, &k).unwrap();
+        set(
+            &mut state,
+            1_000,
+            Command::SetNodeStatus {
+                node: first,
+                status: NodeStatus::Left,
+                reason: None,
+                runtime_down: false,
+            },
+        );
+        let plan = plan_for(&state, 2_000).unwrap();
+        assert!(plan.placements.is_empty());
+        assert!(
+            plan.unplaceable[0].1.contains("singleton: waits 33s"),
+            "{plan:?}"
+        );
+        apply_plan(&mut state, plan);
+        assert_eq!(plan_for(&state, 3_000), None, "the reason is said once");
+        assert_eq!(plan_for(&state, 34_000).unwrap().placements.len(), 1);
+    }
+
+    #[test]
+    fn a_new_leader_does_not_trust_its_first_not_ready_verdicts() {
+        let mut state = with_manifest("name: web\nimage: i\n");
+        let k = key("web", 0);
+        let first = node_of(&state, &k).unwrap();
+        // Marked NotReady 1.1 s into a leadership that began at 100 s.
+        set(&mut state, 101_100, down(first));
+        let timing = |now_ms| Timing {
+            now_ms,
+            leading_since_ms: 100_000,
+        };
+        // Settling window: grace 1 s + interval 300 ms + heartbeat timeout 1 s.
+        assert!(round(&state, &timing(102_299)).record.placements.is_empty());
+        assert_eq!(round(&state, &timing(102_300)).record.placements.len(), 1);
+        // Back in time: nothing moves at all.
+        set(
+            &mut state,
+            102_000,
+            Command::SetNodeStatus {
+                node: first,
+                status: NodeStatus::Ready,
+                reason: None,
+                runtime_down: false,
+            },
+        );
+        assert!(round(&state, &timing(103_000)).record.placements.is_empty());
+        assert!(state
+            .events
+            .iter()
+            .any(|e| e.kind == "node-back" && e.message.contains("back (Ready)")));
+    }
+
+    #[test]
+    fn draining_moves_instances_respecting_spread() {
+        let mut state = with_manifest("name: web\nimage: i\nreplicas: 2\nspread: node\n");
+        let (k0, k1) = (key("web", 0), key("web", 1));
+        let (n0, n1) = (node_of(&state, &k0).unwrap(), node_of(&state, &k1).unwrap());
+        let third = (1..=3).find(|n| *n != n0 && *n != n1).unwrap();
+        set(&mut state, 10, Command::DrainNode { node: n0 });
+        assert_eq!(state.nodes[&n0].status, NodeStatus::Draining);
+        let plan = plan_for(&state, 11).unwrap();
+        assert_eq!(plan.placements, vec![(k0.clone(), third)]);
+        apply_plan(&mut state, plan);
+        assert!(state.events.back().unwrap().message.contains("draining"));
+        // Nothing left on it: drained, stays cordoned.
+        let plan = plan_for(&state, 12).unwrap();
+        assert_eq!(plan.drained, vec![n0]);
+        apply_plan(&mut state, plan);
+        assert_eq!(state.nodes[&n0].status, NodeStatus::Ready);
+        assert!(state.nodes[&n0].cordoned);
+        assert_eq!(plan_for(&state, 13), None);
+    }
+
+    #[test]
+    fn a_drain_with_nowhere_to_go_is_stuck_without_writes() {
+        let mut state = with_manifest("name: web\nimage: i\nreplicas: 3\nspread: node\n");
+        let k = key("web", 0);
+        let n = node_of(&state, &k).unwrap();
+        set(&mut state, 10, Command::DrainNode { node: n });
+        // Nothing to commit (no write loop), but the blocker is explained.
+        assert_eq!(plan_for(&state, 11), None);
+        let blockers = drain_blockers(&state, n, 11);
+        assert_eq!(blockers.len(), 1);
+        assert!(
+            blockers[0].1.starts_with("has no other home: "),
+            "{blockers:?}"
+        );
+        assert_eq!(node_of(&state, &k), Some(n));
+        // Uncordon cancels the drain.
+        set(
+            &mut state,
+            12,
+            Command::SetCordon {
+                node: n,
+                cordoned: false,
+            },
+        );
+        assert_eq!(state.nodes[&n].status, NodeStatus::Ready);
+        assert!(drain_blockers(&state, n, 13).is_empty());
+    }
+
+    #[test]
+    fn a_drained_singleton_moves_only_once_reported_stopped() {
+        let mut state = with_manifest("name: cam\nimage: i\nsingleton: true\n");
+        let k = key("cam", 0);
+        let n = node_of(&state, &k).unwrap();
+        let report = |s: InstanceState| Command::ReportInstances {
+            node: n,
+            reports: vec![crate::state::InstanceReport {
+                instance: key("cam", 0),
+                generation: 1,
+                state: s,
+                exit_code: None,
+                reason: None,
+                restarts: 0,
+                container_id: Some("c1".into()),
+            }],
+        };
+        set(&mut state, 5, report(InstanceState::Running));
+        set(&mut state, 10, Command::DrainNode { node: n });
+        let plan = plan_for(&state, 11).unwrap();
+        assert!(plan.placements.is_empty());
+        assert_eq!(plan.stop, vec![k.clone()]);
+        apply_plan(&mut state, plan);
+        assert!(state.instances[&k].stopping);
+        assert_eq!(plan_for(&state, 12), None);
+        assert!(drain_blockers(&state, n, 12)[0]
+            .1
+            .contains("report its copy stopped"));
+        set(&mut state, 13, report(InstanceState::Exited));
+        let plan = plan_for(&state, 14).unwrap();
+        assert_eq!(plan.placements.len(), 1);
+        apply_plan(&mut state, plan);
+        assert!(!state.instances[&k].stopping);
     }
 }

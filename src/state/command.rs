@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::model::{
     Capacity, ClusterSettings, InstanceKey, InstanceState, NodeId, NodeStatus, Source,
 };
+use super::settings::SettingsChange;
 use super::spec::WorkloadSpec;
 
 /// The envelope in every log entry.
@@ -81,6 +82,25 @@ pub enum Command {
         node: NodeId,
         reports: Vec<InstanceReport>,
     },
+    /// `gantry settings set`: some cluster-wide settings, validated as a whole.
+    UpdateSettings {
+        change: SettingsChange,
+    },
+    /// `gantry cordon` / `uncordon`; uncordoning also ends a drain.
+    SetCordon {
+        node: NodeId,
+        cordoned: bool,
+    },
+    /// `gantry drain`: cordons the gateway and marks it draining; the
+    /// scheduling driver then moves its instances away.
+    DrainNode {
+        node: NodeId,
+    },
+    /// Something the leader did outside the state machine (membership).
+    RecordEvent {
+        kind: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -88,6 +108,12 @@ pub struct PlanRecord {
     pub placements: Vec<(InstanceKey, NodeId)>,
     pub evictions: Vec<(InstanceKey, String)>,
     pub unplaceable: Vec<(InstanceKey, String)>,
+    /// Singletons on a draining gateway whose old copy must stop first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<InstanceKey>,
+    /// Draining gateways that have nothing left on them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drained: Vec<NodeId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@
 pub mod command;
 pub mod model;
 pub mod quantity;
+pub mod settings;
 pub mod spec;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -135,6 +136,16 @@ impl State {
             Command::ReportInstances { node, reports } => {
                 self.report_instances(at, *node, reports, changes)
             }
+            Command::UpdateSettings { change } => self.update_settings(at, change, changes),
+            Command::SetCordon { node, cordoned } => self.set_cordon(at, *node, *cordoned, changes),
+            Command::DrainNode { node } => self.drain_node(at, *node, changes),
+            Command::RecordEvent { kind, message } => {
+                if kind.is_empty() {
+                    return rejected("an event needs a kind");
+                }
+                self.event(at, kind, message.clone(), changes);
+                Response::Ok
+            }
         }
     }
 
@@ -213,6 +224,7 @@ impl State {
                 status_reason: None,
                 cordoned: false,
                 runtime_down: false,
+                draining: false,
                 since_ms: at,
                 joined_ms: at,
             },
@@ -242,6 +254,14 @@ impl State {
         if node.status == NodeStatus::Left {
             return rejected(format!("gateway {} has left the cluster", node.name));
         }
+        // A draining gateway that heartbeats is Draining, not Ready.
+        let status = match status {
+            NodeStatus::Ready if node.draining => NodeStatus::Draining,
+            other => other,
+        };
+        if status == NodeStatus::Left {
+            node.draining = false;
+        }
         if node.status == status
             && node.status_reason == reason
             && node.runtime_down == runtime_down
@@ -249,6 +269,7 @@ impl State {
             return Response::Ok;
         }
         let before = node.status;
+        let away_ms = at.saturating_sub(node.since_ms);
         node.status = status;
         node.status_reason = reason.clone();
         node.runtime_down = runtime_down;
@@ -259,12 +280,23 @@ impl State {
         changes.insert(StateKey::Node(id));
         if before != status {
             let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
-            self.event(
-                at,
-                "node-status",
-                format!("gateway {name}: {before} -> {status}{why}"),
-                changes,
-            );
+            let (kind, message) = match (before, status) {
+                (_, NodeStatus::NotReady) => {
+                    ("node-not-ready", format!("gateway {name} NotReady{why}"))
+                }
+                (NodeStatus::NotReady, NodeStatus::Ready | NodeStatus::Draining) => (
+                    "node-back",
+                    format!(
+                        "gateway {name} back ({status}) after {} NotReady",
+                        quantity::format_duration(std::time::Duration::from_millis(away_ms))
+                    ),
+                ),
+                _ => (
+                    "node-status",
+                    format!("gateway {name}: {before} -> {status}{why}"),
+                ),
+            };
+            self.event(at, kind, message, changes);
         }
         if status == NodeStatus::Left {
             // A gateway that left runs nothing: its instances need a new home.
@@ -395,6 +427,7 @@ impl State {
                             reason: None,
                             restarts: 0,
                             container_id: None,
+                            stopping: false,
                             created_ms: at,
                             updated_ms: at,
                         },
@@ -448,6 +481,7 @@ impl State {
             instance.state = InstanceState::Pending;
             instance.reason = Some(reason);
             instance.container_id = None;
+            instance.stopping = false;
             instance.updated_ms = at;
             changes.insert(StateKey::Instance(key.clone()));
         }
@@ -473,13 +507,17 @@ impl State {
                 continue;
             }
             let node_name = node.name.clone();
-            let Some(instance) = self.instances.get_mut(key) else {
+            let Some(instance) = self.instances.get(key) else {
                 continue;
             };
-            let from = instance.node.or(instance.previous_node);
             if instance.node == Some(*node_id) {
                 continue;
             }
+            let from = instance.node.or(instance.previous_node);
+            let why = self.why_moved(instance);
+            let Some(instance) = self.instances.get_mut(key) else {
+                continue;
+            };
             if instance.node.is_some() {
                 instance.previous_node = instance.node;
             }
@@ -488,18 +526,67 @@ impl State {
             instance.exit_code = None;
             instance.reason = None;
             instance.container_id = None;
+            instance.stopping = false;
             instance.updated_ms = at;
             changes.insert(StateKey::Instance(key.clone()));
-            let message = match from.and_then(|f| self.nodes.get(&f)) {
-                Some(previous) if previous.id != *node_id => {
+            let (kind, message) = match from.and_then(|f| self.nodes.get(&f)) {
+                Some(previous) if previous.id != *node_id => (
+                    "instance-rescheduled",
                     format!(
-                        "instance {key} rescheduled from {} to {node_name}",
+                        "instance {key} rescheduled from {} to {node_name} ({why})",
                         previous.name
-                    )
-                }
-                _ => format!("instance {key} placed on {node_name}"),
+                    ),
+                ),
+                _ => (
+                    "instance-placed",
+                    format!("instance {key} placed on {node_name}"),
+                ),
             };
-            self.event(at, "instance-placed", message, changes);
+            self.event(at, kind, message, changes);
+        }
+        for key in &plan.stop {
+            let Some(instance) = self.instances.get_mut(key) else {
+                continue;
+            };
+            let Some(on) = instance.node.filter(|_| !instance.stopping) else {
+                continue;
+            };
+            instance.stopping = true;
+            instance.updated_ms = at;
+            changes.insert(StateKey::Instance(key.clone()));
+            let on = self
+                .nodes
+                .get(&on)
+                .map(|n| n.name.clone())
+                .unwrap_or_default();
+            self.event(
+                at,
+                "drain-progress",
+                format!("singleton {key} must stop on {on} before it moves"),
+                changes,
+            );
+        }
+        for id in &plan.drained {
+            let Some(node) = self.nodes.get_mut(id) else {
+                continue;
+            };
+            if !node.draining {
+                continue;
+            }
+            node.draining = false;
+            if node.status == NodeStatus::Draining {
+                node.status = NodeStatus::Ready;
+                node.status_reason = None;
+                node.since_ms = at;
+            }
+            let name = node.name.clone();
+            changes.insert(StateKey::Node(*id));
+            self.event(
+                at,
+                "node-drained",
+                format!("gateway {name} drained (stays cordoned)"),
+                changes,
+            );
         }
         for (key, reason) in &plan.unplaceable {
             if let Some(instance) = self.instances.get_mut(key) {
@@ -510,6 +597,149 @@ impl State {
                 }
             }
         }
+        Response::Ok
+    }
+
+    /// Why an instance is leaving its gateway, for the "rescheduled" event.
+    fn why_moved(&self, instance: &Instance) -> String {
+        let Some(old) = instance.node.and_then(|id| self.nodes.get(&id)) else {
+            // Already unassigned (gateway left, preempted): say why.
+            return instance
+                .reason
+                .clone()
+                .unwrap_or_else(|| "it had no gateway".into());
+        };
+        match old.status {
+            NodeStatus::NotReady => format!("gateway {} NotReady", old.name),
+            NodeStatus::Left => format!("gateway {} left", old.name),
+            _ if old.draining => format!("gateway {} draining", old.name),
+            status => format!("gateway {} {status}", old.name),
+        }
+    }
+
+    fn update_settings(
+        &mut self,
+        at: u64,
+        change: &settings::SettingsChange,
+        changes: &mut ChangeSet,
+    ) -> Response {
+        let next = match change.merged_into(&self.meta.settings) {
+            Ok(next) => next,
+            Err(reason) => return rejected(reason),
+        };
+        let before = std::mem::replace(&mut self.meta.settings, next.clone());
+        changes.insert(StateKey::Meta);
+        let pairs = [
+            (
+                "heartbeat-interval",
+                before.heartbeat_interval,
+                next.heartbeat_interval,
+            ),
+            ("node-grace", before.node_grace, next.node_grace),
+            (
+                "voter-replace-after",
+                before.voter_replace_after,
+                next.voter_replace_after,
+            ),
+        ];
+        let diff: Vec<String> = pairs
+            .iter()
+            .filter(|(_, a, b)| a != b)
+            .map(|(k, a, b)| format!("{k} {a} -> {b}"))
+            .collect();
+        if !diff.is_empty() {
+            self.event(
+                at,
+                "settings-changed",
+                format!("settings changed: {}", diff.join(", ")),
+                changes,
+            );
+        }
+        Response::Ok
+    }
+
+    fn set_cordon(
+        &mut self,
+        at: u64,
+        id: NodeId,
+        cordoned: bool,
+        changes: &mut ChangeSet,
+    ) -> Response {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return rejected(format!("no gateway with id {id}"));
+        };
+        if node.status == NodeStatus::Left {
+            return rejected(format!("gateway {} has left the cluster", node.name));
+        }
+        let cancelled = node.draining && !cordoned;
+        if node.cordoned == cordoned && !cancelled {
+            return Response::Ok;
+        }
+        node.cordoned = cordoned;
+        if cancelled {
+            node.draining = false;
+            if node.status == NodeStatus::Draining {
+                node.status = NodeStatus::Ready;
+                node.status_reason = None;
+                node.since_ms = at;
+            }
+        }
+        let name = node.name.clone();
+        changes.insert(StateKey::Node(id));
+        if cancelled {
+            let keys: Vec<InstanceKey> = self
+                .instances
+                .values()
+                .filter(|i| i.node == Some(id) && i.stopping)
+                .map(Instance::key)
+                .collect();
+            for key in keys {
+                if let Some(instance) = self.instances.get_mut(&key) {
+                    instance.stopping = false;
+                    instance.updated_ms = at;
+                    changes.insert(StateKey::Instance(key));
+                }
+            }
+        }
+        let message = match (cordoned, cancelled) {
+            (true, _) => format!("gateway {name} cordoned"),
+            (false, true) => format!("gateway {name} uncordoned (drain cancelled)"),
+            (false, false) => format!("gateway {name} uncordoned"),
+        };
+        self.event(at, "node-cordon", message, changes);
+        Response::Ok
+    }
+
+    fn drain_node(&mut self, at: u64, id: NodeId, changes: &mut ChangeSet) -> Response {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return rejected(format!("no gateway with id {id}"));
+        };
+        if node.status == NodeStatus::Left {
+            return rejected(format!("gateway {} has left the cluster", node.name));
+        }
+        if node.draining {
+            return Response::Ok;
+        }
+        node.cordoned = true;
+        node.draining = true;
+        if node.status == NodeStatus::Ready {
+            node.status = NodeStatus::Draining;
+            node.status_reason = Some("gantry drain".into());
+            node.since_ms = at;
+        }
+        let name = node.name.clone();
+        changes.insert(StateKey::Node(id));
+        let count = self
+            .instances
+            .values()
+            .filter(|i| i.node == Some(id))
+            .count();
+        self.event(
+            at,
+            "node-draining",
+            format!("gateway {name} cordoned and draining ({count} instances to move)"),
+            changes,
+        );
         Response::Ok
     }
 

@@ -59,6 +59,10 @@ pub struct Node {
     /// still arrive): its containers most likely still run.
     #[serde(default)]
     pub runtime_down: bool,
+    /// `gantry drain` is moving its instances away; it shows as `Draining`
+    /// while it heartbeats, and the flag survives a NotReady spell.
+    #[serde(default)]
+    pub draining: bool,
     /// When the status last changed (ms since the epoch, from the command).
     pub since_ms: u64,
     pub joined_ms: u64,
@@ -129,6 +133,10 @@ pub struct Instance {
     pub restarts: u32,
     #[serde(default)]
     pub container_id: Option<String>,
+    /// The gateway must stop this copy (and not start it) before it moves:
+    /// a drained singleton waits for its old copy to be reported stopped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -168,6 +176,13 @@ pub struct Event {
 pub struct ClusterSettings {
     pub heartbeat_interval: HumanDuration,
     pub node_grace: HumanDuration,
+    /// A voter NotReady this long is replaced by a Ready learner.
+    #[serde(default = "default_voter_replace_after")]
+    pub voter_replace_after: HumanDuration,
+}
+
+fn default_voter_replace_after() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
 }
 
 impl Default for ClusterSettings {
@@ -175,6 +190,7 @@ impl Default for ClusterSettings {
         Self {
             heartbeat_interval: HumanDuration(std::time::Duration::from_millis(300)),
             node_grace: HumanDuration(std::time::Duration::from_secs(1)),
+            voter_replace_after: default_voter_replace_after(),
         }
     }
 }
