@@ -16,20 +16,32 @@
 //!   restarts with back-off, adopts running containers after a restart, and
 //!   reports [`agent::InstanceReport`]s.
 //! - [`logs`] reads and follows container log files.
-//! - `testing` (feature `testing`): a private containerd and a busybox OCI
-//!   archive for end-to-end tests.
+//! - Images reach a gateway three ways: [`containerd::ContainerdRuntime::import_archive`]
+//!   (an OCI archive), [`containerd::ContainerdRuntime::pull`] (a registry,
+//!   HTTPS unless the registry is listed in [`registry::RegistryConfig::insecure`]),
+//!   or a peer gateway through an [`agent::ImageSource`] fed by
+//!   [`containerd::ContainerdRuntime::export_archive`]. Each instance's
+//!   [`spec::PullPolicy`] says when the agent fetches; a missing image is
+//!   asked of the peer source before the registry, to spare the uplink.
+//! - `testing` (feature `testing`): a private containerd, a busybox OCI
+//!   archive and a loopback registry (Debian's `docker-registry`, pushed to
+//!   with `skopeo`) for end-to-end tests.
 
 pub mod agent;
 pub mod containerd;
 pub mod image;
 pub mod logs;
+pub mod registry;
 pub mod resources;
 pub mod runtime;
 pub mod spec;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use agent::{Agent, AgentConfig, AgentEvent, DesiredInstance, InstanceReport, InstanceState};
+pub use agent::{
+    Agent, AgentConfig, AgentEvent, DesiredInstance, ImageSource, InstanceReport, InstanceState,
+};
 pub use containerd::{ContainerdConfig, ContainerdRuntime, ImportedImage};
+pub use registry::RegistryConfig;
 pub use runtime::{ActualContainer, ExitEvent, Runtime, RuntimeError, Started, TaskState};
-pub use spec::{ContainerSpec, MountSpec, RestartPolicy};
+pub use spec::{ContainerSpec, MountSpec, PullPolicy, RestartPolicy};

@@ -1,8 +1,10 @@
 //! The boundary between the agent and a container engine, in our terms,
 //! so the reconcile loop can be tested against a fake.
 
+use crate::registry::RegistryConfig;
 use crate::spec::ContainerSpec;
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -65,6 +67,11 @@ pub enum RuntimeError {
     /// The image is not in the engine and cannot be fetched.
     #[error("image {image} not found: {reason}")]
     ImageNotFound { image: String, reason: String },
+    /// Fetching the image from its registry failed (unreachable, refused,
+    /// unknown tag, corrupted blob); the message carries the registry's
+    /// answer. Retried with back-off.
+    #[error("pulling image {image}: {message}")]
+    Pull { image: String, message: String },
     /// An archive or image is malformed; retrying will not help.
     #[error("invalid image: {0}")]
     InvalidImage(String),
@@ -129,6 +136,75 @@ pub trait Runtime: Send + Sync + 'static {
         container_id: &str,
         grace: Duration,
     ) -> impl Future<Output = Result<Option<i32>, RuntimeError>> + Send;
+
+    /// Whether the image is present, without fetching it. The default
+    /// asks [`ensure_image`](Self::ensure_image).
+    fn has_image(&self, image: &str) -> impl Future<Output = Result<bool, RuntimeError>> + Send {
+        async move {
+            match self.ensure_image(image).await {
+                Ok(()) => Ok(true),
+                Err(RuntimeError::ImageNotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    }
+
+    /// Fetches (or refreshes) the image from its registry, transferring
+    /// only what the engine does not have yet. The default cannot pull.
+    fn pull_image(
+        &self,
+        image: &str,
+        registry: &RegistryConfig,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = registry;
+        async move {
+            Err(RuntimeError::Pull {
+                image: image.to_string(),
+                message: "this runtime cannot pull images".into(),
+            })
+        }
+    }
+
+    /// Imports an OCI image-layout archive (from an
+    /// [`ImageSource`](crate::agent::ImageSource)). The default cannot.
+    fn import_image(
+        &self,
+        archive: &Path,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        async move {
+            Err(RuntimeError::InvalidImage(format!(
+                "this runtime cannot import {}",
+                archive.display()
+            )))
+        }
+    }
+
+    /// Whether the container's root filesystem was made from another
+    /// version of `image` than the one now stored under that name (the
+    /// tag was re-pulled since). The default never knows.
+    fn image_changed(
+        &self,
+        container_id: &str,
+        image: &str,
+    ) -> impl Future<Output = Result<bool, RuntimeError>> + Send {
+        let _ = (container_id, image);
+        async { Ok(false) }
+    }
+
+    /// Replaces an exited container by a fresh one from the current image,
+    /// keeping its restart count where the engine can. The default removes
+    /// and starts, so the count starts over.
+    fn recreate(
+        &self,
+        spec: &ContainerSpec,
+        restarts: u32,
+    ) -> impl Future<Output = Result<Started, RuntimeError>> + Send {
+        let _ = restarts;
+        async move {
+            self.remove(&spec.id, Duration::from_secs(1)).await?;
+            self.start(spec).await
+        }
+    }
 
     /// All gantry containers with their task state.
     fn list(&self) -> impl Future<Output = Result<Vec<ActualContainer>, RuntimeError>> + Send;

@@ -66,6 +66,21 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// When to fetch an instance's image (Kubernetes' `imagePullPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Fetch only when the image is missing (from a peer first, then the
+    /// registry).
+    #[default]
+    IfNotPresent,
+    /// Ask the registry before every container start, so a re-pushed tag
+    /// is picked up; only changed blobs are transferred.
+    Always,
+    /// Never fetch: the image must have been imported.
+    Never,
+}
+
 impl RestartPolicy {
     /// Whether an exit with `code` should be followed by a restart.
     pub fn wants_restart(self, code: i32) -> bool {

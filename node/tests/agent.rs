@@ -2,104 +2,14 @@
 
 mod common;
 
+use common::agent::start_agent;
 use common::{busybox_spec, env, Env};
 use gantry_node::{
-    Agent, AgentConfig, AgentEvent, ContainerSpec, ContainerdRuntime, DesiredInstance,
-    InstanceReport, InstanceState, RestartPolicy, Runtime,
+    AgentEvent, ContainerSpec, DesiredInstance, InstanceState, RestartPolicy, Runtime,
 };
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
-
-fn config() -> AgentConfig {
-    AgentConfig {
-        stop_grace: Duration::from_millis(500),
-        resync_interval: Duration::from_secs(1),
-        backoff_initial: Duration::from_millis(200),
-        backoff_max: Duration::from_secs(2),
-        backoff_reset_after: Duration::from_secs(600),
-        runtime_retry_max: Duration::from_secs(1),
-    }
-}
-
-struct Running {
-    desired: watch::Sender<Vec<DesiredInstance>>,
-    events: mpsc::Receiver<AgentEvent>,
-    stop: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<()>,
-    seen: Vec<AgentEvent>,
-}
-
-fn start_agent(rt: &ContainerdRuntime, desired: Vec<DesiredInstance>) -> Running {
-    let (tx, rx) = watch::channel(desired);
-    let (agent, events) = Agent::new(Arc::new(rt.clone()), config(), rx);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(agent.run(async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        desired: tx,
-        events,
-        stop: Some(stop),
-        handle,
-        seen: Vec::new(),
-    }
-}
-
-impl Running {
-    /// Waits for an event matching `pred`; the deadline only avoids a hang.
-    async fn wait(&mut self, what: &str, pred: impl Fn(&AgentEvent) -> bool) -> AgentEvent {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(e)) => {
-                    self.seen.push(e.clone());
-                    if pred(&e) {
-                        return e;
-                    }
-                }
-                Ok(None) => panic!(
-                    "agent stopped while waiting for {what}; seen {:#?}",
-                    self.seen
-                ),
-                Err(_) => panic!("timed out waiting for {what}; seen {:#?}", self.seen),
-            }
-        }
-    }
-
-    async fn wait_instance(
-        &mut self,
-        id: &str,
-        what: &str,
-        pred: impl Fn(&InstanceReport) -> bool,
-    ) -> InstanceReport {
-        let e = self
-            .wait(
-                what,
-                |e| matches!(e, AgentEvent::Instance(r) if r.container_id == id && pred(r)),
-            )
-            .await;
-        match e {
-            AgentEvent::Instance(r) => r,
-            _ => unreachable!(),
-        }
-    }
-
-    async fn stop(mut self) -> Vec<AgentEvent> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.handle.await.unwrap();
-        while let Ok(e) = self.events.try_recv() {
-            self.seen.push(e);
-        }
-        self.seen
-    }
-}
 
 fn want(spec: ContainerSpec, restart: RestartPolicy) -> DesiredInstance {
-    DesiredInstance { spec, restart }
+    DesiredInstance::new(spec, restart)
 }
 
 async fn imported(ns: &str) -> Env {

@@ -2,7 +2,7 @@
 //! agent remembers -> steps, so every rule is unit-testable without I/O.
 
 use crate::runtime::{ActualContainer, TaskState};
-use crate::spec::{ContainerSpec, RestartPolicy};
+use crate::spec::{ContainerSpec, PullPolicy, RestartPolicy};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
@@ -11,6 +11,19 @@ use std::time::Instant;
 pub struct DesiredInstance {
     pub spec: ContainerSpec,
     pub restart: RestartPolicy,
+    /// When to fetch the image; `if-not-present` by default.
+    pub pull: PullPolicy,
+}
+
+impl DesiredInstance {
+    /// An instance with the default pull policy (`if-not-present`).
+    pub fn new(spec: ContainerSpec, restart: RestartPolicy) -> Self {
+        DesiredInstance {
+            spec,
+            restart,
+            pull: PullPolicy::default(),
+        }
+    }
 }
 
 /// An instance slot: a workload's replica, whatever its generation.
@@ -152,10 +165,7 @@ mod tests {
     use std::time::Duration;
 
     fn want(id: &str, w: &str, gen: u64, restart: RestartPolicy) -> DesiredInstance {
-        DesiredInstance {
-            spec: ContainerSpec::new(id, w, 0, gen, "img"),
-            restart,
-        }
+        DesiredInstance::new(ContainerSpec::new(id, w, 0, gen, "img"), restart)
     }
 
     fn have(id: &str, w: &str, gen: u64, task: TaskState) -> ActualContainer {

@@ -114,6 +114,7 @@ fn fast() -> AgentConfig {
         backoff_max: Duration::from_millis(100),
         backoff_reset_after: Duration::from_secs(600),
         runtime_retry_max: Duration::from_millis(100),
+        ..AgentConfig::default()
     }
 }
 
@@ -149,10 +150,7 @@ async fn unavailable_runtime_is_reported_then_containers_adopted() {
             pid: Some(42),
         })
     });
-    let (_tx, rx) = watch::channel(vec![DesiredInstance {
-        spec,
-        restart: RestartPolicy::Always,
-    }]);
+    let (_tx, rx) = watch::channel(vec![DesiredInstance::new(spec, RestartPolicy::Always)]);
     let (agent, mut events) = Agent::new(fake.clone(), fast(), rx);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(agent.run(async move {
@@ -188,10 +186,7 @@ async fn exited_container_restarts_after_backoff_with_count() {
         up: true,
         ..Default::default()
     })));
-    let (_tx, rx) = watch::channel(vec![DesiredInstance {
-        spec,
-        restart: RestartPolicy::OnFailure,
-    }]);
+    let (_tx, rx) = watch::channel(vec![DesiredInstance::new(spec, RestartPolicy::OnFailure)]);
     let (agent, mut events) = Agent::new(fake.clone(), fast(), rx);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(agent.run(async move {

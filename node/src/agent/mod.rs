@@ -3,23 +3,31 @@
 //! what already runs, and reports every state change.
 
 mod decide;
+mod fetch;
+mod ops;
 mod report;
 
 pub use decide::{decide, Book, DesiredInstance, InstanceKey, SlotPlan, Step};
+pub use fetch::ImageSource;
 pub use report::{AgentEvent, InstanceReport, InstanceState};
 
+use crate::registry::RegistryConfig;
 use crate::runtime::{ActualContainer, ExitEvent, Runtime, RuntimeError, TaskState};
-use crate::spec::ContainerSpec;
 #[cfg(test)]
 use crate::spec::RestartPolicy;
+use crate::spec::{ContainerSpec, PullPolicy};
+use fetch::Fetcher;
+use ops::{run_ops, JobContext, JobResult, Op, Outcome};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-/// Timing knobs; the defaults suit a gateway, tests shorten them.
+/// Timing knobs and image access; the defaults suit a gateway, tests
+/// shorten them.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// Between SIGTERM and SIGKILL when removing a container.
@@ -34,6 +42,11 @@ pub struct AgentConfig {
     pub backoff_reset_after: Duration,
     /// Cap for the retry delay while the runtime is unreachable.
     pub runtime_retry_max: Duration,
+    /// Registries' insecure list and credentials, for pulls.
+    pub registry: RegistryConfig,
+    /// Where archives from the [`ImageSource`] are written before import
+    /// (deleted afterwards); the system temp dir by default.
+    pub scratch_dir: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -45,6 +58,8 @@ impl Default for AgentConfig {
             backoff_max: Duration::from_secs(60),
             backoff_reset_after: Duration::from_secs(600),
             runtime_retry_max: Duration::from_secs(30),
+            registry: RegistryConfig::default(),
+            scratch_dir: std::env::temp_dir(),
         }
     }
 }
@@ -121,30 +136,15 @@ impl Ident {
     }
 }
 
-enum Op {
-    Remove(Ident),
-    Start(Box<ContainerSpec>),
-    Restart(Ident, u32),
-}
-
-enum Outcome {
-    Started(Ident, u32),
-    Restarted(Ident, u32, u32),
-    Removed(Ident, Option<i32>),
-    Failed(Ident, Box<RuntimeError>, Op),
-}
-
-struct JobResult {
-    key: InstanceKey,
-    outcomes: Vec<Outcome>,
-}
-
 /// The per-gateway reconcile loop over a [`Runtime`].
 pub struct Agent<R: Runtime> {
     runtime: Arc<R>,
     config: AgentConfig,
     desired: watch::Receiver<Vec<DesiredInstance>>,
     events: mpsc::Sender<AgentEvent>,
+    source: Option<Arc<dyn ImageSource>>,
+    progress_tx: mpsc::UnboundedSender<InstanceReport>,
+    progress_rx: mpsc::UnboundedReceiver<InstanceReport>,
     books: HashMap<String, Book>,
     backoffs: HashMap<String, Backoff>,
     failures: HashMap<String, String>,
@@ -167,11 +167,15 @@ impl<R: Runtime> Agent<R> {
     ) -> (Self, mpsc::Receiver<AgentEvent>) {
         let (events, rx) = mpsc::channel(1024);
         let unavailable_delay = config.backoff_initial;
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let agent = Agent {
             runtime,
             config,
             desired,
             events,
+            source: None,
+            progress_tx,
+            progress_rx,
             books: HashMap::new(),
             backoffs: HashMap::new(),
             failures: HashMap::new(),
@@ -183,6 +187,13 @@ impl<R: Runtime> Agent<R> {
             subscribed_at: None,
         };
         (agent, rx)
+    }
+
+    /// Asks `source` (e.g. peer gateways) for missing images before the
+    /// registry.
+    pub fn with_image_source(mut self, source: Arc<dyn ImageSource>) -> Self {
+        self.source = Some(source);
+        self
     }
 
     /// Runs until `shutdown` completes. Containers keep running afterwards;
@@ -207,6 +218,10 @@ impl<R: Runtime> Agent<R> {
                     Some(e) => tracing::debug!(container = %e.container_id, exit_code = e.exit_code, "task exited"),
                     None => exits = None,
                 },
+                Some(report) = self.progress_rx.recv() => {
+                    self.report(report).await;
+                    continue;
+                }
                 Some(done) = jobs.join_next(), if !jobs.is_empty() => match done {
                     Ok(result) => self.finish(result).await,
                     Err(e) => tracing::error!(error = %e, "agent job panicked"),
@@ -331,7 +346,12 @@ impl<R: Runtime> Agent<R> {
                     Step::Start { spec } => {
                         self.report(Ident::of_spec(&spec).report(InstanceState::Starting, 0))
                             .await;
-                        ops.push(Op::Start(spec));
+                        let policy = desired
+                            .iter()
+                            .find(|d| d.spec.id == spec.id)
+                            .map(|d| d.pull)
+                            .unwrap_or_default();
+                        ops.push(Op::Start(spec, policy));
                     }
                     Step::Restart {
                         container_id,
@@ -341,7 +361,11 @@ impl<R: Runtime> Agent<R> {
                             let ident = Ident::of_actual(c);
                             self.report(ident.report(InstanceState::Starting, restarts))
                                 .await;
-                            ops.push(Op::Restart(ident, restarts));
+                            let refresh = desired
+                                .iter()
+                                .find(|d| d.spec.id == container_id && d.pull == PullPolicy::Always)
+                                .map(|d| Box::new(d.spec.clone()));
+                            ops.push(Op::Restart(ident, restarts, refresh));
                         }
                     }
                 }
@@ -351,8 +375,16 @@ impl<R: Runtime> Agent<R> {
             }
             self.busy.insert(plan.key.clone());
             let runtime = self.runtime.clone();
-            let grace = self.config.stop_grace;
-            jobs.spawn(run_ops(runtime, grace, plan.key, ops));
+            let context = JobContext {
+                grace: self.config.stop_grace,
+                fetcher: Fetcher {
+                    registry: self.config.registry.clone(),
+                    source: self.source.clone(),
+                    scratch_dir: self.config.scratch_dir.clone(),
+                },
+                progress: self.progress_tx.clone(),
+            };
+            jobs.spawn(run_ops(runtime, context, plan.key, ops));
         }
         // Forget containers that are neither wanted nor present.
         let known: HashSet<&str> = desired
@@ -423,6 +455,10 @@ impl<R: Runtime> Agent<R> {
     }
 
     async fn finish(&mut self, result: JobResult) {
+        // Progress the job sent comes before its outcome.
+        while let Ok(report) = self.progress_rx.try_recv() {
+            self.report(report).await;
+        }
         self.busy.remove(&result.key);
         let now = Instant::now();
         for outcome in result.outcomes {
@@ -459,11 +495,11 @@ impl<R: Runtime> Agent<R> {
                     let delay = backoff.next_delay(&self.config, now);
                     let book = self.books.entry(id.clone()).or_default();
                     let restarts = match op {
-                        Op::Start(_) => {
+                        Op::Start(..) => {
                             book.retry_start_at = Some(now + delay);
                             0
                         }
-                        Op::Restart(_, restarts) => {
+                        Op::Restart(_, restarts, _) => {
                             book.restart_at = Some(now + delay);
                             restarts
                         }
@@ -506,49 +542,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
-}
-
-/// Runs one slot's operations in order, stopping at the first failure.
-async fn run_ops<R: Runtime>(
-    runtime: Arc<R>,
-    grace: Duration,
-    key: InstanceKey,
-    ops: Vec<Op>,
-) -> JobResult {
-    let mut outcomes = Vec::new();
-    for op in ops {
-        let outcome = match op {
-            Op::Remove(ident) => match runtime.remove(&ident.container_id, grace).await {
-                Ok(code) => Outcome::Removed(ident, code),
-                Err(e) => Outcome::Failed(ident.clone(), Box::new(e), Op::Remove(ident)),
-            },
-            Op::Start(spec) => {
-                let ident = Ident::of_spec(&spec);
-                let started = match runtime.ensure_image(&spec.image).await {
-                    Ok(()) => runtime.start(&spec).await,
-                    Err(e) => Err(e),
-                };
-                match started {
-                    Ok(s) => Outcome::Started(ident, s.pid),
-                    Err(e) => Outcome::Failed(ident, Box::new(e), Op::Start(spec)),
-                }
-            }
-            Op::Restart(ident, restarts) => {
-                match runtime.restart(&ident.container_id, restarts).await {
-                    Ok(s) => Outcome::Restarted(ident, s.pid, restarts),
-                    Err(e) => {
-                        Outcome::Failed(ident.clone(), Box::new(e), Op::Restart(ident, restarts))
-                    }
-                }
-            }
-        };
-        let failed = matches!(outcome, Outcome::Failed(..));
-        outcomes.push(outcome);
-        if failed {
-            break;
-        }
-    }
-    JobResult { key, outcomes }
 }
 
 #[cfg(test)]

@@ -8,9 +8,10 @@ use containerd_client::services::v1::{
     AbortRequest, CreateRequest, DeleteRequest, Info, InfoRequest, ReadContentRequest,
     UpdateRequest, WriteAction, WriteContentRequest,
 };
+use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
@@ -290,6 +291,49 @@ pub(crate) async fn read_blob(svc: Svc, digest: &str) -> Result<Vec<u8>, Runtime
         }
     }
     Ok(out)
+}
+
+/// Streams a blob of any size out of the content store into `out`,
+/// checking its size and digest on the way, so a damaged store never
+/// leaks into an export.
+pub(crate) async fn copy_blob_to<W: AsyncWrite + Unpin>(
+    svc: Svc,
+    digest: &str,
+    size: u64,
+    out: &mut W,
+) -> Result<(), RuntimeError> {
+    let mut stream = content(svc)
+        .read(ReadContentRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            size: 0,
+        })
+        .await
+        .map_err(|s| status_error("content read", s))?
+        .into_inner();
+    let mut hasher = Sha256::new();
+    let mut copied: u64 = 0;
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|s| status_error("content read", s))?
+    {
+        copied += chunk.data.len() as u64;
+        if copied > size {
+            break;
+        }
+        hasher.update(&chunk.data);
+        out.write_all(&chunk.data)
+            .await
+            .map_err(|e| RuntimeError::io("writing blob", e))?;
+    }
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if copied != size || actual != digest {
+        return Err(RuntimeError::InvalidImage(format!(
+            "blob {digest} in the content store is damaged ({copied} bytes hashing to {actual}, expected {size} bytes)"
+        )));
+    }
+    Ok(())
 }
 
 /// RFC 3339 in UTC without a date crate (days-to-civil, H. Hinnant).

@@ -3,28 +3,25 @@
 //! then create image records, so a bad archive leaves nothing named behind.
 
 use super::content::{create_lease, delete_lease, write_blob};
+use super::images::put_image;
 use super::unpack::{chain_ids, unpack_layers, UnpackPlan};
-use super::{status_error, ContainerdRuntime};
+use super::ContainerdRuntime;
 use crate::image::{
     is_index, is_manifest, pick_platform, Descriptor, ImageConfig, Index, Manifest,
 };
 use crate::runtime::RuntimeError;
 use crate::spec::normalize_image_ref;
-use containerd_client::services::v1::images_client::ImagesClient;
-use containerd_client::services::v1::{CreateImageRequest, Image, UpdateImageRequest};
-use containerd_client::types::Descriptor as PbDescriptor;
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncSeekExt;
-use tonic::Code;
 
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
-const CONTAINERD_NAME: &str = "io.containerd.image.name";
+pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub(crate) const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// Index, manifest and config blobs are read whole; cap them.
-const MAX_METADATA: u64 = 4 * 1024 * 1024;
+pub(crate) const MAX_METADATA: u64 = 4 * 1024 * 1024;
 
 /// An image the import created or updated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,41 +95,9 @@ async fn write_and_unpack(
     for unpack in &plan.unpacks {
         unpack_layers(rt, svc.clone(), unpack).await?;
     }
-    let mut images = ImagesClient::new(svc);
     let mut out = Vec::new();
     for (name, target) in &plan.images {
-        let image = Image {
-            name: name.clone(),
-            target: Some(PbDescriptor {
-                media_type: target.media_type.clone(),
-                digest: target.digest.clone(),
-                size: target.size,
-                annotations: target.annotations.clone().unwrap_or_default(),
-            }),
-            ..Default::default()
-        };
-        let created = images
-            .create(CreateImageRequest {
-                image: Some(image.clone()),
-                source_date_epoch: None,
-            })
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::AlreadyExists => {
-                images
-                    .update(UpdateImageRequest {
-                        image: Some(image),
-                        update_mask: Some(prost_types::FieldMask {
-                            paths: vec!["target".to_string()],
-                        }),
-                        source_date_epoch: None,
-                    })
-                    .await
-                    .map_err(|s| status_error("update image", s))?;
-            }
-            Err(s) => return Err(status_error("create image", s)),
-        }
+        put_image(svc.clone(), name, target).await?;
         tracing::info!(image = %name, digest = %target.digest, "image imported");
         out.push(ImportedImage {
             name: name.clone(),

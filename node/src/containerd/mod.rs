@@ -2,13 +2,17 @@
 //! scoped to our namespace through an interceptor.
 
 mod content;
+mod export;
+mod images;
 mod import;
 mod oci;
+mod pull;
 mod task;
 mod unpack;
 
 pub use import::ImportedImage;
 
+use crate::registry::RegistryConfig;
 use crate::runtime::{ActualContainer, ExitEvent, Runtime, RuntimeError, Started};
 use crate::spec::ContainerSpec;
 use containerd_client::services::v1::version_client::VersionClient;
@@ -147,6 +151,37 @@ impl ContainerdRuntime {
         import::import_archive(self, path).await
     }
 
+    /// Pulls `reference` from its registry (plain HTTP only if the
+    /// registry is listed in `registry.insecure`), storing the exact
+    /// registry bytes, streaming missing layers with their digests checked,
+    /// and unpacking; a failed pull leaves no image record behind.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        registry: &RegistryConfig,
+    ) -> Result<ImportedImage, RuntimeError> {
+        pull::pull(self, reference, registry).await
+    }
+
+    /// Writes an OCI image-layout tar of `image_name` (this platform only)
+    /// to `dest`, which [`import_archive`](Self::import_archive) on another
+    /// containerd turns into the same image (same digests). Blobs are
+    /// streamed, never held whole in memory.
+    pub async fn export_archive(&self, image_name: &str, dest: &Path) -> Result<(), RuntimeError> {
+        export::export_archive(self, image_name, dest).await
+    }
+
+    /// Whether an image record exists under `name` (normalised), without
+    /// fetching or unpacking anything.
+    pub async fn has_image(&self, name: &str) -> Result<bool, RuntimeError> {
+        Ok(images::image_target(self, name).await?.is_some())
+    }
+
+    /// The digest the image name points at (index or manifest), if any.
+    pub async fn image_digest(&self, name: &str) -> Result<Option<String>, RuntimeError> {
+        Ok(images::image_target(self, name).await?.map(|d| d.digest))
+    }
+
     pub(crate) fn svc(&self) -> Svc {
         InterceptedService::new(self.channel.clone(), self.headers.clone())
     }
@@ -209,6 +244,26 @@ impl Runtime for ContainerdRuntime {
 
     async fn start(&self, spec: &ContainerSpec) -> Result<Started, RuntimeError> {
         task::create_and_start(self, spec).await
+    }
+
+    async fn has_image(&self, image: &str) -> Result<bool, RuntimeError> {
+        ContainerdRuntime::has_image(self, image).await
+    }
+
+    async fn pull_image(&self, image: &str, registry: &RegistryConfig) -> Result<(), RuntimeError> {
+        self.pull(image, registry).await.map(|_| ())
+    }
+
+    async fn import_image(&self, archive: &Path) -> Result<(), RuntimeError> {
+        self.import_archive(archive).await.map(|_| ())
+    }
+
+    async fn image_changed(&self, container_id: &str, image: &str) -> Result<bool, RuntimeError> {
+        task::image_changed(self, container_id, image).await
+    }
+
+    async fn recreate(&self, spec: &ContainerSpec, restarts: u32) -> Result<Started, RuntimeError> {
+        task::recreate(self, spec, restarts).await
     }
 
     async fn restart(&self, container_id: &str, restarts: u32) -> Result<Started, RuntimeError> {

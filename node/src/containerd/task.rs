@@ -15,7 +15,9 @@ use containerd_client::services::v1::container::Runtime as PbRuntime;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
-use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest};
+use containerd_client::services::v1::snapshots::{
+    MountsRequest, PrepareSnapshotRequest, StatSnapshotRequest,
+};
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
@@ -101,6 +103,49 @@ pub(crate) async fn create_and_start(
     rt: &ContainerdRuntime,
     spec: &ContainerSpec,
 ) -> Result<Started, RuntimeError> {
+    create_counted(rt, spec, 0).await
+}
+
+/// Whether the container's snapshot sits on another layer chain than the
+/// image now has: its tag was re-pulled with new content.
+pub(crate) async fn image_changed(
+    rt: &ContainerdRuntime,
+    id: &str,
+    image: &str,
+) -> Result<bool, RuntimeError> {
+    let info = match SnapshotsClient::new(rt.svc())
+        .stat(StatSnapshotRequest {
+            snapshotter: SNAPSHOTTER.to_string(),
+            key: id.to_string(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().info,
+        Err(s) if s.code() == Code::NotFound => return Ok(false),
+        Err(s) => return Err(status_error("stat container snapshot", s)),
+    };
+    let Some(info) = info else { return Ok(false) };
+    let current = resolve_image(rt, image).await?;
+    Ok(info.parent != current.chain_id)
+}
+
+/// Replaces an exited container by one made from the current image, with
+/// the same id, log file and restart count.
+pub(crate) async fn recreate(
+    rt: &ContainerdRuntime,
+    spec: &ContainerSpec,
+    restarts: u32,
+) -> Result<Started, RuntimeError> {
+    remove_keeping_logs(rt, &spec.id, Duration::from_secs(1)).await?;
+    tracing::info!(container = %spec.id, image = %spec.image, "recreating container from the updated image");
+    create_counted(rt, spec, restarts).await
+}
+
+async fn create_counted(
+    rt: &ContainerdRuntime,
+    spec: &ContainerSpec,
+    restarts: u32,
+) -> Result<Started, RuntimeError> {
     validate_container_id(&spec.id).map_err(RuntimeError::InvalidSpec)?;
     let image = resolve_image(rt, &spec.image).await?;
     let host = host_facts(spec)?;
@@ -111,7 +156,7 @@ pub(crate) async fn create_and_start(
         (LABEL_WORKLOAD.to_string(), spec.workload.clone()),
         (LABEL_REPLICA.to_string(), spec.replica.to_string()),
         (LABEL_GENERATION.to_string(), spec.generation.to_string()),
-        (LABEL_RESTARTS.to_string(), "0".to_string()),
+        (LABEL_RESTARTS.to_string(), restarts.to_string()),
     ]);
     let options = rt.config().runc_root.as_ref().map(|root| Any {
         type_url: "containerd.runc.v1.Options".to_string(),
@@ -310,6 +355,17 @@ pub(crate) async fn remove(
     id: &str,
     grace: Duration,
 ) -> Result<Option<i32>, RuntimeError> {
+    let code = remove_keeping_logs(rt, id, grace).await?;
+    logs::remove_log_files(&rt.config().log_dir, id);
+    tracing::info!(container = %id, exit_code = ?code, "container removed");
+    Ok(code)
+}
+
+async fn remove_keeping_logs(
+    rt: &ContainerdRuntime,
+    id: &str,
+    grace: Duration,
+) -> Result<Option<i32>, RuntimeError> {
     let svc = rt.svc();
     let status = match tasks(svc.clone())
         .get(GetRequest {
@@ -353,8 +409,6 @@ pub(crate) async fn remove(
         Err(s) => return Err(status_error("delete container", s)),
     }
     remove_snapshot(svc, id).await?;
-    logs::remove_log_files(&rt.config().log_dir, id);
-    tracing::info!(container = %id, exit_code = ?code, "container removed");
     Ok(code)
 }
 

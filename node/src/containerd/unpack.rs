@@ -195,7 +195,7 @@ pub(crate) async fn resolve_image(
         RuntimeError::ImageNotFound {
         image: name.clone(),
         reason: format!(
-            "not present in containerd namespace {:?}; import its OCI archive (registry pulls are not supported yet)",
+            "not present in containerd namespace {:?}; import its OCI archive or let the agent pull it (pull policy if-not-present or always)",
             rt.namespace()
         ),
     }

@@ -49,7 +49,7 @@ fn append(
         .map_err(archive_err)
 }
 
-fn layer() -> Result<Vec<u8>, TestingError> {
+fn layer(marker: Option<&str>) -> Result<Vec<u8>, TestingError> {
     let busybox = std::fs::read(BUSYBOX).map_err(|e| {
         TestingError::Archive(format!(
             "cannot read {BUSYBOX} ({e}); install busybox-static"
@@ -72,6 +72,9 @@ fn layer() -> Result<Vec<u8>, TestingError> {
         b"root:x:0:0:root:/root:/bin/sh\n",
         0o644,
     )?;
+    if let Some(marker) = marker {
+        append(&mut b, "etc/gantry-marker", marker.as_bytes(), 0o644)?;
+    }
     for applet in APPLETS {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
@@ -91,7 +94,26 @@ pub fn busybox_oci_archive(
     path: impl AsRef<Path>,
     image_name: &str,
 ) -> Result<BusyboxArchive, TestingError> {
-    let layer = layer()?;
+    build(path.as_ref(), image_name, None)
+}
+
+/// The same image with `/etc/gantry-marker` holding `marker`, so tests can
+/// publish a different version of a tag and see which one a container
+/// runs.
+pub fn busybox_oci_archive_marked(
+    path: impl AsRef<Path>,
+    image_name: &str,
+    marker: &str,
+) -> Result<BusyboxArchive, TestingError> {
+    build(path.as_ref(), image_name, Some(marker))
+}
+
+fn build(
+    path: &Path,
+    image_name: &str,
+    marker: Option<&str>,
+) -> Result<BusyboxArchive, TestingError> {
+    let layer = layer(marker)?;
     let layer_digest = digest(&layer);
     let config = serde_json::to_vec(&json!({
         "architecture": goarch(),
@@ -130,7 +152,7 @@ pub fn busybox_oci_archive(
         }]
     }))
     .map_err(archive_err)?;
-    let path = path.as_ref().to_path_buf();
+    let path = path.to_path_buf();
     let file = std::fs::File::create(&path)
         .map_err(|e| super::io(format!("creating {}", path.display()), e))?;
     let mut b = tar::Builder::new(file);

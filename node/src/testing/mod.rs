@@ -1,10 +1,13 @@
 //! Test support shared with the workspace's end-to-end tests: a private
 //! containerd per test and a busybox OCI archive built from the host's
-//! busybox-static. Never uses the system containerd or the network.
+//! busybox-static, and a loopback registry. Never uses the system
+//! containerd or any network beyond 127.0.0.1.
 
 mod archive;
+mod registry;
 
-pub use archive::{busybox_oci_archive, BusyboxArchive};
+pub use archive::{busybox_oci_archive, busybox_oci_archive_marked, BusyboxArchive};
+pub use registry::LoopbackRegistry;
 
 use crate::containerd::{ContainerdConfig, ContainerdRuntime};
 use crate::runtime::{Runtime, RuntimeError};
@@ -23,7 +26,13 @@ pub enum TestingError {
         #[source]
         source: std::io::Error,
     },
-    #[error("private containerd did not come up: {0}")]
+    #[error("the `docker-registry` binary was not found on PATH; install it (Debian: apt-get install docker-registry) to run the registry tests")]
+    RegistryMissing,
+    #[error("the `skopeo` binary was not found on PATH; install it (Debian: apt-get install skopeo) to run the registry tests")]
+    SkopeoMissing,
+    #[error("loopback registry: {0}")]
+    Registry(String),
+    #[error("test fixture did not come up: {0}")]
     NotReady(String),
     #[error("{0}")]
     Archive(String),

@@ -2,6 +2,8 @@
 //! containerd queries that check effects independently of our adapter.
 #![allow(dead_code)]
 
+pub mod agent;
+
 use containerd_client::services::v1::snapshots::StatSnapshotRequest;
 use containerd_client::services::v1::{
     GetContainerRequest, GetImageRequest, GetRequest, KillRequest,

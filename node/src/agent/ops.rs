@@ -1,0 +1,134 @@
+//! One slot's runtime operations, run as a job off the reconcile loop:
+//! remove, fetch the image and start, restart (re-pulling under `always`).
+
+use super::fetch::Fetcher;
+use super::{Ident, InstanceKey, InstanceReport, InstanceState};
+use crate::runtime::{Runtime, RuntimeError, Started};
+use crate::spec::{ContainerSpec, PullPolicy};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub(super) enum Op {
+    Remove(Ident),
+    Start(Box<ContainerSpec>, PullPolicy),
+    /// With the spec when the policy is `always`: the registry is asked
+    /// again and a changed image replaces the container.
+    Restart(Ident, u32, Option<Box<ContainerSpec>>),
+}
+
+/// What a job needs besides the runtime.
+pub(super) struct JobContext {
+    pub grace: Duration,
+    pub fetcher: Fetcher,
+    /// `Pulling`/`Starting` reports from inside a job.
+    pub progress: mpsc::UnboundedSender<InstanceReport>,
+}
+
+pub(super) enum Outcome {
+    Started(Ident, u32),
+    Restarted(Ident, u32, u32),
+    Removed(Ident, Option<i32>),
+    Failed(Ident, Box<RuntimeError>, Op),
+}
+
+pub(super) struct JobResult {
+    pub key: InstanceKey,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Runs one slot's operations in order, stopping at the first failure.
+pub(super) async fn run_ops<R: Runtime>(
+    runtime: Arc<R>,
+    context: JobContext,
+    key: InstanceKey,
+    ops: Vec<Op>,
+) -> JobResult {
+    let mut outcomes = Vec::new();
+    for op in ops {
+        let outcome = match op {
+            Op::Remove(ident) => match runtime.remove(&ident.container_id, context.grace).await {
+                Ok(code) => Outcome::Removed(ident, code),
+                Err(e) => Outcome::Failed(ident.clone(), Box::new(e), Op::Remove(ident)),
+            },
+            Op::Start(spec, policy) => {
+                let ident = Ident::of_spec(&spec);
+                let started =
+                    match prepare_image(&*runtime, &context, &ident, &spec, policy, 0).await {
+                        Ok(()) => runtime.start(&spec).await,
+                        Err(e) => Err(e),
+                    };
+                match started {
+                    Ok(s) => Outcome::Started(ident, s.pid),
+                    Err(e) => Outcome::Failed(ident, Box::new(e), Op::Start(spec, policy)),
+                }
+            }
+            Op::Restart(ident, restarts, refresh) => {
+                let result = match &refresh {
+                    None => runtime.restart(&ident.container_id, restarts).await,
+                    Some(spec) => {
+                        refresh_and_restart(&*runtime, &context, &ident, spec, restarts).await
+                    }
+                };
+                match result {
+                    Ok(s) => Outcome::Restarted(ident, s.pid, restarts),
+                    Err(e) => Outcome::Failed(
+                        ident.clone(),
+                        Box::new(e),
+                        Op::Restart(ident, restarts, refresh),
+                    ),
+                }
+            }
+        };
+        let failed = matches!(outcome, Outcome::Failed(..));
+        outcomes.push(outcome);
+        if failed {
+            break;
+        }
+    }
+    JobResult { key, outcomes }
+}
+
+/// Fetches the image as `policy` says, reporting `Pulling` while the
+/// network is involved, then makes sure it is usable.
+async fn prepare_image<R: Runtime>(
+    runtime: &R,
+    context: &JobContext,
+    ident: &Ident,
+    spec: &ContainerSpec,
+    policy: PullPolicy,
+    restarts: u32,
+) -> Result<(), RuntimeError> {
+    if context
+        .fetcher
+        .needs_fetch(runtime, &spec.image, policy)
+        .await?
+    {
+        let _ = context
+            .progress
+            .send(ident.report(InstanceState::Pulling, restarts));
+        context.fetcher.fetch(runtime, &spec.image, policy).await?;
+        let _ = context
+            .progress
+            .send(ident.report(InstanceState::Starting, restarts));
+    }
+    runtime.ensure_image(&spec.image).await
+}
+
+/// `always` on a restart: ask the registry again, and if the tag now
+/// names other content, replace the container instead of restarting the
+/// old root filesystem.
+async fn refresh_and_restart<R: Runtime>(
+    runtime: &R,
+    context: &JobContext,
+    ident: &Ident,
+    spec: &ContainerSpec,
+    restarts: u32,
+) -> Result<Started, RuntimeError> {
+    prepare_image(runtime, context, ident, spec, PullPolicy::Always, restarts).await?;
+    if runtime.image_changed(&spec.id, &spec.image).await? {
+        runtime.recreate(spec, restarts).await
+    } else {
+        runtime.restart(&spec.id, restarts).await
+    }
+}
