@@ -128,6 +128,7 @@ async fn main() -> Result<()> {
         containerd_socket: socket.to_string_lossy().into_owned(),
         containerd_namespace: "bench".into(),
         stop_grace: HumanDuration(Duration::from_millis(100)),
+        insecure_registries: Vec::new(),
     };
     let init = InitArgs {
         member,

@@ -25,6 +25,7 @@ fn member(root: &Path, name: &str) -> MemberArgs {
         containerd_socket: gantry::config::DEFAULT_CONTAINERD_SOCKET.into(),
         containerd_namespace: gantry::config::DEFAULT_CONTAINERD_NAMESPACE.into(),
         stop_grace: gantry::state::quantity::HumanDuration(Duration::from_secs(10)),
+        insecure_registries: Vec::new(),
     }
 }
 

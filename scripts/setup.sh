@@ -4,7 +4,7 @@
 # the runtime tests, iproute2 for the network-namespace tests.
 set -euo pipefail
 
-packages=(build-essential pkg-config protobuf-compiler libclang-dev clang containerd runc busybox-static iproute2)
+packages=(build-essential pkg-config protobuf-compiler libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -22,6 +22,11 @@ if ! command -v cargo >/dev/null 2>&1; then
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"
+fi
+
+# Tests start their own registry on 127.0.0.1; the packaged service is not needed.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
 # The system containerd is not needed: tests and the demo start their own.

@@ -65,6 +65,10 @@ pub struct GatewayConfig {
     /// Between SIGTERM and SIGKILL when a container is stopped.
     #[serde(default = "default_stop_grace")]
     pub stop_grace: HumanDuration,
+    /// Registries allowed over plain HTTP and credentials per registry
+    /// (edit `registry.credentials` here: `{"host:port": ["user", "pass"]}`).
+    #[serde(default)]
+    pub registry: gantry_node::RegistryConfig,
 }
 
 fn default_stop_grace() -> HumanDuration {

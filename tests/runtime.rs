@@ -312,3 +312,80 @@ fn absent_images_and_broken_archives_are_reported() {
     );
     site.wait_instance("probe", "Running after import", running);
 }
+
+#[test]
+fn images_come_from_a_registry_once_then_from_peer_gateways() {
+    use gantry_node::testing::LoopbackRegistry;
+    // The registry and the gateways are set up before the site is built so
+    // that the gateways can be told it is an allowed plain-HTTP registry.
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("gr")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut registry = tokio
+        .block_on(LoopbackRegistry::start(dir.path().join("registry")))
+        .expect("a loopback registry (install docker-registry and skopeo)");
+    let archive = dir.path().join("busybox.tar");
+    busybox_oci_archive(&archive, IMAGE).unwrap();
+    let reference = registry.reference("gantry/busybox:pulled");
+    tokio
+        .block_on(registry.push_archive(&archive, "gantry/busybox:pulled"))
+        .expect("push to the loopback registry");
+
+    let mut cluster = TestCluster::new();
+    let insecure = ["--insecure-registry", registry.addr()];
+    cluster.init(
+        "gw-a",
+        &[&insecure[..], &["--labels", "uplink=true"]].concat(),
+    );
+    cluster.join("gw-b", &insecure);
+    let site = Site { cluster, archive };
+
+    // First gateway: pulled from the registry (the site's uplink).
+    site.apply(&format!(
+        "name: first\nimage: {reference}\nnode_selector: {{uplink: \"true\"}}\ncommand: [sleep, '100000']\n"
+    ));
+    let first = site.wait_instance("first", "Running from the registry", running);
+    assert_eq!(first["node"], "gw-a");
+    let manifests_before = registry.requests_matching("/manifests/");
+    assert!(manifests_before >= 1, "gw-a asked the registry");
+
+    // Second gateway: fetched from gw-a over the cluster, not the uplink.
+    site.apply(&format!(
+        "name: second\nimage: {reference}\nreplicas: 2\nspread: node\ncommand: [sleep, '100000']\n"
+    ));
+    let addr = site.addr(0);
+    wait_for("both replicas Running", LONG, || {
+        let all = site.cluster.try_json(&addr, &["get", "instances"])?;
+        let running = all
+            .as_array()?
+            .iter()
+            .filter(|i| i["workload"] == "second" && i["state"] == "Running");
+        (running.count() == 2).then_some(())
+    });
+    let log = site.cluster.gateways[1].log_text();
+    assert!(
+        log.contains("image fetched from a peer gateway"),
+        "gw-b got the image from gw-a"
+    );
+    assert_eq!(
+        registry.requests_matching("/manifests/"),
+        manifests_before,
+        "no second pull over the uplink"
+    );
+
+    // `image_pull: never` with an image nobody has: Failed, no registry request.
+    site.apply(&format!(
+        "name: never\nimage: {}\nimage_pull: never\n",
+        registry.reference("gantry/absent:1")
+    ));
+    let never = site.wait_instance("never", "Failed", |i| i["state"] == "Failed");
+    assert!(never["reason"]
+        .as_str()
+        .unwrap()
+        .contains("gantry/absent:1"));
+    assert_eq!(registry.requests_matching("gantry/absent"), 0);
+    drop(site);
+    registry.stop();
+}

@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use gantry_node::{ContainerSpec, DesiredInstance, MountSpec, RestartPolicy};
+use gantry_node::{ContainerSpec, DesiredInstance, MountSpec, PullPolicy, RestartPolicy};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, NodeId};
 use crate::control::fencing;
-use crate::state::spec::RestartPolicy as SpecRestart;
+use crate::state::spec::{ImagePull, RestartPolicy as SpecRestart};
 use crate::state::{Instance, NodeStatus, State, Workload};
 
 /// containerd container id: unique per generation so a replacement never
@@ -87,10 +87,16 @@ pub fn desired_for(
             if isolated_for.is_some_and(|d| fencing::must_stop_when_isolated(&workload.spec, d)) {
                 return None;
             }
-            Some(DesiredInstance {
-                spec: container_spec(instance, workload),
-                restart: restart_policy(workload.spec.restart),
-            })
+            let mut desired = DesiredInstance::new(
+                container_spec(instance, workload),
+                restart_policy(workload.spec.restart),
+            );
+            desired.pull = match workload.spec.image_pull {
+                ImagePull::IfNotPresent => PullPolicy::IfNotPresent,
+                ImagePull::Always => PullPolicy::Always,
+                ImagePull::Never => PullPolicy::Never,
+            };
+            Some(desired)
         })
         .collect()
 }

@@ -131,3 +131,131 @@ pub async fn push(
     let reply = reply.map_err(|status| status.message().to_string())?;
     serde_json::from_str(&reply.into_inner().json).map_err(|e| e.to_string())
 }
+
+/// Fetches missing images from peer gateways (Cluster.ExportImage) before
+/// the node agent falls back to the registry: a site pulls each image over
+/// its uplink once.
+pub struct PeerImages {
+    pub cluster: Cluster,
+}
+
+#[async_trait::async_trait]
+impl gantry_node::agent::ImageSource for PeerImages {
+    async fn fetch(&self, image: &str, dest: &Path) -> Result<bool, String> {
+        let peers: Vec<(String, String)> = {
+            let applied = self.cluster.state().read();
+            let me = self.cluster.id();
+            applied
+                .state
+                .nodes
+                .values()
+                .filter(|n| n.id != me && n.status == crate::state::NodeStatus::Ready)
+                .map(|n| (n.name.clone(), n.address.clone()))
+                .collect()
+        };
+        for (name, address) in peers {
+            match fetch_from(&self.cluster, &address, image, dest).await {
+                Ok(true) => {
+                    tracing::info!(%image, peer = %name, "image fetched from a peer gateway");
+                    return Ok(true);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%image, peer = %name, error = %e, "peer image fetch failed")
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Ok(false) when the peer does not hold the image.
+async fn fetch_from(
+    cluster: &Cluster,
+    address: &str,
+    image: &str,
+    dest: &Path,
+) -> Result<bool, String> {
+    let mut client = cluster.peers().client(address)?;
+    let request = gantry_proto::v1::ExportImageRequest {
+        cluster_id: cluster.cluster_id().to_string(),
+        image: image.to_string(),
+    };
+    let mut stream = match client.export_image(request).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) if status.code() == tonic::Code::NotFound => return Ok(false),
+        Err(status) => return Err(status.message().to_string()),
+    };
+    let mut out = tokio::fs::File::create(dest)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut total: u64 = 0;
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|s| s.message().to_string())?
+    {
+        total += chunk.data.len() as u64;
+        if total > MAX_ARCHIVE_BYTES {
+            return Err(format!("archive larger than {MAX_ARCHIVE_BYTES} bytes"));
+        }
+        out.write_all(&chunk.data)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    out.flush().await.map_err(|e| e.to_string())?;
+    Ok(total > 0)
+}
+
+/// Serves Cluster.ExportImage: the image as an archive, streamed from a
+/// scratch file removed afterwards.
+pub async fn export(
+    node: &NodeRuntime,
+    image: &str,
+) -> Result<tokio::sync::mpsc::Receiver<Result<ImageChunk, Status>>, Status> {
+    let present = node
+        .runtime
+        .has_image(image)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    if !present {
+        return Err(Status::not_found(format!("no image {image} here")));
+    }
+    let file = ScratchFile(
+        node.scratch_dir
+            .join(format!("export-{:016x}.tar", rand::random::<u64>())),
+    );
+    node.runtime
+        .export_archive(image, &file.0)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let mut reader = tokio::fs::File::open(&file.0)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let _file = file; // removed when the stream ends
+        loop {
+            let mut data = vec![0u8; CHUNK_BYTES];
+            let read = match reader.read(&mut data).await {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                    return;
+                }
+            };
+            data.truncate(read);
+            let chunk = ImageChunk {
+                cluster_id: String::new(),
+                all: false,
+                file_name: String::new(),
+                data,
+            };
+            if tx.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}

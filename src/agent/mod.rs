@@ -55,10 +55,16 @@ pub fn start(
 
     let agent_config = AgentConfig {
         stop_grace: config.stop_grace.0,
+        registry: config.registry.clone(),
+        scratch_dir: scratch_dir.clone(),
         ..AgentConfig::default()
     };
     let (desired_tx, desired_rx) = watch::channel(Vec::new());
     let (agent, events) = Agent::new(runtime.clone(), agent_config, desired_rx);
+    let peers = images::PeerImages {
+        cluster: cluster.clone(),
+    };
+    let agent = agent.with_image_source(Arc::new(peers));
     let stop = shutdown.clone();
     tasks.spawn(async move { agent.run(stop.cancelled_owned()).await });
     tasks.spawn(desired::feed(cluster.clone(), desired_tx, shutdown.clone()));

@@ -189,4 +189,23 @@ impl ClusterRpc for ClusterService {
             req.follow,
         )?))
     }
+
+    type ExportImageStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<ImageChunk, Status>> + Send>>;
+
+    async fn export_image(
+        &self,
+        request: Request<gantry_proto::v1::ExportImageRequest>,
+    ) -> Result<Response<Self::ExportImageStream>, Status> {
+        let req = request.into_inner();
+        if req.cluster_id != self.cluster.cluster_id() {
+            return Err(Status::permission_denied(
+                "the gateway belongs to another cluster",
+            ));
+        }
+        let rx = images::export(&self.node, &req.image).await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 }

@@ -194,6 +194,9 @@ pub struct MemberArgs {
     /// Between SIGTERM and SIGKILL when this gateway stops a container.
     #[arg(long, default_value = "10s")]
     pub stop_grace: HumanDuration,
+    /// Registries (HOST:PORT) this gateway may pull from over plain HTTP.
+    #[arg(long = "insecure-registry", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, Args)]
