@@ -62,6 +62,11 @@ impl Gateway {
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let cluster_service = tonic::service::interceptor::InterceptedService::new(
+            cluster_service,
+            crate::cluster::fault::inbound,
+        );
+        tasks.spawn(crate::cluster::fault::watch(shutdown.clone()));
         let admin_service = AdminServer::new(AdminService {
             cluster: cluster.clone(),
             node: node.clone(),

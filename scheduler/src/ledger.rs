@@ -90,6 +90,9 @@ pub(crate) struct Ledger<'a> {
     on_node: Vec<Vec<usize>>,
     replicas: Replicas<'a>,
     lowest_priority: Option<i32>,
+    /// Instances per gateway (running and not evicted, plus placed): the
+    /// tie-break that spreads instances which request nothing.
+    load: Vec<u32>,
 }
 
 impl<'a> Ledger<'a> {
@@ -115,6 +118,7 @@ impl<'a> Ledger<'a> {
             evicted: vec![false; view.running.len()],
             replicas: Replicas::default(),
             lowest_priority: None,
+            load: vec![0; view.nodes.len()],
         };
         ledger.charge_running();
         ledger.sort_for_preemption();
@@ -130,6 +134,7 @@ impl<'a> Ledger<'a> {
             let wid = self.replicas.id(&r.instance.workload);
             if let Some(n) = at {
                 self.free[n] = self.free[n].minus(r.requests);
+                self.load[n] += 1;
                 self.on_node[n].push(i);
                 self.replicas.running[wid].push(i);
                 self.lowest_priority = Some(
@@ -215,8 +220,14 @@ impl<'a> Ledger<'a> {
         self.replicas.dense[wid].as_deref()
     }
 
+    /// How many instances the gateway holds in this plan so far.
+    pub fn load(&self, n: usize) -> u32 {
+        self.load[n]
+    }
+
     pub fn place(&mut self, n: usize, wid: usize, requests: Resources) {
         self.free[n] = self.free[n].minus(requests);
+        self.load[n] += 1;
         self.replicas.placed[wid].push(n);
         if let Some(counts) = self.replicas.dense[wid].as_mut() {
             counts[n] += 1;
@@ -230,6 +241,7 @@ impl<'a> Ledger<'a> {
         }
         let r = &self.running[i];
         self.free[n] = self.free[n].plus(r.requests);
+        self.load[n] = self.load[n].saturating_sub(1);
         if let Some(&wid) = self.replicas.ids.get(r.instance.workload.as_str()) {
             if let Some(counts) = self.replicas.dense[wid].as_mut() {
                 counts[n] = counts[n].saturating_sub(1);

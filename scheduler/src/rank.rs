@@ -77,9 +77,12 @@ pub(crate) fn score(placement: Placement, left_share: u64, sticky: bool) -> u64 
 }
 
 /// The best gateway among `candidates` (already past the static checks) that
-/// also has room and respects spread now, or `None` if none does.
+/// also has room and respects spread now, or `None` if none does. Equal
+/// scores (e.g. instances that request nothing) go to the gateway holding
+/// fewer instances (spread) or more (binpack), then to the lower id.
 pub(crate) fn best_node(ledger: &Ledger<'_>, candidates: &[usize], ask: &Ask<'_>) -> Option<usize> {
     let mut best: Option<(u64, u64, usize)> = None;
+    let mut best_load = 0u32;
     for &n in candidates {
         let free = ledger.free(n);
         if !free.fits(ask.requests) || !feasible::spread_allows(ask.spread, n) {
@@ -92,12 +95,20 @@ pub(crate) fn best_node(ledger: &Ledger<'_>, candidates: &[usize], ask: &Ask<'_>
             ask.sticky == Some(n),
         );
         let id = ledger.node_id(n);
+        let load = ledger.load(n);
+        let lighter = match ask.placement {
+            Placement::Spread => load < best_load,
+            Placement::Binpack => load > best_load,
+        };
         let better = match best {
             None => true,
-            Some((bs, bid, _)) => s > bs || (s == bs && id < bid),
+            Some((bs, bid, _)) => {
+                s > bs || (s == bs && (lighter || (load == best_load && id < bid)))
+            }
         };
         if better {
             best = Some((s, id, n));
+            best_load = load;
         }
     }
     best.map(|(_, _, n)| n)

@@ -180,3 +180,29 @@ fn placement_parses_from_lowercase_and_defaults_to_spread() {
     assert!(parse("Binpack").is_err());
     assert_eq!(Placement::default(), Placement::Spread);
 }
+
+#[test]
+fn instances_that_request_nothing_still_spread_and_binpack_still_packs() {
+    let v = view(vec![
+        node(1, 2000, GI),
+        node(2, 2000, GI),
+        node(3, 2000, GI),
+    ]);
+    let w = workload("web", 0, 0);
+    let pending: Vec<PendingInstance> = (0..6).map(|r| w.replica(r)).collect();
+    let p = plan(&v, &pending);
+    let mut per_node = [0; 3];
+    for r in 0..6 {
+        let n = placed(&p, "web", r).expect("placed");
+        per_node[(n - 1) as usize] += 1;
+    }
+    assert_eq!(per_node, [2, 2, 2]);
+
+    let packed = workload("batch", 0, 0).with_placement(Placement::Binpack);
+    let pending: Vec<PendingInstance> = (0..3).map(|r| packed.replica(r)).collect();
+    let p = plan(&v, &pending);
+    let nodes: Vec<u64> = (0..3)
+        .map(|r| placed(&p, "batch", r).expect("placed"))
+        .collect();
+    assert_eq!(nodes, vec![1, 1, 1]);
+}

@@ -7,6 +7,7 @@
 //! back in). The rest of the daemon sees `Cluster`, `state::Request` and
 //! `state::Response`.
 
+pub mod fault;
 pub mod log_store;
 pub mod membership;
 pub mod network;

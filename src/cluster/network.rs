@@ -51,6 +51,11 @@ impl PeerChannels {
     }
 
     pub fn client(&self, addr: &str) -> Result<ClusterClient<Channel>, String> {
+        if super::fault::partitioned() {
+            return Err(format!(
+                "cannot reach {addr}: partitioned (fault injection)"
+            ));
+        }
         Ok(ClusterClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))

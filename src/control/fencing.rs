@@ -14,7 +14,7 @@ pub const DEFAULT_SINGLETON_STOP_AFTER: Duration = Duration::from_secs(30);
 
 /// The longest a heartbeat may take and still count (see
 /// `liveness::run_heartbeats`): an answer arriving later is ignored.
-pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How long an isolated gateway keeps running this workload before it stops
 /// it: `on_disconnect.stop_after`, or 30 s for a singleton that sets none.

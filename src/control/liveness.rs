@@ -178,7 +178,12 @@ pub async fn run_heartbeats(
             node_id: cluster.id(),
             runtime_problem: health.problem().unwrap_or_default(),
         };
-        match tokio::time::timeout(Duration::from_secs(1), client.heartbeat(request)).await {
+        match tokio::time::timeout(
+            crate::control::fencing::HEARTBEAT_TIMEOUT,
+            client.heartbeat(request),
+        )
+        .await
+        {
             Ok(Ok(reply)) => {
                 if reply.into_inner().accepted {
                     cluster.note_quorum_contact();

@@ -586,9 +586,9 @@ mod tests {
             now_ms,
             leading_since_ms: 100_000,
         };
-        // Settling window: grace 1 s + interval 300 ms + heartbeat timeout 1 s.
-        assert!(round(&state, &timing(102_299)).record.placements.is_empty());
-        assert_eq!(round(&state, &timing(102_300)).record.placements.len(), 1);
+        // Settling window: grace 1 s + interval 300 ms + heartbeat timeout 500 ms.
+        assert!(round(&state, &timing(101_799)).record.placements.is_empty());
+        assert_eq!(round(&state, &timing(101_800)).record.placements.len(), 1);
         // Back in time: nothing moves at all.
         set(
             &mut state,

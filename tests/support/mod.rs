@@ -80,6 +80,16 @@ impl Gateway {
         ));
     }
 
+    /// Cuts every gateway-to-gateway call in or out of this gateway
+    /// (`GANTRY_FAULT_FILE`), as a network partition would.
+    pub fn partition(&self) {
+        std::fs::write(self.log.with_extension("fault"), "partition").expect("write fault file");
+    }
+
+    pub fn heal(&self) {
+        let _ = std::fs::remove_file(self.log.with_extension("fault"));
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -99,6 +109,7 @@ fn spawn(args: &[&str], log: &Path) -> Child {
     Command::new(gantry_bin())
         .args(args)
         .env("GANTRY_LOG", "info,openraft=warn")
+        .env("GANTRY_FAULT_FILE", log.with_extension("fault"))
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -314,6 +325,39 @@ impl TestCluster {
             }
             None
         })
+    }
+
+    /// (container id, pid) of the workload's containers with a running task
+    /// in `namespace` (each gateway's namespace is its name).
+    pub fn running_containers(
+        &self,
+        namespace: &str,
+        workload: &str,
+    ) -> Vec<(String, Option<u32>)> {
+        let mut config = gantry_node::ContainerdConfig::new(self.tmp.path().join("unused-logs"));
+        config.socket = self.containerd.socket();
+        config.namespace = namespace.to_string();
+        // The channel is made lazily and needs a reactor.
+        let _entered = self.tokio.enter();
+        let Ok(runtime) = gantry_node::ContainerdRuntime::new(config) else {
+            return Vec::new();
+        };
+        let list = self
+            .tokio
+            .block_on(gantry_node::Runtime::list(&runtime))
+            .unwrap_or_default();
+        list.into_iter()
+            .filter(|c| c.workload == workload && c.task == gantry_node::TaskState::Running)
+            .map(|c| (c.id, c.pid))
+            .collect()
+    }
+
+    /// How many copies of `workload` run, over every gateway's namespace.
+    pub fn copies(&self, workload: &str) -> usize {
+        self.gateways
+            .iter()
+            .map(|g| self.running_containers(&g.name, workload).len())
+            .sum()
     }
 
     pub fn index_of(&self, name: &str) -> usize {
