@@ -20,7 +20,10 @@ const LONG: Duration = Duration::from_secs(120);
 fn running_elsewhere(cluster: &TestCluster, addr: &str, victim: &str) -> Option<usize> {
     let all = cluster.try_json(addr, &["get", "instances"])?;
     let list = all.as_array()?;
-    let ok = list.len() == 30 && list.iter().all(|i| i["state"] == "Running" && i["node"] != victim);
+    let ok = list.len() == 30
+        && list
+            .iter()
+            .all(|i| i["state"] == "Running" && i["node"] != victim);
     ok.then_some(list.len())
 }
 
@@ -32,10 +35,23 @@ fn trial(victim_is_leader: bool) -> Duration {
     let archive = cluster.tmp.path().join("busybox.tar");
     busybox_oci_archive(&archive, IMAGE).expect("busybox archive");
     let addr = cluster.addr(0);
-    let out = cluster.cli(&addr, &["image", "import", archive.to_str().unwrap_or_default(), "--all"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cluster.cli(
+        &addr,
+        &[
+            "image",
+            "import",
+            archive.to_str().unwrap_or_default(),
+            "--all",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // 30 replicas spread over 3 gateways: 10 on each.
-    let manifest = format!("name: load\nimage: {IMAGE}\nreplicas: 30\ncommand: [sleep, '100000']\n");
+    let manifest =
+        format!("name: load\nimage: {IMAGE}\nreplicas: 30\ncommand: [sleep, '100000']\n");
     assert!(cluster.apply(&addr, &manifest).status.success());
     wait_for("30 replicas Running", LONG, || {
         let all = cluster.try_json(&addr, &["get", "instances"])?;
@@ -47,7 +63,11 @@ fn trial(victim_is_leader: bool) -> Duration {
     let victim = if victim_is_leader {
         leader
     } else {
-        ["gw-a", "gw-b", "gw-c"].into_iter().find(|n| *n != leader).unwrap_or("gw-c").to_string()
+        ["gw-a", "gw-b", "gw-c"]
+            .into_iter()
+            .find(|n| *n != leader)
+            .unwrap_or("gw-c")
+            .to_string()
     };
     let index = cluster.index_of(&victim);
     let survivor = cluster.addr((index + 1) % 3);
@@ -57,10 +77,14 @@ fn trial(victim_is_leader: bool) -> Duration {
     cluster.gateways[index].kill();
     for (_, pid) in doomed {
         if let Some(pid) = pid {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
         }
     }
-    wait_for("every replacement Running", LONG, || running_elsewhere(&cluster, &survivor, &victim));
+    wait_for("every replacement Running", LONG, || {
+        running_elsewhere(&cluster, &survivor, &victim)
+    });
     started.elapsed()
 }
 
@@ -70,7 +94,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let trials: usize = std::env::var("BENCH_TRIALS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let trials: usize = std::env::var("BENCH_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     println!("power cut of a gateway running 10 of 30 instances, {trials} trials each");
     println!("{:>10}  {:>8}  {:>8}  {:>8}", "victim", "p50", "p99", "max");
     for (label, leader) in [("follower", false), ("leader", true)] {

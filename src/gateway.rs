@@ -100,6 +100,10 @@ impl Gateway {
             cluster.clone(),
             shutdown.clone(),
         ));
+        tasks.spawn(crate::control::rollout::run(
+            cluster.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(crate::control::voters::run(
             cluster.clone(),
             shutdown.clone(),

@@ -389,3 +389,59 @@ fn images_come_from_a_registry_once_then_from_peer_gateways() {
     drop(site);
     registry.stop();
 }
+
+#[test]
+fn a_rollout_to_an_image_that_never_starts_is_rolled_back_never_taking_all_replicas_down() {
+    let site = site(&["gw-a", "gw-b"]);
+    site.import_all();
+    let manifest = |image: &str| {
+        format!("name: roll\nimage: {image}\nreplicas: 3\nprogress_deadline: 3s\ncommand: [sleep, '100000']\n")
+    };
+    site.apply(&manifest(IMAGE));
+    let addr = site.addr(0);
+    wait_for("generation 1 complete", LONG, || {
+        let status = site
+            .cluster
+            .try_json(&addr, &["rollout", "status", "roll"])?;
+        (status["complete"] == true && status["last_good"] == 1).then_some(())
+    });
+
+    // Generation 2 names an image nobody has: it never starts.
+    site.apply(&manifest("127.0.0.1:5000/gantry/never-there:1"));
+    let deadline = std::time::Instant::now() + LONG;
+    let status = loop {
+        let copies = site.cluster.copies("roll");
+        assert!(
+            copies >= 2,
+            "max_unavailable 1: at most one replica down, saw {copies} running"
+        );
+        if let Some(status) = site.cluster.try_json(&addr, &["rollout", "status", "roll"]) {
+            if status["rolled_back"].is_object() && status["complete"] == true {
+                break status;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never rolled back");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["rolled_back"]["generation"], 2);
+    assert_eq!(status["rolled_back"]["to_spec_of"], 1);
+    assert_eq!(status["generation"], 3);
+    assert!(status["rolled_back"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("not Running 3s after its upgrade"));
+    let workloads = site.cluster.json(&addr, &["get", "workloads"]);
+    assert_eq!(
+        workloads[0]["image"], IMAGE,
+        "the spec is the last good one again"
+    );
+    let events = site.cluster.json(&addr, &["events"]);
+    assert!(events
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["message"].as_str().unwrap_or("").contains("rolled back")));
+    assert_eq!(site.cluster.copies("roll"), 3);
+    let table = site.cluster.cli(&addr, &["rollout", "status", "roll"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("rolled back: generation 2"));
+}

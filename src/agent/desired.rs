@@ -25,7 +25,8 @@ pub fn container_id(instance: &Instance) -> String {
 }
 
 fn container_spec(instance: &Instance, workload: &Workload) -> ContainerSpec {
-    let spec = &workload.spec;
+    // During a rollout, replicas of older generations keep their spec.
+    let spec = workload.spec_for(instance.generation);
     let mut container = ContainerSpec::new(
         container_id(instance),
         instance.workload.clone(),
@@ -89,9 +90,9 @@ pub fn desired_for(
             }
             let mut desired = DesiredInstance::new(
                 container_spec(instance, workload),
-                restart_policy(workload.spec.restart),
+                restart_policy(workload.spec_for(instance.generation).restart),
             );
-            desired.pull = match workload.spec.image_pull {
+            desired.pull = match workload.spec_for(instance.generation).image_pull {
                 ImagePull::IfNotPresent => PullPolicy::IfNotPresent,
                 ImagePull::Always => PullPolicy::Always,
                 ImagePull::Never => PullPolicy::Never,

@@ -242,4 +242,12 @@ impl Admin for AdminService {
         let applied = self.cluster.state().read();
         reply(views::events(&applied.state, None))
     }
+
+    async fn rollout_status(&self, request: Request<DescribeRequest>) -> Reply {
+        let name = request.into_inner().name;
+        match views::rollout_status(&self.cluster, &name) {
+            Some(value) => reply(value),
+            None => Err(Status::not_found(format!("no workload named '{name}'"))),
+        }
+    }
 }

@@ -249,3 +249,40 @@ pub fn status(cluster: &Cluster) -> Value {
         "workloads": state.workloads.values().map(|w| workload(state, w)).collect::<Vec<_>>(),
     })
 }
+
+/// `gantry rollout status NAME`: where the rollout of a workload stands.
+pub fn rollout_status(cluster: &Cluster, name: &str) -> Option<Value> {
+    let applied = cluster.state().read();
+    let state = &applied.state;
+    let w = state.workloads.get(name)?;
+    let instances: Vec<&Instance> = state.instances_of(name).collect();
+    let on_target = instances
+        .iter()
+        .filter(|i| i.generation == w.generation)
+        .count();
+    let running = instances
+        .iter()
+        .filter(|i| i.generation == w.generation && i.state == crate::state::InstanceState::Running)
+        .count();
+    let complete = on_target == w.spec.replicas as usize && running == on_target;
+    Some(json!({
+        "workload": name,
+        "generation": w.generation,
+        "last_good": w.last_good,
+        "replicas": w.spec.replicas,
+        "updated": on_target,
+        "running": running,
+        "complete": complete,
+        "max_unavailable": w.spec.max_unavailable.unwrap_or(1),
+        "progress_deadline": w.spec.progress_deadline
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| crate::state::quantity::format_duration(crate::control::rollout::DEFAULT_PROGRESS_DEADLINE)),
+        "rolled_back": w.rolled_back.as_ref().map(|r| json!({
+            "generation": r.generation,
+            "to_spec_of": r.to_spec_of,
+            "at": timestamp(r.at_ms),
+            "reason": r.reason,
+        })),
+        "instances": instances.iter().map(|i| instance(state, i)).collect::<Vec<_>>(),
+    }))
+}

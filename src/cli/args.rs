@@ -93,6 +93,11 @@ pub enum Verb {
         #[arg(short = 'f', long)]
         follow: bool,
     },
+    /// Follow rolling upgrades.
+    Rollout {
+        #[command(subcommand)]
+        what: RolloutVerb,
+    },
     /// Remove a gateway from the cluster.
     Leave {
         /// The gateway's name.
@@ -137,6 +142,12 @@ pub enum GetWhat {
     Nodes,
     Workloads,
     Instances,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutVerb {
+    /// Generations, progress and the last rollback of a workload.
+    Status { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,7 +13,9 @@ use gantry_proto::v1::{
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
-use super::args::{DeleteWhat, DescribeWhat, GetWhat, ImageVerb, OutputFormat, SettingsWhat, Verb};
+use super::args::{
+    DeleteWhat, DescribeWhat, GetWhat, ImageVerb, OutputFormat, RolloutVerb, SettingsWhat, Verb,
+};
 use super::output;
 
 async fn connect(server: &str) -> Result<AdminClient<Channel>> {
@@ -116,6 +118,12 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
         } => (
             output::View::Deleted,
             document(client.delete_workload(DeleteWorkloadRequest { name }).await)?,
+        ),
+        Verb::Rollout {
+            what: RolloutVerb::Status { name },
+        } => (
+            output::View::Rollout,
+            document(client.rollout_status(DescribeRequest { name }).await)?,
         ),
         Verb::Leave { name } => (
             output::View::Left,

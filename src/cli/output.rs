@@ -19,6 +19,7 @@ pub enum View {
     Deleted,
     Left,
     Imported,
+    Rollout,
     DescribeNode,
     Settings,
     Cordoned,
@@ -241,6 +242,36 @@ fn table_view(view: View, value: &Value) -> String {
             .collect(),
         View::Deleted => format!("workload/{} deleted\n", text(&value["deleted"])),
         View::Left => format!("gateway {} left the cluster\n", text(&value["left"])),
+        View::Rollout => {
+            let mut out = String::new();
+            let _ = writeln!(
+                out,
+                "workload {}: generation {}, {}/{} replicas updated, {} running{}",
+                text(&value["workload"]),
+                text(&value["generation"]),
+                text(&value["updated"]),
+                text(&value["replicas"]),
+                text(&value["running"]),
+                if value["complete"] == true {
+                    " (complete)"
+                } else {
+                    ""
+                }
+            );
+            let _ = writeln!(out, "last good generation: {}", text(&value["last_good"]));
+            if let Some(r) = value["rolled_back"].as_object() {
+                let _ = writeln!(
+                    out,
+                    "rolled back: generation {} to the spec of {} at {}: {}",
+                    text(&r["generation"]),
+                    text(&r["to_spec_of"]),
+                    text(&r["at"]),
+                    text(&r["reason"])
+                );
+            }
+            out.push_str(&instances_table(&value["instances"]));
+            out
+        }
         View::Imported => {
             let rows: Vec<Vec<String>> = items(&value["gateways"])
                 .iter()

@@ -80,9 +80,22 @@ pub struct JoinArgs {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderReply {
     Write(Response),
-    Joined { cluster_id: String, node: NodeId },
-    Member { role: String },
-    Left { name: String },
+    /// A committed write and its log index, so that the gateway that
+    /// forwarded it can wait until its own replica has applied it.
+    Written {
+        response: Response,
+        index: u64,
+    },
+    Joined {
+        cluster_id: String,
+        node: NodeId,
+    },
+    Member {
+        role: String,
+    },
+    Left {
+        name: String,
+    },
 }
 
 /// Why the leader did not carry out an operation, as sent back over the wire.
@@ -327,6 +340,10 @@ impl Cluster {
             .await?
         {
             LeaderReply::Write(response) => Ok(response),
+            LeaderReply::Written { response, index } => {
+                self.wait_applied(index).await;
+                Ok(response)
+            }
             other => Err(ClusterError::Raft(format!(
                 "unexpected leader reply {other:?}"
             ))),
@@ -415,7 +432,10 @@ impl Cluster {
     /// Carries out `op` here, refusing with `NotLeader` when we do not lead.
     pub async fn execute_as_leader(&self, op: LeaderOp) -> Result<LeaderReply, LeaderFailure> {
         match op {
-            LeaderOp::Write(request) => self.propose(request).await.map(LeaderReply::Write),
+            LeaderOp::Write(request) => {
+                let (response, index) = self.propose_indexed(request).await?;
+                Ok(LeaderReply::Written { response, index })
+            }
             LeaderOp::Join(args) => self.join_as_leader(args).await,
             LeaderOp::AddMember { token, node } => self.add_member_as_leader(&token, node).await,
             LeaderOp::Leave { name } => self.leave_as_leader(&name).await,
@@ -423,8 +443,23 @@ impl Cluster {
     }
 
     pub(crate) async fn propose(&self, request: Request) -> Result<Response, LeaderFailure> {
+        self.propose_indexed(request)
+            .await
+            .map(|(response, _)| response)
+    }
+
+    /// Read-your-writes: a client that wrote through this gateway and reads
+    /// from it next sees its write. Bounded, since a lagging replica must
+    /// not turn a committed write into an error.
+    async fn wait_applied(&self, index: u64) {
+        let mut applied = self.state().subscribe();
+        let reached = applied.wait_for(|at| *at >= index);
+        let _ = tokio::time::timeout(Duration::from_secs(2), reached).await;
+    }
+
+    async fn propose_indexed(&self, request: Request) -> Result<(Response, u64), LeaderFailure> {
         match self.inner.raft.client_write(request).await {
-            Ok(written) => Ok(written.data),
+            Ok(written) => Ok((written.data, written.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(LeaderFailure::NotLeader)
             }

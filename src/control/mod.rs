@@ -4,5 +4,6 @@
 
 pub mod fencing;
 pub mod liveness;
+pub mod rollout;
 pub mod scheduling;
 pub mod voters;

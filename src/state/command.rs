@@ -73,6 +73,18 @@ pub enum Command {
         name: String,
         source: Source,
     },
+    /// Rollout step: these replicas move to `generation`.
+    UpgradeInstances {
+        workload: String,
+        generation: u64,
+        replicas: Vec<u32>,
+    },
+    /// Rollout failure: back to the spec of the last good generation.
+    RollBack {
+        workload: String,
+        failed_generation: u64,
+        reason: String,
+    },
     /// One scheduler plan, committed as one write.
     ApplyPlan {
         plan: PlanRecord,

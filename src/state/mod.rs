@@ -9,6 +9,7 @@
 pub mod command;
 pub mod model;
 pub mod quantity;
+pub mod rollout;
 pub mod settings;
 pub mod spec;
 
@@ -134,8 +135,26 @@ impl State {
             }
             Command::ApplyPlan { plan } => self.apply_plan(at, plan, changes),
             Command::ReportInstances { node, reports } => {
-                self.report_instances(at, *node, reports, changes)
+                let answer = self.report_instances(at, *node, reports, changes);
+                let touched: BTreeSet<String> = reports
+                    .iter()
+                    .map(|r| r.instance.workload.clone())
+                    .collect();
+                for name in touched {
+                    self.note_good_generation(&name, changes);
+                }
+                answer
             }
+            Command::UpgradeInstances {
+                workload,
+                generation,
+                replicas,
+            } => self.upgrade_instances(at, workload, *generation, replicas, changes),
+            Command::RollBack {
+                workload,
+                failed_generation,
+                reason,
+            } => self.roll_back(at, workload, *failed_generation, reason, changes),
             Command::UpdateSettings { change } => self.update_settings(at, change, changes),
             Command::SetCordon { node, cordoned } => self.set_cordon(at, *node, *cordoned, changes),
             Command::DrainNode { node } => self.drain_node(at, *node, changes),
@@ -343,7 +362,9 @@ impl State {
             let (generation, change) = match self.workloads.get_mut(&spec.name) {
                 Some(existing) if existing.spec == *spec => (existing.generation, "unchanged"),
                 Some(existing) => {
-                    existing.spec = spec.clone();
+                    let previous = std::mem::replace(&mut existing.spec, spec.clone());
+                    existing.history.insert(existing.generation, previous);
+                    existing.rolled_back = None;
                     existing.generation += 1;
                     existing.updated_ms = at;
                     (existing.generation, "configured")
@@ -357,6 +378,9 @@ impl State {
                             generation: 1,
                             created_ms: at,
                             updated_ms: at,
+                            history: BTreeMap::new(),
+                            last_good: None,
+                            rolled_back: None,
                         },
                     );
                     (1, "created")
@@ -403,15 +427,9 @@ impl State {
                 workload: name.to_string(),
                 replica,
             };
+            // Existing replicas keep their generation: the rollout driver
+            // moves them to the new one a batch at a time.
             match self.instances.get_mut(&key) {
-                Some(instance) if instance.generation != generation => {
-                    instance.generation = generation;
-                    instance.state = InstanceState::Pending;
-                    instance.exit_code = None;
-                    instance.reason = None;
-                    instance.updated_ms = at;
-                    changes.insert(StateKey::Instance(key));
-                }
                 Some(_) => {}
                 None => {
                     self.instances.insert(
@@ -430,6 +448,7 @@ impl State {
                             stopping: false,
                             created_ms: at,
                             updated_ms: at,
+                            generation_since_ms: at,
                         },
                     );
                     changes.insert(StateKey::Instance(key));

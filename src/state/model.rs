@@ -93,6 +93,24 @@ pub struct Workload {
     pub generation: u64,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// Specs of older generations that instances may still run during a
+    /// rollout, and of the last good one (to roll back to).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub history: BTreeMap<u64, WorkloadSpec>,
+    /// The newest generation that had every replica Running.
+    #[serde(default)]
+    pub last_good: Option<u64>,
+    /// Set when a generation was rolled back: which, when and why.
+    #[serde(default)]
+    pub rolled_back: Option<RolledBack>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    pub generation: u64,
+    pub to_spec_of: u64,
+    pub at_ms: u64,
+    pub reason: String,
 }
 
 /// Where an instance is in its life, as last reported by its gateway.
@@ -139,6 +157,9 @@ pub struct Instance {
     pub stopping: bool,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// When it was given its current generation (rollout progress deadline).
+    #[serde(default)]
+    pub generation_since_ms: u64,
 }
 
 impl Instance {

@@ -121,7 +121,10 @@ fn apply_creates_bumps_and_leaves_unchanged() {
         1,
         "scale-down removes the highest replica first"
     );
-    assert_eq!((instances[0].replica, instances[0].generation), (0, 2));
+    // The replica keeps generation 1 until the rollout driver moves it.
+    assert_eq!((instances[0].replica, instances[0].generation), (0, 1));
+    assert_eq!(state.workloads["web"].spec_for(1).image, "img:1");
+    assert_eq!(state.workloads["web"].spec_for(2).image, "img:2");
 }
 
 #[test]
