@@ -58,6 +58,19 @@ fn discovered_capacity() -> Result<Capacity> {
     })
 }
 
+/// Capacity (flags over discovery), the bound listener, its address and
+/// the address to advertise: what `init` and `join` both need first.
+async fn prepare(member: &MemberArgs) -> Result<(Capacity, TcpListener, SocketAddr, String)> {
+    let capacity = member
+        .capacity
+        .unwrap_or_default()
+        .resolve(discovered_capacity()?);
+    let listener = bind(&member.listen).await?;
+    let bound = listener.local_addr()?;
+    let advertise = advertised(member.advertise.as_deref(), bound)?;
+    Ok((capacity, listener, bound, advertise))
+}
+
 fn check_member_args(member: &MemberArgs) -> Result<()> {
     if !is_dns_label(&member.name) {
         bail!(
@@ -133,13 +146,7 @@ pub async fn start_init(args: &InitArgs) -> Result<Gateway> {
     };
     crate::state::settings::check(&settings).map_err(|e| anyhow!("--{e}"))?;
     ensure_fresh(&member.data_dir)?;
-    let capacity = member
-        .capacity
-        .unwrap_or_default()
-        .resolve(discovered_capacity()?);
-    let listener = bind(&member.listen).await?;
-    let bound = listener.local_addr()?;
-    let advertise = advertised(member.advertise.as_deref(), bound)?;
+    let (capacity, listener, bound, advertise) = prepare(member).await?;
     std::fs::create_dir_all(&member.data_dir)
         .with_context(|| format!("cannot create {}", member.data_dir.display()))?;
 
@@ -284,13 +291,7 @@ pub async fn start_join(args: &JoinArgs) -> Result<Gateway> {
     check_member_args(member)?;
     ensure_fresh(&member.data_dir)?;
     let token = JoinToken::parse(&args.token).map_err(|e| anyhow!(e))?;
-    let capacity = member
-        .capacity
-        .unwrap_or_default()
-        .resolve(discovered_capacity()?);
-    let listener = bind(&member.listen).await?;
-    let bound = listener.local_addr()?;
-    let advertise = advertised(member.advertise.as_deref(), bound)?;
+    let (capacity, listener, bound, advertise) = prepare(member).await?;
 
     let request = JoinRequest {
         token: token.to_string(),

@@ -173,28 +173,43 @@ impl TestCluster {
     /// `gantry init` with `extra` flags; waits until it answers `status`.
     pub fn init(&mut self, name: &str, extra: &[&str]) -> usize {
         let (dir, log) = self.dirs(name);
-        let mut args = vec![
+        let data_dir = path_str(&dir).to_string();
+        let args = vec![
             "init",
             "--data-dir",
-            path_str(&dir),
+            &data_dir,
             "--name",
             name,
             "--listen",
             "127.0.0.1:0",
         ];
-        let runtime = self.runtime_flags(name);
-        args.extend(runtime.iter().map(String::as_str));
-        args.extend_from_slice(extra);
-        let child = spawn(&args, &log);
+        let index = self.launch(name, dir, log, &args, extra);
+        self.wait_registered(index);
+        index
+    }
+
+    /// Starts `gantry ARGS` (plus this test's runtime flags and `extra`)
+    /// as gateway `name`; returns its index.
+    fn launch(
+        &mut self,
+        name: &str,
+        dir: PathBuf,
+        log: PathBuf,
+        args: &[&str],
+        extra: &[&str],
+    ) -> usize {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(self.runtime_flags(name));
+        all.extend(extra.iter().map(|s| s.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let child = spawn(&all, &log);
         self.gateways.push(Gateway {
             name: name.into(),
             dir,
             log,
             child: Some(child),
         });
-        let index = self.gateways.len() - 1;
-        self.wait_registered(index);
-        index
+        self.gateways.len() - 1
     }
 
     pub fn token(&self) -> String {
@@ -216,10 +231,11 @@ impl TestCluster {
     pub fn join_via(&mut self, name: &str, peer: &str, extra: &[&str]) -> usize {
         let token = self.token();
         let (dir, log) = self.dirs(name);
-        let mut args = vec![
+        let data_dir = path_str(&dir).to_string();
+        let args = vec![
             "join",
             "--data-dir",
-            path_str(&dir),
+            &data_dir,
             "--name",
             name,
             "--listen",
@@ -229,17 +245,7 @@ impl TestCluster {
             "--token",
             &token,
         ];
-        let runtime = self.runtime_flags(name);
-        args.extend(runtime.iter().map(String::as_str));
-        args.extend_from_slice(extra);
-        let child = spawn(&args, &log);
-        self.gateways.push(Gateway {
-            name: name.into(),
-            dir,
-            log,
-            child: Some(child),
-        });
-        let index = self.gateways.len() - 1;
+        let index = self.launch(name, dir, log, &args, extra);
         wait_for(&format!("{name} to become a member"), DEADLINE, || {
             let config = self.gateways[index].config()?;
             config["member"].as_bool().filter(|m| *m)
