@@ -60,8 +60,10 @@ impl Gateway {
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let link = crate::cloud::link::LinkHandle::default();
         let admin_service = AdminServer::new(AdminService {
             cluster: cluster.clone(),
+            link: link.clone(),
         });
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let stop = shutdown.clone();
@@ -88,6 +90,11 @@ impl Gateway {
         ));
         tasks.spawn(crate::control::scheduling::run(
             cluster.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::cloud::link::run(
+            cluster.clone(),
+            link,
             shutdown.clone(),
         ));
         tracing::info!(node = config.node_id, name = %config.name, cluster = %config.cluster_id, address = %local_addr, "gateway started");

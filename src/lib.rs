@@ -7,11 +7,13 @@
 //! - [`cluster`]: openraft on RocksDB, the gRPC transport, membership.
 //! - [`api`]: the Cluster (gateway-to-gateway) and Admin (public) services.
 //! - [`control`]: leader-only loops (liveness, scheduling).
+//! - [`cloud`]: cloud sync: the edge link and the `gantry hub` server.
 //! - [`gateway`]: the composition root of one daemon.
 //! - [`cli`]: the `gantry` command line.
 
 pub mod api;
 pub mod cli;
+pub mod cloud;
 pub mod cluster;
 pub mod config;
 pub mod control;

@@ -83,11 +83,104 @@ pub enum Verb {
         /// The gateway's name.
         name: String,
     },
+    /// Attach this site to a cloud hub, or detach it.
+    Cloud {
+        #[command(subcommand)]
+        what: CloudVerb,
+    },
+    /// The cloud hub: `serve` runs it; the other verbs administer it.
+    Hub {
+        #[command(subcommand)]
+        verb: HubVerb,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CloudVerb {
+    /// Store the link in the replicated state: every future leader keeps it open.
+    Attach {
+        /// The hub's address.
+        #[arg(long)]
+        hub: String,
+        /// This site's name at the hub.
+        #[arg(long)]
+        site: String,
+        /// The site token (`gantry hub site-token`).
+        #[arg(long, env = "GANTRY_SITE_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Close the link; cloud workloads keep running.
+    Detach,
+}
+
+/// The hub admin verbs' target.
+#[derive(Debug, Args)]
+pub struct HubAddr {
+    /// The hub's address.
+    #[arg(long, env = "GANTRY_HUB", default_value = "127.0.0.1:7500")]
+    pub hub: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HubVerb {
+    /// Run the hub in the foreground.
+    Serve {
+        /// Where the hub keeps its database.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Address to serve on (port 0 picks a free port, written to DATA_DIR/hub-address).
+        #[arg(long, default_value = "127.0.0.1:7500")]
+        listen: String,
+    },
+    /// Create or update a site's workloads from a YAML manifest (creates the site).
+    Apply {
+        #[command(flatten)]
+        hub: HubAddr,
+        #[arg(long)]
+        site: String,
+        /// The manifest; `-` reads standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Test hook: store the documents unvalidated.
+        #[arg(long, hide = true)]
+        unchecked: bool,
+    },
+    /// Delete a site's workload.
+    Delete {
+        #[command(flatten)]
+        hub: HubAddr,
+        #[arg(long)]
+        site: String,
+        #[command(subcommand)]
+        what: DeleteWhat,
+    },
+    /// Every site: connection, revisions, and the status it last reported.
+    Status {
+        #[command(flatten)]
+        hub: HubAddr,
+    },
+    /// Set a site's token (a new random one unless --token), print it; the hub keeps only its hash.
+    SiteToken {
+        #[command(flatten)]
+        hub: HubAddr,
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        token: Option<String>,
+    },
 }
 
 impl Verb {
     pub fn is_daemon(&self) -> bool {
-        matches!(self, Verb::Init(_) | Verb::Join(_) | Verb::Run(_))
+        matches!(
+            self,
+            Verb::Init(_)
+                | Verb::Join(_)
+                | Verb::Run(_)
+                | Verb::Hub {
+                    verb: HubVerb::Serve { .. }
+                }
+        )
     }
 }
 
