@@ -59,8 +59,18 @@ pub async fn serve_on(
         .context("cannot write the hub address file")?;
     tracing::info!(address = %address, data_dir = %data_dir.display(), "hub started");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let closing = tokio_util::sync::CancellationToken::new();
+    let service = HubService {
+        sites,
+        closing: closing.clone(),
+    };
+    // Live links never end by themselves: close them when asked to stop.
+    let stop = async move {
+        stop.await;
+        closing.cancel();
+    };
     tonic::transport::Server::builder()
-        .add_service(HubServer::new(HubService { sites }))
+        .add_service(HubServer::new(service))
         .serve_with_incoming_shutdown(incoming, stop)
         .await
         .context("the hub's gRPC server stopped")?;

@@ -27,6 +27,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct HubService {
     pub sites: Arc<Sites>,
+    /// Cancelled when the hub stops; ends every live link.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 fn status_from(error: HubError) -> Status {
@@ -105,6 +107,7 @@ impl Hub for HubService {
             opened,
             inbound,
             outbound: tx,
+            closing: self.closing.clone(),
         };
         tokio::spawn(session.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

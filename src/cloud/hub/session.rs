@@ -27,6 +27,8 @@ pub struct Session {
     pub opened: Opened,
     pub inbound: Streaming<SiteMessage>,
     pub outbound: mpsc::Sender<Result<HubMessage, Status>>,
+    /// Cancelled when the hub stops, so links do not hold its shutdown.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 impl Session {
@@ -80,6 +82,7 @@ impl Session {
                 }
             }
             tokio::select! {
+                _ = self.closing.cancelled() => return Err("hub stopping".into()),
                 changed = self.opened.wake.changed() => {
                     if changed.is_err() {
                         return Err("hub stopping".into());
@@ -91,6 +94,9 @@ impl Session {
                         return Ok(());
                     };
                     self.sites.count_bytes(&site, wire_len(&message), 0);
+                    if matches!(message.msg, Some(In::Digest(_))) {
+                        self.sites.count_digest_bytes(&site, wire_len(&message));
+                    }
                     match message.msg {
                         Some(In::Ack(ack)) => {
                             tracing::info!(site = %site, revision = ack.revision, "site acknowledged");

@@ -42,6 +42,8 @@ struct Site {
     /// gRPC message bytes on the link (protobuf + 5-byte frame prefix).
     bytes_in: u64,
     bytes_out: u64,
+    /// Of `bytes_in`, what the periodic digests cost.
+    digest_bytes_in: u64,
 }
 
 impl Site {
@@ -53,6 +55,7 @@ impl Site {
             wake: watch::channel(0).0,
             bytes_in: 0,
             bytes_out: 0,
+            digest_bytes_in: 0,
         }
     }
 }
@@ -314,6 +317,12 @@ impl Sites {
         }
     }
 
+    pub fn count_digest_bytes(&self, name: &str, inbound: usize) {
+        if let Some(site) = self.lock().get_mut(name) {
+            site.digest_bytes_in += inbound as u64;
+        }
+    }
+
     /// The session ended: the site is disconnected unless a newer one runs.
     pub fn closed(&self, name: &str, session: u64) {
         let record = {
@@ -360,7 +369,7 @@ impl Sites {
                         "state": i.state,
                         "generation": i.generation,
                     })).collect::<Vec<_>>(),
-                    "link_bytes": {"in": site.bytes_in, "out": site.bytes_out},
+                    "link_bytes": {"in": site.bytes_in, "out": site.bytes_out, "digest_in": site.digest_bytes_in},
                 })
             })
             .collect();

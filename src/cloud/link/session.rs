@@ -1,7 +1,8 @@
 //! One connection of the edge link, from Hello to its end: deliveries are
 //! decoded, committed through Raft and only then acknowledged; status goes
 //! upstream as batched changes, the whole truth after connecting, and a
-//! periodic digest so that an idle site costs a few bytes a minute.
+//! periodic digest (its interval doubling while nothing changes, up to a
+//! ceiling) so that an idle site costs a few bytes every few minutes.
 
 use std::time::Duration;
 
@@ -30,8 +31,10 @@ pub const EXIT_BEFORE_ACK_ENV: &str = "GANTRY_TEST_EXIT_BEFORE_ACK";
 pub struct Tuning {
     /// Changes are collected this long before one report goes up.
     pub report_batch: Duration,
-    /// A digest of the reported status goes up this often.
+    /// A digest of the reported status goes up this often after a change...
     pub digest_every: Duration,
+    /// ...and the interval doubles while the site is idle, up to this.
+    pub digest_max: Duration,
 }
 
 impl Default for Tuning {
@@ -39,13 +42,14 @@ impl Default for Tuning {
         Self {
             report_batch: Duration::from_secs(1),
             digest_every: Duration::from_secs(60),
+            digest_max: Duration::from_secs(16 * 60),
         }
     }
 }
 
 impl Tuning {
-    /// Defaults, or `GANTRY_CLOUD_REPORT_BATCH` / `GANTRY_CLOUD_DIGEST_INTERVAL`
-    /// (humantime durations such as `500ms`) when set.
+    /// Defaults, or `GANTRY_CLOUD_REPORT_BATCH`, `GANTRY_CLOUD_DIGEST_INTERVAL`
+    /// and `GANTRY_CLOUD_DIGEST_MAX` (humantime durations such as `500ms`).
     pub fn from_env() -> Self {
         let read = |name: &str| {
             std::env::var(name)
@@ -57,6 +61,7 @@ impl Tuning {
         Self {
             report_batch: read("GANTRY_CLOUD_REPORT_BATCH").unwrap_or(default.report_batch),
             digest_every: read("GANTRY_CLOUD_DIGEST_INTERVAL").unwrap_or(default.digest_every),
+            digest_max: read("GANTRY_CLOUD_DIGEST_MAX").unwrap_or(default.digest_max),
         }
     }
 }
@@ -114,6 +119,8 @@ struct Link<'a> {
     tx: mpsc::Sender<SiteMessage>,
     /// What the hub has been told (the view both ends share).
     sent: SiteView,
+    /// Reports sent so far; an unchanged count means the site was idle.
+    reports: u64,
 }
 
 impl Link<'_> {
@@ -132,6 +139,7 @@ impl Link<'_> {
         let view = self.current_view();
         let report = view.full_report();
         self.sent = view;
+        self.reports += 1;
         self.send(Out::Report(report)).await
     }
 
@@ -139,6 +147,7 @@ impl Link<'_> {
         let view = self.current_view();
         if let Some(report) = self.sent.diff(&view) {
             self.sent = view;
+            self.reports += 1;
             self.send(Out::Report(report)).await?;
         }
         Ok(())
@@ -291,6 +300,7 @@ pub async fn run(
         link,
         tx,
         sent: SiteView::default(),
+        reports: 0,
     };
     match serve(&mut session, &mut inbound, tuning, shutdown).await {
         Err(SessionEnd::Failed(e)) => SessionEnd::Worked(e),
@@ -308,8 +318,9 @@ async fn serve(
     link.send_full_report().await?;
     let mut applied = link.cluster.state().subscribe();
     let mut report_at: Option<Instant> = None;
-    let mut digest =
-        tokio::time::interval_at(Instant::now() + tuning.digest_every, tuning.digest_every);
+    let mut digest_wait = tuning.digest_every;
+    let mut next_digest = Instant::now() + digest_wait;
+    let mut reports_at_digest = link.reports;
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         let batch_due = async {
@@ -344,9 +355,20 @@ async fn serve(
             _ = batch_due => {
                 report_at = None;
                 link.send_changes().await?;
+                if link.reports != reports_at_digest {
+                    digest_wait = tuning.digest_every;
+                    next_digest = next_digest.min(Instant::now() + digest_wait);
+                }
             }
-            _ = digest.tick() => {
+            _ = tokio::time::sleep_until(next_digest) => {
                 link.send_changes().await?;
+                digest_wait = if link.reports == reports_at_digest {
+                    (digest_wait * 2).min(tuning.digest_max.max(tuning.digest_every))
+                } else {
+                    tuning.digest_every
+                };
+                reports_at_digest = link.reports;
+                next_digest = Instant::now() + digest_wait;
                 let hash = link.sent.digest();
                 link.send(Out::Digest(Digest { hash })).await?;
             }
