@@ -117,25 +117,11 @@ async fn main() -> Result<()> {
         &["images", "import", archive.to_str().unwrap_or_default()],
     )?;
 
-    let member = MemberArgs {
-        data_dir: tmp.path().join("gw"),
-        name: "bench".into(),
-        listen: "127.0.0.1:0".into(),
-        advertise: None,
-        labels: Default::default(),
-        capacity: None,
-        devices: Vec::new(),
-        containerd_socket: socket.to_string_lossy().into_owned(),
-        containerd_namespace: "bench".into(),
-        stop_grace: HumanDuration(Duration::from_millis(100)),
-        insecure_registries: Vec::new(),
-    };
-    let init = InitArgs {
-        member,
-        heartbeat_interval: "300ms".parse()?,
-        node_grace: "1s".parse()?,
-        voter_replace_after: "30s".parse()?,
-    };
+    let mut member = MemberArgs::loopback(tmp.path().join("gw"), "bench");
+    member.containerd_socket = socket.to_string_lossy().into_owned();
+    member.containerd_namespace = "bench".into();
+    member.stop_grace = HumanDuration(Duration::from_millis(100));
+    let init = InitArgs::with_defaults(member);
     let gateway = start_init(&init).await?;
     let mut client = AdminClient::connect(format!("http://{}", gateway.local_addr)).await?;
     let bytes = std::fs::read(&archive)?;

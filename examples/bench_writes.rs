@@ -14,19 +14,7 @@ use gantry_proto::v1::admin_client::AdminClient;
 use gantry_proto::v1::{ApplyRequest, StatusRequest};
 
 fn member(root: &Path, name: &str) -> MemberArgs {
-    MemberArgs {
-        data_dir: root.join(name),
-        name: name.to_string(),
-        listen: "127.0.0.1:0".into(),
-        advertise: None,
-        labels: Default::default(),
-        capacity: None,
-        devices: Vec::new(),
-        containerd_socket: gantry::config::DEFAULT_CONTAINERD_SOCKET.into(),
-        containerd_namespace: gantry::config::DEFAULT_CONTAINERD_NAMESPACE.into(),
-        stop_grace: gantry::state::quantity::HumanDuration(Duration::from_secs(10)),
-        insecure_registries: Vec::new(),
-    }
+    MemberArgs::loopback(root.join(name), name)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -52,12 +40,7 @@ async fn main() -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let tmp = tempfile::tempdir()?;
-    let init = InitArgs {
-        member: member(tmp.path(), "bench-a"),
-        heartbeat_interval: "300ms".parse()?,
-        node_grace: "1s".parse()?,
-        voter_replace_after: "30s".parse()?,
-    };
+    let init = InitArgs::with_defaults(member(tmp.path(), "bench-a"));
     let a = start_init(&init).await?;
     let leader = a.local_addr.to_string();
     let token = std::fs::read_to_string(tmp.path().join("bench-a/join-token"))?

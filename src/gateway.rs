@@ -67,9 +67,11 @@ impl Gateway {
             crate::cluster::fault::inbound,
         );
         tasks.spawn(crate::cluster::fault::watch(shutdown.clone()));
+        let link = crate::cloud::link::LinkHandle::default();
         let admin_service = AdminServer::new(AdminService {
             cluster: cluster.clone(),
             node: node.clone(),
+            link: link.clone(),
         });
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let stop = shutdown.clone();
@@ -102,6 +104,11 @@ impl Gateway {
         ));
         tasks.spawn(crate::control::rollout::run(
             cluster.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::cloud::link::run(
+            cluster.clone(),
+            link,
             shutdown.clone(),
         ));
         tasks.spawn(crate::control::voters::run(

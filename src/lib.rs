@@ -8,12 +8,14 @@
 //! - [`api`]: the Cluster (gateway-to-gateway) and Admin (public) services.
 //! - [`control`]: leader-only loops (liveness, scheduling).
 //! - [`agent`]: bridges the local replica and the containerd node agent.
+//! - [`cloud`]: cloud sync: the edge link and the `gantry hub` server.
 //! - [`gateway`]: the composition root of one daemon.
 //! - [`cli`]: the `gantry` command line.
 
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod cloud;
 pub mod cluster;
 pub mod config;
 pub mod control;

@@ -4,8 +4,9 @@
 
 use gantry_proto::v1::admin_server::Admin;
 use gantry_proto::v1::{
-    ApplyRequest, DeleteWorkloadRequest, DescribeRequest, GetRequest, ImageChunk, JsonDocument,
-    LeaveRequest, LogsRequest, NodeRequest, SetSettingsRequest, StatusRequest,
+    ApplyRequest, CloudAttachRequest, CloudDetachRequest, DeleteWorkloadRequest, DescribeRequest,
+    GetRequest, ImageChunk, JsonDocument, LeaveRequest, LogsRequest, NodeRequest,
+    SetSettingsRequest, StatusRequest,
 };
 use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
@@ -23,6 +24,8 @@ use crate::state::{Command, NodeId, Response as Answer, Source};
 pub struct AdminService {
     pub cluster: Cluster,
     pub node: NodeRuntime,
+    /// The leader's live cloud link state, for `status`.
+    pub link: crate::cloud::link::LinkHandle,
 }
 
 type Reply = Result<Response<JsonDocument>, Status>;
@@ -68,7 +71,9 @@ impl AdminService {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(&self, _: Request<StatusRequest>) -> Reply {
-        reply(views::status(&self.cluster))
+        let mut status = views::status(&self.cluster);
+        status["cloud"] = crate::cloud::link::status_view(&self.cluster, &self.link);
+        reply(status)
     }
 
     async fn get_nodes(&self, _: Request<GetRequest>) -> Reply {
@@ -116,6 +121,31 @@ impl Admin for AdminService {
             .map_err(status_from)?
         {
             Answer::Deleted { name } => reply(json!({ "deleted": name })),
+            other => Err(refused(other)),
+        }
+    }
+
+    async fn cloud_attach(&self, request: Request<CloudAttachRequest>) -> Reply {
+        let CloudAttachRequest { hub, site, token } = request.into_inner();
+        let command = Command::CloudAttach {
+            hub: hub.clone(),
+            site: site.clone(),
+            token,
+        };
+        match self.cluster.write(command).await.map_err(status_from)? {
+            Answer::Ok => reply(json!({ "hub": hub, "site": site })),
+            other => Err(refused(other)),
+        }
+    }
+
+    async fn cloud_detach(&self, _: Request<CloudDetachRequest>) -> Reply {
+        match self
+            .cluster
+            .write(Command::CloudDetach)
+            .await
+            .map_err(status_from)?
+        {
+            Answer::Ok => reply(json!({ "detached": true })),
             other => Err(refused(other)),
         }
     }

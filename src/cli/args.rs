@@ -121,6 +121,91 @@ pub enum Verb {
     },
     /// The cluster's recent events, oldest first.
     Events,
+    /// Attach this site to a cloud hub, or detach it.
+    Cloud {
+        #[command(subcommand)]
+        what: CloudVerb,
+    },
+    /// The cloud hub: `serve` runs it; the other verbs administer it.
+    Hub {
+        #[command(subcommand)]
+        verb: HubVerb,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CloudVerb {
+    /// Store the link in the replicated state: every future leader keeps it open.
+    Attach {
+        /// The hub's address.
+        #[arg(long)]
+        hub: String,
+        /// This site's name at the hub.
+        #[arg(long)]
+        site: String,
+        /// The site token (`gantry hub site-token`).
+        #[arg(long, env = "GANTRY_SITE_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Close the link; cloud workloads keep running.
+    Detach,
+}
+
+/// The hub admin verbs' target.
+#[derive(Debug, Args)]
+pub struct HubAddr {
+    /// The hub's address.
+    #[arg(long, env = "GANTRY_HUB", default_value = "127.0.0.1:7500")]
+    pub hub: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HubVerb {
+    /// Run the hub in the foreground.
+    Serve {
+        /// Where the hub keeps its database.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Address to serve on (port 0 picks a free port, written to DATA_DIR/hub-address).
+        #[arg(long, default_value = "127.0.0.1:7500")]
+        listen: String,
+    },
+    /// Create or update a site's workloads from a YAML manifest (creates the site).
+    Apply {
+        #[command(flatten)]
+        hub: HubAddr,
+        #[arg(long)]
+        site: String,
+        /// The manifest; `-` reads standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Test hook: store the documents unvalidated.
+        #[arg(long, hide = true)]
+        unchecked: bool,
+    },
+    /// Delete a site's workload.
+    Delete {
+        #[command(flatten)]
+        hub: HubAddr,
+        #[arg(long)]
+        site: String,
+        #[command(subcommand)]
+        what: DeleteWhat,
+    },
+    /// Every site: connection, revisions, and the status it last reported.
+    Status {
+        #[command(flatten)]
+        hub: HubAddr,
+    },
+    /// Set a site's token (a new random one unless --token), print it; the hub keeps only its hash.
+    SiteToken {
+        #[command(flatten)]
+        hub: HubAddr,
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,7 +218,15 @@ pub enum SettingsWhat {
 
 impl Verb {
     pub fn is_daemon(&self) -> bool {
-        matches!(self, Verb::Init(_) | Verb::Join(_) | Verb::Run(_))
+        matches!(
+            self,
+            Verb::Init(_)
+                | Verb::Join(_)
+                | Verb::Run(_)
+                | Verb::Hub {
+                    verb: HubVerb::Serve { .. }
+                }
+        )
     }
 }
 
@@ -208,6 +301,39 @@ pub struct MemberArgs {
     /// Registries (HOST:PORT) this gateway may pull from over plain HTTP.
     #[arg(long = "insecure-registry", value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
+}
+
+impl MemberArgs {
+    /// A gateway on a free loopback port with every other flag at its
+    /// default: what benches and embedded gateways start from.
+    pub fn loopback(data_dir: PathBuf, name: &str) -> Self {
+        Self {
+            data_dir,
+            name: name.to_string(),
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+            labels: BTreeMap::new(),
+            capacity: None,
+            devices: Vec::new(),
+            containerd_socket: crate::config::DEFAULT_CONTAINERD_SOCKET.into(),
+            containerd_namespace: crate::config::DEFAULT_CONTAINERD_NAMESPACE.into(),
+            stop_grace: HumanDuration(std::time::Duration::from_secs(10)),
+            insecure_registries: Vec::new(),
+        }
+    }
+}
+
+impl InitArgs {
+    /// `gantry init` with the default cluster-wide timers.
+    pub fn with_defaults(member: MemberArgs) -> Self {
+        let settings = crate::state::ClusterSettings::default();
+        Self {
+            member,
+            heartbeat_interval: settings.heartbeat_interval,
+            node_grace: settings.node_grace,
+            voter_replace_after: settings.voter_replace_after,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

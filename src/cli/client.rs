@@ -7,14 +7,16 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use gantry_proto::v1::admin_client::AdminClient;
 use gantry_proto::v1::{
-    ApplyRequest, DeleteWorkloadRequest, DescribeRequest, GetRequest, ImageChunk, JsonDocument,
-    LeaveRequest, LogsRequest, NodeRequest, SetSettingsRequest, StatusRequest,
+    ApplyRequest, CloudAttachRequest, CloudDetachRequest, DeleteWorkloadRequest, DescribeRequest,
+    GetRequest, ImageChunk, JsonDocument, LeaveRequest, LogsRequest, NodeRequest,
+    SetSettingsRequest, StatusRequest,
 };
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
 use super::args::{
-    DeleteWhat, DescribeWhat, GetWhat, ImageVerb, OutputFormat, RolloutVerb, SettingsWhat, Verb,
+    CloudVerb, DeleteWhat, DescribeWhat, GetWhat, ImageVerb, OutputFormat, RolloutVerb,
+    SettingsWhat, Verb,
 };
 use super::output;
 
@@ -34,7 +36,7 @@ fn document(reply: Result<tonic::Response<JsonDocument>, tonic::Status>) -> Resu
     serde_json::from_str(&reply.into_inner().json).context("the gateway sent malformed JSON")
 }
 
-fn read_manifest(path: &std::path::Path) -> Result<String> {
+pub fn read_manifest(path: &std::path::Path) -> Result<String> {
     if path.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -164,7 +166,25 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
             document(client.events(GetRequest {}).await)?,
         ),
         Verb::Drain { name, timeout } => return drain(&mut client, format, name, timeout.0).await,
-        Verb::Init(_) | Verb::Join(_) | Verb::Run(_) => return Err(anyhow!("not a client verb")),
+        Verb::Cloud {
+            what: CloudVerb::Attach { hub, site, token },
+        } => (
+            output::View::CloudAttached,
+            document(
+                client
+                    .cloud_attach(CloudAttachRequest { hub, site, token })
+                    .await,
+            )?,
+        ),
+        Verb::Cloud {
+            what: CloudVerb::Detach,
+        } => (
+            output::View::CloudDetached,
+            document(client.cloud_detach(CloudDetachRequest {}).await)?,
+        ),
+        Verb::Init(_) | Verb::Join(_) | Verb::Run(_) | Verb::Hub { .. } => {
+            return Err(anyhow!("not a client verb"))
+        }
     };
     print!("{}", output::render(view, format, &value)?);
     Ok(ExitCode::SUCCESS)

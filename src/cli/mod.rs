@@ -44,6 +44,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Verb::Init(args) => daemon::init(args).await,
         Verb::Join(args) => daemon::join(args).await,
         Verb::Run(args) => daemon::run(args).await,
+        Verb::Hub { verb } => crate::cloud::hub::cli::run(verb, output).await,
         verb => client::run(&server, output, verb).await,
     }
 }

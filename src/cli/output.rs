@@ -25,6 +25,12 @@ pub enum View {
     Cordoned,
     Events,
     Drained,
+    CloudAttached,
+    CloudDetached,
+    HubApplied,
+    HubDeleted,
+    HubStatus,
+    HubToken,
 }
 
 pub fn render(view: View, format: OutputFormat, value: &Value) -> Result<String> {
@@ -165,6 +171,52 @@ fn instances_table(instances: &Value) -> String {
     )
 }
 
+fn hub_status_table(value: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(&value["sites"])
+        .iter()
+        .map(|s| {
+            let refused: Vec<String> = items(&s["refused"])
+                .iter()
+                .map(|r| text(&r["name"]))
+                .collect();
+            vec![
+                text(&s["site"]),
+                text(&s["connected"]),
+                text(&s["last_seen"]),
+                format!(
+                    "{}/{}",
+                    text(&s["acked_revision"]),
+                    text(&s["desired_revision"])
+                ),
+                items(&s["nodes"]).len().to_string(),
+                items(&s["instances"]).len().to_string(),
+                if refused.is_empty() {
+                    "-".into()
+                } else {
+                    refused.join(",")
+                },
+                s["rejected"]["error"]
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SITE",
+            "CONNECTED",
+            "LAST-SEEN",
+            "ACKED/DESIRED",
+            "NODES",
+            "INSTANCES",
+            "REFUSED",
+            "REJECTED",
+        ],
+        &rows,
+    )
+}
+
 fn table_view(view: View, value: &Value) -> String {
     match view {
         View::Status => {
@@ -188,6 +240,22 @@ fn table_view(view: View, value: &Value) -> String {
             );
             out.push('\n');
             out.push_str(&nodes_table(&value["nodes"]));
+            let cloud = &value["cloud"];
+            if cloud["attached"].as_bool() == Some(true) {
+                let _ = writeln!(
+                    out,
+                    "Cloud:    hub {} site {}, {} since {} (revision {})",
+                    text(&cloud["hub"]),
+                    text(&cloud["site"]),
+                    if cloud["connected"].as_bool() == Some(true) {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    },
+                    text(&cloud["since"]),
+                    text(&cloud["acked_revision"]),
+                );
+            }
             out.push('\n');
             if items(&value["workloads"]).is_empty() {
                 out.push_str("No workloads.\n");
@@ -317,6 +385,30 @@ fn table_view(view: View, value: &Value) -> String {
         }
         View::Events => events_table(value),
         View::Drained => format!("{value}\n"),
+        View::CloudAttached => format!(
+            "attached to hub {} as site {}\n",
+            text(&value["hub"]),
+            text(&value["site"])
+        ),
+        View::CloudDetached => "detached from the cloud hub\n".to_string(),
+        View::HubApplied => format!(
+            "site {}: revision {}{}\n",
+            text(&value["site"]),
+            text(&value["revision"]),
+            if value["changed"].as_bool() == Some(true) {
+                ""
+            } else {
+                " (unchanged)"
+            }
+        ),
+        View::HubDeleted => format!(
+            "site {}: workload/{} deleted (revision {})\n",
+            text(&value["site"]),
+            text(&value["deleted"]),
+            text(&value["revision"])
+        ),
+        View::HubToken => format!("{}\n", text(&value["token"])),
+        View::HubStatus => hub_status_table(value),
     }
 }
 

@@ -113,6 +113,32 @@ pub enum Command {
         kind: String,
         message: String,
     },
+    /// `gantry cloud attach`: every future leader opens this link. Attaching
+    /// to another hub or site starts again from revision 0.
+    CloudAttach {
+        hub: String,
+        site: String,
+        token: String,
+    },
+    /// `gantry cloud detach`: the link closes; cloud workloads stay.
+    CloudDetach,
+    /// A leader's link went up or down (transitions only), so followers
+    /// can say something sensible about it.
+    SetCloudConnection {
+        connected: bool,
+        node: NodeId,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// One hub revision, committed as one write together with the revision
+    /// itself. `full` replaces every cloud workload (local ones stay);
+    /// otherwise `upserts` and `deletes` are the changes since the last one.
+    ApplyCloudRevision {
+        revision: u64,
+        full: bool,
+        upserts: Vec<WorkloadSpec>,
+        deletes: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -145,10 +171,26 @@ pub struct InstanceReport {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Ok,
-    NodeRegistered { node: NodeId },
-    Applied { workloads: Vec<AppliedWorkload> },
-    Deleted { name: String },
-    Rejected { reason: String },
+    NodeRegistered {
+        node: NodeId,
+    },
+    Applied {
+        workloads: Vec<AppliedWorkload>,
+    },
+    Deleted {
+        name: String,
+    },
+    Rejected {
+        reason: String,
+    },
+    /// The answer to `ApplyCloudRevision`: `applied` is false for a revision
+    /// committed before (a redelivery); `refused` names the cloud workloads
+    /// not taken because a local one owns the name, with the reason.
+    CloudRevision {
+        revision: u64,
+        applied: bool,
+        refused: Vec<(String, String)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

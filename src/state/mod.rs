@@ -6,6 +6,7 @@
 //! touched in a `ChangeSet`, so the storage layer can persist exactly those
 //! (see `cluster::state_machine`) without knowing what they mean.
 
+mod cloud;
 pub mod command;
 pub mod model;
 pub mod quantity;
@@ -44,6 +45,9 @@ pub struct Meta {
     pub settings: ClusterSettings,
     pub next_node_id: NodeId,
     pub next_event_seq: u64,
+    /// Added with cloud sync; absent in older records.
+    #[serde(default)]
+    pub cloud: CloudState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -165,6 +169,21 @@ impl State {
                 self.event(at, kind, message.clone(), changes);
                 Response::Ok
             }
+            Command::CloudAttach { hub, site, token } => {
+                self.cloud_attach(at, hub, site, token, changes)
+            }
+            Command::CloudDetach => self.cloud_detach(at, changes),
+            Command::SetCloudConnection {
+                connected,
+                node,
+                reason,
+            } => self.set_cloud_connection(at, *connected, *node, reason.as_deref(), changes),
+            Command::ApplyCloudRevision {
+                revision,
+                full,
+                upserts,
+                deletes,
+            } => self.apply_cloud_revision(at, *revision, *full, upserts, deletes, changes),
         }
     }
 
@@ -357,8 +376,22 @@ impl State {
                 }
             }
         }
-        let mut applied = Vec::with_capacity(specs.len());
-        for spec in specs {
+        let applied = specs
+            .iter()
+            .map(|spec| self.upsert_workload(at, spec, source, changes))
+            .collect();
+        Response::Applied { workloads: applied }
+    }
+
+    /// Creates or updates one workload whose ownership was already checked.
+    fn upsert_workload(
+        &mut self,
+        at: u64,
+        spec: &WorkloadSpec,
+        source: Source,
+        changes: &mut ChangeSet,
+    ) -> AppliedWorkload {
+        {
             let (generation, change) = match self.workloads.get_mut(&spec.name) {
                 Some(existing) if existing.spec == *spec => (existing.generation, "unchanged"),
                 Some(existing) => {
@@ -396,13 +429,12 @@ impl State {
                     changes,
                 );
             }
-            applied.push(AppliedWorkload {
+            AppliedWorkload {
                 name: spec.name.clone(),
                 generation,
                 change: change.to_string(),
-            });
+            }
         }
-        Response::Applied { workloads: applied }
     }
 
     /// Makes the instance set match the workload's replica count and
@@ -473,6 +505,14 @@ impl State {
                 existing.source
             ));
         }
+        self.remove_workload(at, name, changes);
+        Response::Deleted {
+            name: name.to_string(),
+        }
+    }
+
+    /// Removes a workload and its instances, whoever owns it.
+    fn remove_workload(&mut self, at: u64, name: &str, changes: &mut ChangeSet) {
         self.workloads.remove(name);
         changes.insert(StateKey::Workload(name.to_string()));
         let keys: Vec<InstanceKey> = self.instances_of(name).map(Instance::key).collect();
@@ -486,9 +526,6 @@ impl State {
             format!("workload {name} deleted"),
             changes,
         );
-        Response::Deleted {
-            name: name.to_string(),
-        }
     }
 
     fn unassign(&mut self, at: u64, key: &InstanceKey, reason: String, changes: &mut ChangeSet) {

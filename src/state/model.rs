@@ -224,3 +224,38 @@ pub struct ClusterIdentity {
     pub join_secret_sha256: String,
     pub created_ms: u64,
 }
+
+/// The site's link to the cloud hub, as replicated: where to connect, what
+/// was committed from it, and the last connect/disconnect transition the
+/// leader reported. The live connection itself is soft state of the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CloudState {
+    /// None while the site is not attached (`gantry cloud attach`).
+    #[serde(default)]
+    pub link: Option<CloudLink>,
+    /// The last hub revision committed here; committed in the same write as
+    /// the workloads it carried, so an acknowledged revision is never lost.
+    #[serde(default)]
+    pub acked_revision: u64,
+    /// Last transition reported by a leader (followers show it).
+    #[serde(default)]
+    pub connected: bool,
+    /// The gateway that reported `connected`.
+    #[serde(default)]
+    pub reported_by: Option<NodeId>,
+    /// When `connected` last changed (ms since the epoch).
+    #[serde(default)]
+    pub since_ms: u64,
+    /// Cloud workloads not taken because a local workload owns the name.
+    #[serde(default)]
+    pub refused: BTreeMap<String, String>,
+}
+
+/// Where the site's leader connects and how it authenticates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudLink {
+    pub hub: String,
+    pub site: String,
+    /// The site token; replicated so every future leader can use it.
+    pub token: String,
+}

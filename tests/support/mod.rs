@@ -100,6 +100,10 @@ fn path_str(p: &Path) -> &str {
 }
 
 fn spawn(args: &[&str], log: &Path) -> Child {
+    spawn_with_env(args, log, &[])
+}
+
+fn spawn_with_env(args: &[&str], log: &Path, env: &[(String, String)]) -> Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -110,6 +114,7 @@ fn spawn(args: &[&str], log: &Path) -> Child {
         .args(args)
         .env("GANTRY_LOG", "info,openraft=warn")
         .env("GANTRY_FAULT_FILE", log.with_extension("fault"))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -126,6 +131,52 @@ pub struct TestCluster {
     pub containerd: gantry_node::testing::PrivateContainerd,
     pub tokio: tokio::runtime::Runtime,
     pub tmp: tempfile::TempDir,
+    /// Extra environment for gateways started by `init` and `join`.
+    pub env: Vec<(String, String)>,
+    /// A cloud hub started with `start_hub`.
+    pub hub: Option<Hub>,
+}
+
+/// A `gantry hub serve` process. Restarted on the address it first bound,
+/// since attached sites know it by that address.
+pub struct Hub {
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub addr: String,
+    pub child: Option<Child>,
+}
+
+impl Hub {
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the hub is still running");
+        let _ = std::fs::remove_file(self.dir.join("hub-address"));
+        self.child = Some(spawn(
+            &[
+                "hub",
+                "serve",
+                "--data-dir",
+                path_str(&self.dir),
+                "--listen",
+                &self.addr,
+            ],
+            &self.log,
+        ));
+        let file = self.dir.join("hub-address");
+        wait_for("the restarted hub to listen", DEADLINE, || {
+            std::fs::read_to_string(&file).ok()
+        });
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl TestCluster {
@@ -146,7 +197,82 @@ impl TestCluster {
             containerd,
             tokio,
             tmp,
+            env: Vec::new(),
+            hub: None,
         }
+    }
+
+    /// Starts `gantry hub serve` on a free loopback port; returns its address.
+    pub fn start_hub(&mut self) -> String {
+        let dir = self.tmp.path().join("hub");
+        let log = self.tmp.path().join("hub.log");
+        let child = spawn(
+            &[
+                "hub",
+                "serve",
+                "--data-dir",
+                path_str(&dir),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &log,
+        );
+        let file = dir.join("hub-address");
+        let addr = wait_for("the hub to listen", DEADLINE, || {
+            std::fs::read_to_string(&file).ok()
+        });
+        self.hub = Some(Hub {
+            dir,
+            log,
+            addr: addr.clone(),
+            child: Some(child),
+        });
+        addr
+    }
+
+    /// The hub's address (after `start_hub`).
+    pub fn hub_addr(&self) -> String {
+        self.hub.as_ref().expect("a hub was started").addr.clone()
+    }
+
+    /// Runs `gantry hub VERB ... --hub ADDR`.
+    pub fn hub_cli(&self, args: &[&str]) -> Output {
+        let addr = self.hub_addr();
+        // `--hub` right after the verb: a trailing one would land in `delete`'s subcommand.
+        let mut full = vec!["hub"];
+        full.extend_from_slice(&args[..1]);
+        full.extend_from_slice(&["--hub", &addr]);
+        full.extend_from_slice(&args[1..]);
+        Command::new(gantry_bin())
+            .args(&full)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run gantry hub")
+    }
+
+    /// `gantry hub status -o json`, the entry of `site` (Null if absent).
+    pub fn hub_site(&self, site: &str) -> Value {
+        let out = self.hub_cli(&["status", "-o", "json"]);
+        if !out.status.success() {
+            return Value::Null;
+        }
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        status["sites"]
+            .as_array()
+            .and_then(|sites| sites.iter().find(|s| s["site"] == site).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Writes `text` to a manifest file and applies it to `site` at the hub.
+    pub fn hub_apply(&self, site: &str, text: &str, extra: &[&str]) -> Output {
+        let path = self
+            .tmp
+            .path()
+            .join(format!("hub-manifest-{}.yaml", rand_suffix()));
+        std::fs::write(&path, text).expect("write manifest");
+        let mut args = vec!["apply", "--site", site, "-f", path_str(&path)];
+        args.extend_from_slice(extra);
+        self.hub_cli(&args)
     }
 
     /// Flags that point a gateway at this test's containerd.
@@ -202,7 +328,7 @@ impl TestCluster {
         all.extend(self.runtime_flags(name));
         all.extend(extra.iter().map(|s| s.to_string()));
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        let child = spawn(&all, &log);
+        let child = spawn_with_env(&all, &log, &self.env);
         self.gateways.push(Gateway {
             name: name.into(),
             dir,
@@ -386,8 +512,21 @@ impl Drop for TestCluster {
                 }
             }
         }
+        if std::thread::panicking() {
+            if let Some(hub) = &self.hub {
+                let log = hub.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- last lines of the hub ----");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
         for gateway in &mut self.gateways {
             gateway.kill();
+        }
+        if let Some(hub) = &mut self.hub {
+            hub.kill();
         }
     }
 }

@@ -1,0 +1,18 @@
+//! `gantry hub`: the cloud side of cloud sync. It keeps each site's desired
+//! workloads (with a revision that only grows) and the status each site
+//! last reported, serves the edge links sites open, and the admin verbs.
+//!
+//! - `desired`: per-site revisions, deltas and snapshots (pure).
+//! - `store`: the hub's RocksDB.
+//! - `sites`: the in-memory registry every RPC goes through.
+//! - `session`: one site's live link.
+//! - `service`: the tonic `Hub` service; `cli`: the `gantry hub` verbs.
+
+pub mod cli;
+pub mod desired;
+pub mod service;
+pub mod session;
+pub mod sites;
+pub mod store;
+
+pub use sites::{HubError, Sites};

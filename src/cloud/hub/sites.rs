@@ -1,0 +1,378 @@
+//! The hub's registry of sites: their records (persisted through `store`
+//! before any answer), their last reported view, and which link session is
+//! live. Every hub RPC goes through it.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::desired::Delta;
+use super::store::{HubStore, HubStoreError, Rejection, SiteRecord};
+use crate::api::views::timestamp;
+use crate::cloud::site_view::SiteView;
+use crate::cluster::node::now_ms;
+use crate::state::spec::is_dns_label;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("unknown site or wrong token")]
+    Unauthenticated,
+    #[error("no site named '{0}'")]
+    UnknownSite(String),
+    #[error("'{0}' is not a valid site name (a DNS label)")]
+    BadSiteName(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("site '{site}' has no workload named '{name}'")]
+    NoWorkload { site: String, name: String },
+    #[error(transparent)]
+    Store(#[from] HubStoreError),
+}
+
+struct Site {
+    record: SiteRecord,
+    view: SiteView,
+    /// The live link session, if any; a newer session supersedes it.
+    session: Option<u64>,
+    /// Bumped on every desired change or supersede, to wake the session.
+    wake: watch::Sender<u64>,
+    /// gRPC message bytes on the link (protobuf + 5-byte frame prefix).
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Of `bytes_in`, what the periodic digests cost.
+    digest_bytes_in: u64,
+}
+
+impl Site {
+    fn new(record: SiteRecord, view: SiteView) -> Self {
+        Self {
+            record,
+            view,
+            session: None,
+            wake: watch::channel(0).0,
+            bytes_in: 0,
+            bytes_out: 0,
+            digest_bytes_in: 0,
+        }
+    }
+}
+
+pub struct Sites {
+    store: HubStore,
+    sites: Mutex<BTreeMap<String, Site>>,
+    next_session: Mutex<u64>,
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// What a freshly authenticated session starts from.
+pub struct Opened {
+    pub session: u64,
+    pub wake: watch::Receiver<u64>,
+    pub desired_revision: u64,
+    /// Deliveries resume from here: the older of what the site says it
+    /// committed and what it last acknowledged, so a lost Ack costs a
+    /// redelivery (applied once on the site), never a gap.
+    pub resume_from: u64,
+}
+
+impl Sites {
+    pub fn open(store: HubStore) -> Result<Self, HubError> {
+        let loaded = store.load()?;
+        let sites = loaded
+            .into_iter()
+            .map(|(name, (record, view))| (name, Site::new(record, view)))
+            .collect();
+        Ok(Self {
+            store,
+            sites: Mutex::new(sites),
+            next_session: Mutex::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Site>> {
+        self.sites.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self, name: &str, site: &Site, with_view: bool) -> Result<(), HubError> {
+        self.store
+            .save(name, &site.record, with_view.then_some(&site.view))?;
+        Ok(())
+    }
+
+    /// Creates or updates a site's workloads as one revision. A name the
+    /// site reported as a local workload is refused here already.
+    pub fn apply(&self, name: &str, docs: &[(String, String)]) -> Result<Value, HubError> {
+        if !is_dns_label(name) {
+            return Err(HubError::BadSiteName(name.to_string()));
+        }
+        let mut sites = self.lock();
+        let site = sites
+            .entry(name.to_string())
+            .or_insert_with(|| Site::new(SiteRecord::default(), SiteView::default()));
+        for (workload, _) in docs {
+            let local = site
+                .view
+                .workloads
+                .get(workload)
+                .is_some_and(|w| w.source == "local");
+            if local {
+                return Err(HubError::Refused(format!(
+                    "workload '{workload}' is a local workload on site '{name}' (as last reported); the cloud workload of that name is refused: delete it on the site or pick another name"
+                )));
+            }
+        }
+        let before = site.record.clone();
+        let revision = site.record.desired.apply(docs);
+        if let Err(e) = self.save(name, site, false) {
+            site.record = before;
+            return Err(e);
+        }
+        if revision.is_some() {
+            site.wake.send_modify(|n| *n += 1);
+        }
+        Ok(json!({
+            "site": name,
+            "revision": site.record.desired.revision,
+            "changed": revision.is_some(),
+            "workloads": docs.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        }))
+    }
+
+    pub fn delete(&self, name: &str, workload: &str) -> Result<Value, HubError> {
+        let mut sites = self.lock();
+        let site = sites
+            .get_mut(name)
+            .ok_or_else(|| HubError::UnknownSite(name.to_string()))?;
+        let before = site.record.clone();
+        let Some(revision) = site.record.desired.delete(workload) else {
+            return Err(HubError::NoWorkload {
+                site: name.to_string(),
+                name: workload.to_string(),
+            });
+        };
+        if let Err(e) = self.save(name, site, false) {
+            site.record = before;
+            return Err(e);
+        }
+        site.wake.send_modify(|n| *n += 1);
+        Ok(json!({"site": name, "deleted": workload, "revision": revision}))
+    }
+
+    /// Sets the site's token (a random one when `token` is None), creating
+    /// the site if needed. Only the hash is kept.
+    pub fn set_token(&self, name: &str, token: Option<String>) -> Result<String, HubError> {
+        if !is_dns_label(name) {
+            return Err(HubError::BadSiteName(name.to_string()));
+        }
+        let token = match token.filter(|t| !t.is_empty()) {
+            Some(t) => t,
+            None => format!("gantry-site-v1.{}", hex::encode(rand::random::<[u8; 24]>())),
+        };
+        let mut sites = self.lock();
+        let site = sites
+            .entry(name.to_string())
+            .or_insert_with(|| Site::new(SiteRecord::default(), SiteView::default()));
+        site.record.token_sha256 = Some(sha256_hex(&token));
+        self.save(name, site, false)?;
+        // An open link authenticated with the old token must not stay.
+        site.session = None;
+        site.wake.send_modify(|n| *n += 1);
+        Ok(token)
+    }
+
+    /// Checks a Hello and makes its session the site's live one.
+    pub fn authenticate(&self, name: &str, token: &str, acked: u64) -> Result<Opened, HubError> {
+        let mut sites = self.lock();
+        let site = sites.get_mut(name).ok_or(HubError::Unauthenticated)?;
+        let matches = site
+            .record
+            .token_sha256
+            .as_deref()
+            .is_some_and(|h| h == sha256_hex(token));
+        if !matches {
+            return Err(HubError::Unauthenticated);
+        }
+        let session = {
+            let mut next = self.next_session.lock().unwrap_or_else(|p| p.into_inner());
+            *next += 1;
+            *next
+        };
+        let resume_from = acked.min(site.record.acked_revision);
+        site.session = Some(session);
+        site.record.acked_revision = acked;
+        site.record.last_seen_ms = now_ms();
+        site.wake.send_modify(|n| *n += 1);
+        self.save(name, site, false)?;
+        Ok(Opened {
+            session,
+            wake: site.wake.subscribe(),
+            desired_revision: site.record.desired.revision,
+            resume_from,
+        })
+    }
+
+    /// Runs `f` on the site if `session` is still its live one.
+    fn with_session<T>(
+        &self,
+        name: &str,
+        session: u64,
+        f: impl FnOnce(&mut Site) -> T,
+    ) -> Option<T> {
+        let mut sites = self.lock();
+        let site = sites.get_mut(name)?;
+        if site.session != Some(session) {
+            return None;
+        }
+        site.record.last_seen_ms = now_ms();
+        Some(f(site))
+    }
+
+    pub fn is_live(&self, name: &str, session: u64) -> bool {
+        self.with_session(name, session, |_| ()).is_some()
+    }
+
+    /// What to deliver next: None when the site has everything, or when the
+    /// revision after `from` was rejected and nothing newer exists yet.
+    pub fn next_delivery(&self, name: &str, session: u64, from: u64) -> Option<Delta> {
+        self.with_session(name, session, |site| {
+            let desired = &site.record.desired;
+            let rejected_current = site
+                .record
+                .rejected
+                .as_ref()
+                .is_some_and(|r| r.revision >= desired.revision);
+            (desired.revision > from && !rejected_current).then(|| desired.since(from))
+        })
+        .flatten()
+    }
+
+    pub fn acked(&self, name: &str, session: u64, revision: u64) -> Result<(), HubError> {
+        let saved = self.with_session(name, session, |site| {
+            site.record.acked_revision = revision;
+            if site
+                .record
+                .rejected
+                .as_ref()
+                .is_some_and(|r| r.revision <= revision)
+            {
+                site.record.rejected = None;
+            }
+            site.record.clone()
+        });
+        if let Some(record) = saved {
+            self.store.save(name, &record, None)?;
+        }
+        Ok(())
+    }
+
+    pub fn rejected(
+        &self,
+        name: &str,
+        session: u64,
+        revision: u64,
+        error: String,
+    ) -> Result<(), HubError> {
+        let saved = self.with_session(name, session, |site| {
+            site.record.rejected = Some(Rejection { revision, error });
+            site.record.clone()
+        });
+        if let Some(record) = saved {
+            self.store.save(name, &record, None)?;
+        }
+        Ok(())
+    }
+
+    pub fn reported(
+        &self,
+        name: &str,
+        session: u64,
+        report: &gantry_proto::hub::v1::Report,
+    ) -> Result<(), HubError> {
+        let saved = self.with_session(name, session, |site| {
+            site.view.apply(report);
+            (site.record.clone(), site.view.clone())
+        });
+        if let Some((record, view)) = saved {
+            self.store.save(name, &record, Some(&view))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the hub's view still hashes to what the site says it sent.
+    pub fn digest_matches(&self, name: &str, session: u64, digest: u64) -> bool {
+        self.with_session(name, session, |site| site.view.digest() == digest)
+            .unwrap_or(true)
+    }
+
+    pub fn count_bytes(&self, name: &str, inbound: usize, outbound: usize) {
+        if let Some(site) = self.lock().get_mut(name) {
+            site.bytes_in += inbound as u64;
+            site.bytes_out += outbound as u64;
+        }
+    }
+
+    pub fn count_digest_bytes(&self, name: &str, inbound: usize) {
+        if let Some(site) = self.lock().get_mut(name) {
+            site.digest_bytes_in += inbound as u64;
+        }
+    }
+
+    /// The session ended: the site is disconnected unless a newer one runs.
+    pub fn closed(&self, name: &str, session: u64) {
+        let record = {
+            let mut sites = self.lock();
+            let Some(site) = sites.get_mut(name) else {
+                return;
+            };
+            if site.session != Some(session) {
+                return;
+            }
+            site.session = None;
+            site.record.last_seen_ms = now_ms();
+            site.record.clone()
+        };
+        if let Err(e) = self.store.save(name, &record, None) {
+            tracing::warn!(site = name, error = %e, "could not record the disconnect");
+        }
+    }
+
+    /// `gantry hub status -o json`.
+    pub fn status(&self) -> Value {
+        let sites = self.lock();
+        let list: Vec<Value> = sites
+            .iter()
+            .map(|(name, site)| {
+                let record = &site.record;
+                json!({
+                    "site": name,
+                    "connected": site.session.is_some(),
+                    "last_seen": (record.last_seen_ms > 0).then(|| timestamp(record.last_seen_ms)),
+                    "last_seen_ms": record.last_seen_ms,
+                    "token_set": record.token_sha256.is_some(),
+                    "desired_revision": record.desired.revision,
+                    "acked_revision": record.acked_revision,
+                    "desired_workloads": record.desired.workloads.keys().collect::<Vec<_>>(),
+                    "rejected": record.rejected,
+                    "refused": site.view.refused.iter().map(|(n, r)| json!({"name": n, "reason": r})).collect::<Vec<_>>(),
+                    "nodes": site.view.nodes.values().map(|n| json!({"name": n.name, "status": n.status})).collect::<Vec<_>>(),
+                    "workloads": site.view.workloads.values().map(|w| json!({"name": w.name, "source": w.source, "generation": w.generation})).collect::<Vec<_>>(),
+                    "instances": site.view.instances.values().map(|i| json!({
+                        "workload": i.workload,
+                        "replica": i.replica,
+                        "node": (!i.node.is_empty()).then_some(&i.node),
+                        "state": i.state,
+                        "generation": i.generation,
+                    })).collect::<Vec<_>>(),
+                    "link_bytes": {"in": site.bytes_in, "out": site.bytes_out, "digest_in": site.digest_bytes_in},
+                })
+            })
+            .collect();
+        json!({ "sites": list })
+    }
+}

@@ -1,0 +1,121 @@
+//! The hub's own RocksDB under `DATA_DIR/hub-db`: one record per site
+//! (`site/NAME`, JSON) and the site's last reported status (`report/NAME`,
+//! a full protobuf `Report`). Every write is synced before it is answered.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use gantry_proto::hub::v1::Report;
+use prost::Message;
+use rocksdb::{IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use super::desired::SiteDesired;
+use crate::cloud::site_view::SiteView;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubStoreError {
+    #[error("cannot open the hub database at {path}: {source}")]
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("hub database error: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("corrupted hub record {key}: {message}")]
+    Corrupted { key: String, message: String },
+}
+
+/// A revision the site refused as a whole, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub revision: u64,
+    pub error: String,
+}
+
+/// Everything the hub keeps about one site, except its reported status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRecord {
+    /// sha256 (hex) of the site token; None until one is set.
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    #[serde(default)]
+    pub desired: SiteDesired,
+    /// The last revision the site said it committed (Ack or Hello).
+    #[serde(default)]
+    pub acked_revision: u64,
+    #[serde(default)]
+    pub last_seen_ms: u64,
+    #[serde(default)]
+    pub rejected: Option<Rejection>,
+}
+
+pub struct HubStore {
+    db: DB,
+}
+
+fn site_key(site: &str) -> Vec<u8> {
+    format!("site/{site}").into_bytes()
+}
+
+fn report_key(site: &str) -> Vec<u8> {
+    format!("report/{site}").into_bytes()
+}
+
+impl HubStore {
+    pub fn open(path: &Path) -> Result<Self, HubStoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_keep_log_file_num(4);
+        let db = DB::open(&opts, path).map_err(|source| HubStoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self { db })
+    }
+
+    /// Every site with its record and last reported view.
+    pub fn load(&self) -> Result<BTreeMap<String, (SiteRecord, SiteView)>, HubStoreError> {
+        let mut sites: BTreeMap<String, (SiteRecord, SiteView)> = BTreeMap::new();
+        for item in self.db.iterator(IteratorMode::Start) {
+            let (key, value) = item?;
+            let key_text = String::from_utf8_lossy(&key).into_owned();
+            let corrupted = |message: String| HubStoreError::Corrupted {
+                key: key_text.clone(),
+                message,
+            };
+            if let Some(site) = key_text.strip_prefix("site/") {
+                let record: SiteRecord =
+                    serde_json::from_slice(&value).map_err(|e| corrupted(e.to_string()))?;
+                sites.entry(site.to_string()).or_default().0 = record;
+            } else if let Some(site) = key_text.strip_prefix("report/") {
+                let report =
+                    Report::decode(value.as_ref()).map_err(|e| corrupted(e.to_string()))?;
+                sites.entry(site.to_string()).or_default().1.apply(&report);
+            }
+        }
+        Ok(sites)
+    }
+
+    /// Writes a site's record (and, when given, its view) in one synced batch.
+    pub fn save(
+        &self,
+        site: &str,
+        record: &SiteRecord,
+        view: Option<&SiteView>,
+    ) -> Result<(), HubStoreError> {
+        let mut batch = WriteBatch::default();
+        let json = serde_json::to_vec(record).map_err(|e| HubStoreError::Corrupted {
+            key: site.to_string(),
+            message: e.to_string(),
+        })?;
+        batch.put(site_key(site), json);
+        if let Some(view) = view {
+            batch.put(report_key(site), view.full_report().encode_to_vec());
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,378 @@
+//! One connection of the edge link, from Hello to its end: deliveries are
+//! decoded, committed through Raft and only then acknowledged; status goes
+//! upstream as batched changes, the whole truth after connecting, and a
+//! periodic digest (its interval doubling while nothing changes, up to a
+//! ceiling) so that an idle site costs a few bytes every few minutes.
+
+use std::time::Duration;
+
+use gantry_proto::hub::v1::hub_client::HubClient;
+use gantry_proto::hub::v1::hub_message::Msg as In;
+use gantry_proto::hub::v1::site_message::Msg as Out;
+use gantry_proto::hub::v1::{Ack, Desired, Digest, Hello, Reject, SiteMessage};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use super::{record_connection, write_as_leader, LinkHandle};
+use crate::cloud::site_view::SiteView;
+use crate::cluster::Cluster;
+use crate::state::spec::WorkloadSpec;
+use crate::state::{CloudLink, Command, Response};
+
+/// Test hook: exit the process right after committing this revision and
+/// before acknowledging it (a leader crash at the worst moment).
+pub const EXIT_BEFORE_ACK_ENV: &str = "GANTRY_TEST_EXIT_BEFORE_ACK";
+
+/// How the link paces its status traffic.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Changes are collected this long before one report goes up.
+    pub report_batch: Duration,
+    /// A digest of the reported status goes up this often after a change...
+    pub digest_every: Duration,
+    /// ...and the interval doubles while the site is idle, up to this.
+    pub digest_max: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            report_batch: Duration::from_secs(1),
+            digest_every: Duration::from_secs(60),
+            digest_max: Duration::from_secs(16 * 60),
+        }
+    }
+}
+
+impl Tuning {
+    /// Defaults, or `GANTRY_CLOUD_REPORT_BATCH`, `GANTRY_CLOUD_DIGEST_INTERVAL`
+    /// and `GANTRY_CLOUD_DIGEST_MAX` (humantime durations such as `500ms`).
+    pub fn from_env() -> Self {
+        let read = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| humantime::parse_duration(&v).ok())
+                .filter(|d| !d.is_zero())
+        };
+        let default = Self::default();
+        Self {
+            report_batch: read("GANTRY_CLOUD_REPORT_BATCH").unwrap_or(default.report_batch),
+            digest_every: read("GANTRY_CLOUD_DIGEST_INTERVAL").unwrap_or(default.digest_every),
+            digest_max: read("GANTRY_CLOUD_DIGEST_MAX").unwrap_or(default.digest_max),
+        }
+    }
+}
+
+/// Why a session ended, which decides how soon the next one starts.
+#[derive(Debug)]
+pub enum SessionEnd {
+    Shutdown,
+    NotLeader,
+    /// Detached, or attached elsewhere.
+    LinkChanged,
+    /// Never got going (hub unreachable, broken stream).
+    Failed(String),
+    /// The hub refused the Hello (wrong site or token).
+    Refused(String),
+    /// Worked for a while, then broke.
+    Worked(String),
+}
+
+impl SessionEnd {
+    pub fn error(&self) -> Option<String> {
+        match self {
+            SessionEnd::Failed(e) | SessionEnd::Refused(e) | SessionEnd::Worked(e) => {
+                Some(e.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Decodes a delivery into specs, refusing it as a whole on any error.
+fn decode(desired: &Desired) -> Result<Vec<WorkloadSpec>, String> {
+    desired
+        .upserts
+        .iter()
+        .map(|doc| {
+            let spec: WorkloadSpec = serde_json::from_str(&doc.spec_json)
+                .map_err(|e| format!("workload '{}': {e}", doc.name))?;
+            if spec.name != doc.name {
+                return Err(format!(
+                    "workload '{}': the spec is named '{}'",
+                    doc.name, spec.name
+                ));
+            }
+            spec.validate()
+                .map_err(|e| format!("workload '{}': {}", doc.name, e.0))?;
+            Ok(spec)
+        })
+        .collect()
+}
+
+struct Link<'a> {
+    cluster: &'a Cluster,
+    link: &'a CloudLink,
+    tx: mpsc::Sender<SiteMessage>,
+    /// What the hub has been told (the view both ends share).
+    sent: SiteView,
+    /// Reports sent so far; an unchanged count means the site was idle.
+    reports: u64,
+}
+
+impl Link<'_> {
+    async fn send(&self, msg: Out) -> Result<(), SessionEnd> {
+        self.tx
+            .send(SiteMessage { msg: Some(msg) })
+            .await
+            .map_err(|_| SessionEnd::Worked("the link's sender closed".into()))
+    }
+
+    fn current_view(&self) -> SiteView {
+        SiteView::from_state(&self.cluster.state().read().state)
+    }
+
+    async fn send_full_report(&mut self) -> Result<(), SessionEnd> {
+        let view = self.current_view();
+        let report = view.full_report();
+        self.sent = view;
+        self.reports += 1;
+        self.send(Out::Report(report)).await
+    }
+
+    async fn send_changes(&mut self) -> Result<(), SessionEnd> {
+        let view = self.current_view();
+        if let Some(report) = self.sent.diff(&view) {
+            self.sent = view;
+            self.reports += 1;
+            self.send(Out::Report(report)).await?;
+        }
+        Ok(())
+    }
+
+    /// Still the leader of a site attached to the same hub and site?
+    fn still_wanted(&self) -> Result<(), SessionEnd> {
+        if !self.cluster.is_leader() {
+            return Err(SessionEnd::NotLeader);
+        }
+        let applied = self.cluster.state().read();
+        match &applied.state.meta.cloud.link {
+            Some(l)
+                if l.hub == self.link.hub
+                    && l.site == self.link.site
+                    && l.token == self.link.token =>
+            {
+                Ok(())
+            }
+            _ => Err(SessionEnd::LinkChanged),
+        }
+    }
+
+    async fn deliver(&mut self, desired: Desired) -> Result<(), SessionEnd> {
+        let revision = desired.revision;
+        let upserts = match decode(&desired) {
+            Ok(specs) => specs,
+            Err(error) => {
+                tracing::warn!(revision, error = %error, "refusing a malformed cloud revision as a whole");
+                return self.send(Out::Reject(Reject { revision, error })).await;
+            }
+        };
+        let command = Command::ApplyCloudRevision {
+            revision,
+            full: desired.full,
+            upserts,
+            deletes: desired.deletes,
+        };
+        match write_as_leader(self.cluster, command).await? {
+            Response::CloudRevision {
+                applied, refused, ..
+            } => {
+                if applied {
+                    tracing::info!(
+                        revision,
+                        full = desired.full,
+                        refused = refused.len(),
+                        "committed cloud revision"
+                    );
+                    exit_if_hooked(revision);
+                } else {
+                    tracing::info!(
+                        revision,
+                        "cloud revision already committed; acknowledging it again"
+                    );
+                }
+                self.send(Out::Ack(Ack { revision })).await
+            }
+            Response::Rejected { reason } => {
+                tracing::warn!(revision, reason = %reason, "the state machine refused a cloud revision");
+                self.send(Out::Reject(Reject {
+                    revision,
+                    error: reason,
+                }))
+                .await
+            }
+            other => Err(SessionEnd::Failed(format!("unexpected answer {other:?}"))),
+        }
+    }
+}
+
+fn exit_if_hooked(revision: u64) {
+    let hooked = std::env::var(EXIT_BEFORE_ACK_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    if hooked == Some(revision) {
+        tracing::warn!(revision, "test hook: exiting after commit, before Ack");
+        std::process::exit(86);
+    }
+}
+
+/// One connection: Hello, then deliveries and reports until it ends.
+pub async fn run(
+    cluster: &Cluster,
+    link: &CloudLink,
+    handle: &LinkHandle,
+    tuning: &Tuning,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let endpoint = match Endpoint::from_shared(format!("http://{}", link.hub)) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(5)),
+        Err(e) => return SessionEnd::Refused(format!("hub address {}: {e}", link.hub)),
+    };
+    let channel = tokio::select! {
+        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+        connected = endpoint.connect() => match connected {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Failed(format!("cannot reach the hub at {}: {e}", link.hub)),
+        },
+    };
+    let acked = cluster.state().read().state.meta.cloud.acked_revision;
+    let (tx, rx) = mpsc::channel(16);
+    let hello = Hello {
+        site: link.site.clone(),
+        token: link.token.clone(),
+        acked_revision: acked,
+    };
+    if tx
+        .send(SiteMessage {
+            msg: Some(Out::Hello(hello)),
+        })
+        .await
+        .is_err()
+    {
+        return SessionEnd::Failed("the link's sender closed".into());
+    }
+    let mut client = HubClient::new(channel);
+    let opened = tokio::select! {
+        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+        opened = client.link(ReceiverStream::new(rx)) => opened,
+    };
+    let mut inbound = match opened {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            return SessionEnd::Refused(format!(
+                "the hub refused site '{}': {}",
+                link.site,
+                status.message()
+            ))
+        }
+        Err(status) => return SessionEnd::Failed(format!("hub: {}", status.message())),
+    };
+    match inbound.message().await {
+        Ok(Some(message)) if matches!(message.msg, Some(In::Welcome(_))) => {}
+        Ok(_) => return SessionEnd::Failed("the hub did not welcome the link".into()),
+        Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            return SessionEnd::Refused(format!(
+                "the hub refused site '{}': {}",
+                link.site,
+                status.message()
+            ))
+        }
+        Err(status) => return SessionEnd::Failed(format!("hub: {}", status.message())),
+    }
+    tracing::info!(hub = %link.hub, site = %link.site, acked, "cloud link connected");
+    handle.set(true, None);
+    record_connection(cluster, true, None).await;
+    let mut session = Link {
+        cluster,
+        link,
+        tx,
+        sent: SiteView::default(),
+        reports: 0,
+    };
+    match serve(&mut session, &mut inbound, tuning, shutdown).await {
+        Err(SessionEnd::Failed(e)) => SessionEnd::Worked(e),
+        Err(end) => end,
+        Ok(()) => SessionEnd::Worked("the hub closed the link".into()),
+    }
+}
+
+async fn serve(
+    link: &mut Link<'_>,
+    inbound: &mut tonic::Streaming<gantry_proto::hub::v1::HubMessage>,
+    tuning: &Tuning,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionEnd> {
+    link.send_full_report().await?;
+    let mut applied = link.cluster.state().subscribe();
+    let mut report_at: Option<Instant> = None;
+    let mut digest_wait = tuning.digest_every;
+    let mut next_digest = Instant::now() + digest_wait;
+    let mut reports_at_digest = link.reports;
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let batch_due = async {
+            match report_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+            message = inbound.message() => {
+                let message = message.map_err(|s| SessionEnd::Failed(format!("hub: {}", s.message())))?;
+                let Some(message) = message else { return Ok(()) };
+                match message.msg {
+                    Some(In::Desired(desired)) => {
+                        link.still_wanted()?;
+                        link.deliver(desired).await?;
+                    }
+                    Some(In::Resync(_)) => link.send_full_report().await?,
+                    Some(In::Welcome(_)) | None => {}
+                }
+            }
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return Err(SessionEnd::Shutdown);
+                }
+                link.still_wanted()?;
+                if report_at.is_none() {
+                    report_at = Some(Instant::now() + tuning.report_batch);
+                }
+            }
+            _ = batch_due => {
+                report_at = None;
+                link.send_changes().await?;
+                if link.reports != reports_at_digest {
+                    digest_wait = tuning.digest_every;
+                    next_digest = next_digest.min(Instant::now() + digest_wait);
+                }
+            }
+            _ = tokio::time::sleep_until(next_digest) => {
+                link.send_changes().await?;
+                digest_wait = if link.reports == reports_at_digest {
+                    (digest_wait * 2).min(tuning.digest_max.max(tuning.digest_every))
+                } else {
+                    tuning.digest_every
+                };
+                reports_at_digest = link.reports;
+                next_digest = Instant::now() + digest_wait;
+                let hash = link.sent.digest();
+                link.send(Out::Digest(Digest { hash })).await?;
+            }
+            _ = check.tick() => link.still_wanted()?,
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! Cloud sync end to end: a real `gantry hub` process and real gateways on
+//! loopback, attached through the CLI, with the hub and leaders killed.
+
+mod support;
+
+use serde_json::Value;
+use support::{wait_for, TestCluster, DEADLINE};
+
+const SITE: &str = "site-1";
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// A site token from the hub.
+fn token(cluster: &TestCluster, site: &str) -> String {
+    let out = cluster.hub_cli(&["site-token", "--site", site]);
+    assert!(out.status.success(), "site-token: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn attach(cluster: &TestCluster, gateway: &str, token: &str) {
+    let hub = cluster.hub_addr();
+    let out = cluster.cli(
+        gateway,
+        &[
+            "cloud", "attach", "--hub", &hub, "--site", SITE, "--token", token,
+        ],
+    );
+    assert!(out.status.success(), "attach: {}", stderr(&out));
+}
+
+fn workload<'a>(workloads: &'a Value, name: &str) -> Option<&'a Value> {
+    workloads.as_array()?.iter().find(|w| w["name"] == name)
+}
+
+/// Waits until the site's hub entry satisfies `check`.
+fn wait_hub(cluster: &TestCluster, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, DEADLINE, || {
+        let site = cluster.hub_site(SITE);
+        check(&site).then_some(site)
+    })
+}
+
+fn names(list: &Value, field: &str) -> Vec<String> {
+    let mut names: Vec<String> = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v[field].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// One attached gateway and its hub.
+fn attached_site() -> (TestCluster, String) {
+    let mut cluster = TestCluster::new();
+    cluster.start_hub();
+    cluster.init("gw-a", &[]);
+    let addr = cluster.addr(0);
+    let token = token(&cluster, SITE);
+    attach(&cluster, &addr, &token);
+    wait_for("the link to connect", DEADLINE, || {
+        let status = cluster.try_json(&addr, &["status"])?;
+        (status["cloud"]["connected"] == true).then_some(())
+    });
+    (cluster, addr)
+}
+
+#[test]
+fn hub_apply_reaches_the_site_and_is_scheduled_and_hub_delete_removes_it() {
+    let (cluster, addr) = attached_site();
+    let status = cluster.json(&addr, &["status"]);
+    let cloud = &status["cloud"];
+    assert_eq!(cloud["attached"], true);
+    assert_eq!(cloud["site"], SITE);
+    assert_eq!(cloud["hub"], cluster.hub_addr().as_str());
+    assert!(cloud["since"].is_string());
+
+    let out = cluster.hub_apply(SITE, "name: web\nimage: img:1\nreplicas: 2\n", &[]);
+    assert!(out.status.success(), "hub apply: {}", stderr(&out));
+    let web = wait_for("the cloud workload to be placed", DEADLINE, || {
+        let workloads = cluster.try_json(&addr, &["get", "workloads"])?;
+        let web = workload(&workloads, "web")?.clone();
+        (web["placed"] == 2).then_some(web)
+    });
+    assert_eq!(web["source"], "cloud");
+    assert_eq!(web["generation"], 1);
+    let instances = cluster.json(&addr, &["get", "instances"]);
+    assert_eq!(
+        instances
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["workload"] == "web" && i["node"] == "gw-a")
+            .count(),
+        2
+    );
+    let site = wait_hub(&cluster, "the hub to see the instances", |s| {
+        s["acked_revision"] == 1
+            && s["instances"]
+                .as_array()
+                .is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["node"] == "gw-a"))
+    });
+    assert_eq!(site["connected"], true);
+    assert_eq!(site["desired_revision"], 1);
+    assert_eq!(names(&site["nodes"], "name"), ["gw-a"]);
+    assert!(site["last_seen"].is_string());
+    assert_eq!(site["instances"][0]["workload"], "web");
+    assert!(site["instances"][0]["state"].is_string());
+    let local_status = cluster.json(&addr, &["status"]);
+    assert_eq!(local_status["cloud"]["acked_revision"], 1);
+
+    let out = cluster.hub_cli(&["delete", "--site", SITE, "workload", "web"]);
+    assert!(out.status.success(), "hub delete: {}", stderr(&out));
+    wait_for("the cloud workload to go", DEADLINE, || {
+        let workloads = cluster.try_json(&addr, &["get", "workloads"])?;
+        workload(&workloads, "web").is_none().then_some(())
+    });
+    let instances = cluster.json(&addr, &["get", "instances"]);
+    assert_eq!(instances.as_array().map(Vec::len), Some(0));
+    wait_hub(&cluster, "the hub to see the site empty", |s| {
+        s["acked_revision"] == 2 && s["instances"].as_array().is_some_and(Vec::is_empty)
+    });
+}
+
+#[test]
+fn with_the_hub_down_local_admin_works_and_after_its_restart_nothing_is_lost() {
+    let (mut cluster, addr) = attached_site();
+    assert!(cluster
+        .hub_apply(SITE, "name: web\nimage: img:1\n", &[])
+        .status
+        .success());
+    let before = wait_hub(&cluster, "the first revision acked and reported", |s| {
+        s["acked_revision"] == 1 && s["instances"].as_array().is_some_and(|i| i.len() == 1)
+    });
+
+    cluster.hub.as_mut().unwrap().kill();
+    wait_for("the site to notice", DEADLINE, || {
+        let status = cluster.try_json(&addr, &["status"])?;
+        (status["cloud"]["connected"] == false).then_some(())
+    });
+    let out = cluster.apply(&addr, "name: mine\nimage: local:1\n");
+    assert!(out.status.success(), "local apply: {}", stderr(&out));
+    let out = cluster.cli(&addr, &["delete", "workload", "mine"]);
+    assert!(out.status.success(), "local delete: {}", stderr(&out));
+    assert!(cluster
+        .apply(&addr, "name: mine\nimage: local:2\n")
+        .status
+        .success());
+
+    cluster.hub.as_mut().unwrap().restart();
+    // Nothing the hub knew is lost: desired state, revisions, token, status.
+    let after = cluster.hub_site(SITE);
+    assert_eq!(after["desired_revision"], before["desired_revision"]);
+    assert_eq!(after["desired_workloads"], before["desired_workloads"]);
+    assert!(after["acked_revision"].as_u64() >= Some(1));
+    assert_eq!(after["nodes"], before["nodes"]);
+    assert_eq!(after["token_set"], true);
+
+    assert!(cluster
+        .hub_apply(SITE, "name: db\nimage: db:1\n", &[])
+        .status
+        .success());
+    wait_for(
+        "the change made after the restart to arrive",
+        DEADLINE,
+        || {
+            let workloads = cluster.try_json(&addr, &["get", "workloads"])?;
+            let db = workload(&workloads, "db")?;
+            (db["source"] == "cloud").then_some(())
+        },
+    );
+    // After the reconnect the hub has the whole truth, local workloads included.
+    let site = wait_hub(&cluster, "the whole status at the hub", |s| {
+        s["connected"] == true
+            && s["acked_revision"] == 2
+            && names(&s["instances"], "workload") == ["db", "mine", "web"]
+    });
+    let sources: Vec<(String, String)> = site["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap().to_string(),
+                w["source"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(sources.contains(&("mine".into(), "local".into())));
+    assert!(sources.contains(&("web".into(), "cloud".into())));
+    assert_eq!(names(&site["nodes"], "name"), ["gw-a"]);
+    let workloads = cluster.json(&addr, &["get", "workloads"]);
+    assert_eq!(workload(&workloads, "mine").unwrap()["image"], "local:2");
+}
+
+#[test]
+fn a_leader_killed_between_commit_and_ack_gets_the_revision_again_and_applies_it_once() {
+    let mut cluster = TestCluster::new();
+    cluster.start_hub();
+    // Every gateway exits right after committing revision 2, before its Ack.
+    cluster.env = vec![("GANTRY_TEST_EXIT_BEFORE_ACK".into(), "2".into())];
+    cluster.init("gw-a", &[]);
+    cluster.join("gw-b", &[]);
+    cluster.join("gw-c", &[]);
+    let addr = cluster.addr(0);
+    let token = token(&cluster, SITE);
+    attach(&cluster, &addr, &token);
+    assert!(cluster
+        .hub_apply(SITE, "name: web\nimage: img:1\n", &[])
+        .status
+        .success());
+    wait_hub(&cluster, "revision 1 acked", |s| s["acked_revision"] == 1);
+
+    let leader = cluster.status_with_leader()["leader"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let leader_index = cluster.index_of(&leader);
+    assert!(cluster
+        .hub_apply(SITE, "name: web\nimage: img:2\n", &[])
+        .status
+        .success());
+    wait_for("the leader to exit before acking", DEADLINE, || {
+        (!cluster.gateways[leader_index].is_running()).then_some(())
+    });
+    assert!(cluster.gateways[leader_index]
+        .log_text()
+        .contains("exiting after commit, before Ack"));
+
+    // A new leader reopens the link; the hub delivers revision 2 again.
+    let site = wait_hub(&cluster, "revision 2 acked by the new leader", |s| {
+        s["acked_revision"] == 2 && s["connected"] == true
+    });
+    assert_eq!(site["desired_revision"], 2);
+    let redelivered = wait_for("a gateway to log the redelivery", DEADLINE, || {
+        cluster
+            .gateways
+            .iter()
+            .find(|g| {
+                g.log_text()
+                    .contains("already committed; acknowledging it again")
+            })
+            .map(|g| g.name.clone())
+    });
+    assert_ne!(redelivered, leader);
+    let status = cluster.status_with_leader();
+    assert_ne!(status["leader"], leader.as_str());
+    let web = workload(&status["workloads"], "web").unwrap();
+    assert_eq!(web["generation"], 2, "applied exactly once");
+    assert_eq!(web["spec"]["image"], "img:2");
+    assert_eq!(status["cloud"]["acked_revision"], 2);
+    assert_eq!(status["cloud"]["connected"], true);
+    // A follower says something sensible about the leader's link.
+    let follower = cluster
+        .gateways
+        .iter()
+        .find(|g| g.name != leader && g.name != status["leader"])
+        .unwrap()
+        .addr();
+    let seen = wait_for("a follower to see the link", DEADLINE, || {
+        let s = cluster.try_json(&follower, &["status"])?;
+        (s["cloud"]["connected"] == true).then_some(s)
+    });
+    assert_eq!(seen["cloud"]["connection_known_by"], "replicated");
+}
+
+#[test]
+fn a_wrong_site_token_is_refused() {
+    let mut cluster = TestCluster::new();
+    cluster.start_hub();
+    cluster.init("gw-a", &[]);
+    let addr = cluster.addr(0);
+    token(&cluster, SITE);
+    assert!(cluster
+        .hub_apply(SITE, "name: web\nimage: img:1\n", &[])
+        .status
+        .success());
+    attach(&cluster, &addr, "not-the-token");
+    let status = wait_for("the link to be refused", DEADLINE, || {
+        let s = cluster.try_json(&addr, &["status"])?;
+        let error = s["cloud"]["last_error"].as_str()?;
+        error.contains("wrong token").then_some(s)
+    });
+    assert_eq!(status["cloud"]["connected"], false);
+    assert_eq!(status["cloud"]["acked_revision"], 0);
+    assert!(workload(&status["workloads"], "web").is_none());
+    let site = cluster.hub_site(SITE);
+    assert_eq!(site["connected"], false);
+    assert_eq!(site["acked_revision"], 0);
+}
+
+#[test]
+fn malformed_desired_state_is_rejected_whole_and_name_clashes_are_refused_on_the_second_side() {
+    let (cluster, addr) = attached_site();
+    assert!(cluster
+        .hub_apply(SITE, "name: web\nimage: img:1\n", &[])
+        .status
+        .success());
+    wait_hub(&cluster, "revision 1 acked", |s| s["acked_revision"] == 1);
+    let before = cluster.json(&addr, &["get", "workloads"]);
+
+    // Malformed: one good and one bad document; the site takes neither.
+    let out = cluster.hub_apply(
+        SITE,
+        "name: web\nimage: img:2\n---\nname: db\nimage: db:1\ncolour: blue\n",
+        &["--unchecked"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let site = wait_hub(&cluster, "the rejection at the hub", |s| {
+        s["rejected"]["revision"] == 2
+    });
+    let error = site["rejected"]["error"].as_str().unwrap();
+    assert!(error.contains("db") && error.contains("colour"), "{error}");
+    assert_eq!(site["acked_revision"], 1);
+    let table = String::from_utf8_lossy(&cluster.hub_cli(&["status"]).stdout).to_string();
+    assert!(table.contains("colour"), "{table}");
+    assert_eq!(cluster.json(&addr, &["get", "workloads"]), before);
+
+    // The site comes second: a local workload of a cloud name is refused.
+    let out = cluster.apply(&addr, "name: web\nimage: local:1\n");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("workload 'web' is owned by the cloud"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cluster.cli(&addr, &["delete", "workload", "web"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("owned by the cloud"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The hub comes second, knowing the local name: refused at the hub.
+    assert!(cluster
+        .apply(&addr, "name: mine\nimage: local:1\n")
+        .status
+        .success());
+    wait_hub(&cluster, "the hub to see the local workload", |s| {
+        names(&s["workloads"], "name").contains(&"mine".to_string())
+    });
+    let out = cluster.hub_apply(SITE, "name: mine\nimage: cloud:1\n", &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("'mine' is a local workload on site"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The hub comes second without knowing (the site was detached when the
+    // local workload appeared): the site commits the rest and reports why
+    // it refused the clashing name.
+    let out = cluster.cli(&addr, &["cloud", "detach"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_hub(&cluster, "the hub to see the site go", |s| {
+        s["connected"] == false
+    });
+    assert!(cluster
+        .apply(&addr, "name: other\nimage: local:1\n")
+        .status
+        .success());
+    let out = cluster.hub_apply(
+        SITE,
+        "name: web\nimage: img:3\n---\nname: other\nimage: cloud:1\n---\nname: db\nimage: db:1\n",
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = token(&cluster, SITE);
+    attach(&cluster, &addr, &token);
+    let site = wait_hub(&cluster, "the refusal reported to the hub", |s| {
+        s["acked_revision"] == 3 && !s["refused"].as_array().is_none_or(Vec::is_empty)
+    });
+    assert_eq!(site["refused"][0]["name"], "other");
+    assert!(site["refused"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("owned by a local workload"));
+    assert!(site["rejected"].is_null());
+    let workloads = cluster.json(&addr, &["get", "workloads"]);
+    assert_eq!(workload(&workloads, "other").unwrap()["source"], "local");
+    assert_eq!(workload(&workloads, "db").unwrap()["source"], "cloud");
+    assert_eq!(
+        workload(&workloads, "web").unwrap()["spec"]["image"],
+        "img:3"
+    );
+    let status = cluster.json(&addr, &["status"]);
+    assert_eq!(status["cloud"]["refused"][0]["name"], "other");
+}
