@@ -98,7 +98,7 @@ fn manifest(count: usize, changed: Option<usize>) -> String {
         .map(|i| {
             let tag = if Some(i) == changed { 2 } else { 1 };
             format!(
-                "name: sensor-{i:03}\nimage: registry.local/sensors/sensor:{tag}\nreplicas: 1\nresources: {{cpu: 50m, memory: 32Mi}}\nenv: {{LOG: info, SENSOR: \"{i}\"}}\n"
+                "name: sensor-{i:03}\nimage: 127.0.0.1:5000/sensors/sensor:{tag}\nreplicas: 1\nresources: {{cpu: 50m, memory: 32Mi}}\nenv: {{LOG: info, SENSOR: \"{i}\"}}\n"
             )
         })
         .collect::<Vec<_>>()

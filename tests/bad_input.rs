@@ -24,7 +24,7 @@ fn bad_manifests_are_refused_naming_the_field_and_change_nothing() {
     cluster.init("gw-a", &[]);
     let addr = cluster.addr(0);
     assert!(cluster
-        .apply(&addr, "name: web\nimage: img:1\n")
+        .apply(&addr, "name: web\nimage: 127.0.0.1:5000/gantry/img:1\n")
         .status
         .success());
     let before = cluster.json(&addr, &["get", "workloads"]);
@@ -32,25 +32,25 @@ fn bad_manifests_are_refused_naming_the_field_and_change_nothing() {
     let cases = [
         ("name: web\nimage: [unclosed\n", "malformed YAML"),
         (
-            "name: web\nimage: img:2\ncolour: blue\n",
+            "name: web\nimage: 127.0.0.1:5000/gantry/img:2\ncolour: blue\n",
             "unknown field `colour`",
         ),
         (
-            "name: web\nimage: img:2\nresources: {memory: 12Q}\n",
+            "name: web\nimage: 127.0.0.1:5000/gantry/img:2\nresources: {memory: 12Q}\n",
             "resources.memory",
         ),
         (
-            "name: web\nimage: img:2\nresources: {cpu: lots}\n",
+            "name: web\nimage: 127.0.0.1:5000/gantry/img:2\nresources: {cpu: lots}\n",
             "resources.cpu",
         ),
-        ("name: Web!\nimage: img:2\n", "field `name`"),
+        ("name: Web!\nimage: 127.0.0.1:5000/gantry/img:2\n", "field `name`"),
         (
-            "name: web\nimage: img:2\n---\nname: web\nimage: img:3\n",
+            "name: web\nimage: 127.0.0.1:5000/gantry/img:2\n---\nname: web\nimage: 127.0.0.1:5000/gantry/img:3\n",
             "defined twice",
         ),
         // One good and one bad document: neither is applied.
         (
-            "name: fresh\nimage: img\n---\nname: web\nimage: img\nrestart: sometimes\n",
+            "name: fresh\nimage: 127.0.0.1:5000/gantry/img\n---\nname: web\nimage: 127.0.0.1:5000/gantry/img\nrestart: sometimes\n",
             "restart",
         ),
     ];

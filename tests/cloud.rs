@@ -81,7 +81,11 @@ fn hub_apply_reaches_the_site_and_is_scheduled_and_hub_delete_removes_it() {
     assert_eq!(cloud["hub"], cluster.hub_addr().as_str());
     assert!(cloud["since"].is_string());
 
-    let out = cluster.hub_apply(SITE, "name: web\nimage: img:1\nreplicas: 2\n", &[]);
+    let out = cluster.hub_apply(
+        SITE,
+        "name: web\nimage: 127.0.0.1:5000/gantry/img:1\nreplicas: 2\n",
+        &[],
+    );
     assert!(out.status.success(), "hub apply: {}", stderr(&out));
     let web = wait_for("the cloud workload to be placed", DEADLINE, || {
         let workloads = cluster.try_json(&addr, &["get", "workloads"])?;
@@ -132,7 +136,7 @@ fn hub_apply_reaches_the_site_and_is_scheduled_and_hub_delete_removes_it() {
 fn with_the_hub_down_local_admin_works_and_after_its_restart_nothing_is_lost() {
     let (mut cluster, addr) = attached_site();
     assert!(cluster
-        .hub_apply(SITE, "name: web\nimage: img:1\n", &[])
+        .hub_apply(SITE, "name: web\nimage: 127.0.0.1:5000/gantry/img:1\n", &[])
         .status
         .success());
     let before = wait_hub(&cluster, "the first revision acked and reported", |s| {
@@ -144,12 +148,12 @@ fn with_the_hub_down_local_admin_works_and_after_its_restart_nothing_is_lost() {
         let status = cluster.try_json(&addr, &["status"])?;
         (status["cloud"]["connected"] == false).then_some(())
     });
-    let out = cluster.apply(&addr, "name: mine\nimage: local:1\n");
+    let out = cluster.apply(&addr, "name: mine\nimage: 127.0.0.1:5000/gantry/local:1\n");
     assert!(out.status.success(), "local apply: {}", stderr(&out));
     let out = cluster.cli(&addr, &["delete", "workload", "mine"]);
     assert!(out.status.success(), "local delete: {}", stderr(&out));
     assert!(cluster
-        .apply(&addr, "name: mine\nimage: local:2\n")
+        .apply(&addr, "name: mine\nimage: 127.0.0.1:5000/gantry/local:2\n")
         .status
         .success());
 
@@ -163,7 +167,7 @@ fn with_the_hub_down_local_admin_works_and_after_its_restart_nothing_is_lost() {
     assert_eq!(after["token_set"], true);
 
     assert!(cluster
-        .hub_apply(SITE, "name: db\nimage: db:1\n", &[])
+        .hub_apply(SITE, "name: db\nimage: 127.0.0.1:5000/gantry/db:1\n", &[])
         .status
         .success());
     wait_for(
@@ -196,7 +200,10 @@ fn with_the_hub_down_local_admin_works_and_after_its_restart_nothing_is_lost() {
     assert!(sources.contains(&("web".into(), "cloud".into())));
     assert_eq!(names(&site["nodes"], "name"), ["gw-a"]);
     let workloads = cluster.json(&addr, &["get", "workloads"]);
-    assert_eq!(workload(&workloads, "mine").unwrap()["image"], "local:2");
+    assert_eq!(
+        workload(&workloads, "mine").unwrap()["image"],
+        "127.0.0.1:5000/gantry/local:2"
+    );
 }
 
 #[test]
@@ -212,7 +219,7 @@ fn a_leader_killed_between_commit_and_ack_gets_the_revision_again_and_applies_it
     let token = token(&cluster, SITE);
     attach(&cluster, &addr, &token);
     assert!(cluster
-        .hub_apply(SITE, "name: web\nimage: img:1\n", &[])
+        .hub_apply(SITE, "name: web\nimage: 127.0.0.1:5000/gantry/img:1\n", &[])
         .status
         .success());
     wait_hub(&cluster, "revision 1 acked", |s| s["acked_revision"] == 1);
@@ -223,7 +230,7 @@ fn a_leader_killed_between_commit_and_ack_gets_the_revision_again_and_applies_it
         .to_string();
     let leader_index = cluster.index_of(&leader);
     assert!(cluster
-        .hub_apply(SITE, "name: web\nimage: img:2\n", &[])
+        .hub_apply(SITE, "name: web\nimage: 127.0.0.1:5000/gantry/img:2\n", &[])
         .status
         .success());
     wait_for("the leader to exit before acking", DEADLINE, || {
@@ -253,7 +260,7 @@ fn a_leader_killed_between_commit_and_ack_gets_the_revision_again_and_applies_it
     assert_ne!(status["leader"], leader.as_str());
     let web = workload(&status["workloads"], "web").unwrap();
     assert_eq!(web["generation"], 2, "applied exactly once");
-    assert_eq!(web["spec"]["image"], "img:2");
+    assert_eq!(web["spec"]["image"], "127.0.0.1:5000/gantry/img:2");
     assert_eq!(status["cloud"]["acked_revision"], 2);
     assert_eq!(status["cloud"]["connected"], true);
     // A follower says something sensible about the leader's link.
@@ -278,7 +285,7 @@ fn a_wrong_site_token_is_refused() {
     let addr = cluster.addr(0);
     token(&cluster, SITE);
     assert!(cluster
-        .hub_apply(SITE, "name: web\nimage: img:1\n", &[])
+        .hub_apply(SITE, "name: web\nimage: 127.0.0.1:5000/gantry/img:1\n", &[])
         .status
         .success());
     attach(&cluster, &addr, "not-the-token");
@@ -299,7 +306,7 @@ fn a_wrong_site_token_is_refused() {
 fn malformed_desired_state_is_rejected_whole_and_name_clashes_are_refused_on_the_second_side() {
     let (cluster, addr) = attached_site();
     assert!(cluster
-        .hub_apply(SITE, "name: web\nimage: img:1\n", &[])
+        .hub_apply(SITE, "name: web\nimage: 127.0.0.1:5000/gantry/img:1\n", &[])
         .status
         .success());
     wait_hub(&cluster, "revision 1 acked", |s| s["acked_revision"] == 1);
@@ -308,7 +315,7 @@ fn malformed_desired_state_is_rejected_whole_and_name_clashes_are_refused_on_the
     // Malformed: one good and one bad document; the site takes neither.
     let out = cluster.hub_apply(
         SITE,
-        "name: web\nimage: img:2\n---\nname: db\nimage: db:1\ncolour: blue\n",
+        "name: web\nimage: 127.0.0.1:5000/gantry/img:2\n---\nname: db\nimage: 127.0.0.1:5000/gantry/db:1\ncolour: blue\n",
         &["--unchecked"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -323,7 +330,7 @@ fn malformed_desired_state_is_rejected_whole_and_name_clashes_are_refused_on_the
     assert_eq!(cluster.json(&addr, &["get", "workloads"]), before);
 
     // The site comes second: a local workload of a cloud name is refused.
-    let out = cluster.apply(&addr, "name: web\nimage: local:1\n");
+    let out = cluster.apply(&addr, "name: web\nimage: 127.0.0.1:5000/gantry/local:1\n");
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("workload 'web' is owned by the cloud"),
@@ -340,13 +347,17 @@ fn malformed_desired_state_is_rejected_whole_and_name_clashes_are_refused_on_the
 
     // The hub comes second, knowing the local name: refused at the hub.
     assert!(cluster
-        .apply(&addr, "name: mine\nimage: local:1\n")
+        .apply(&addr, "name: mine\nimage: 127.0.0.1:5000/gantry/local:1\n")
         .status
         .success());
     wait_hub(&cluster, "the hub to see the local workload", |s| {
         names(&s["workloads"], "name").contains(&"mine".to_string())
     });
-    let out = cluster.hub_apply(SITE, "name: mine\nimage: cloud:1\n", &[]);
+    let out = cluster.hub_apply(
+        SITE,
+        "name: mine\nimage: 127.0.0.1:5000/gantry/cloud:1\n",
+        &[],
+    );
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("'mine' is a local workload on site"),
@@ -363,12 +374,12 @@ fn malformed_desired_state_is_rejected_whole_and_name_clashes_are_refused_on_the
         s["connected"] == false
     });
     assert!(cluster
-        .apply(&addr, "name: other\nimage: local:1\n")
+        .apply(&addr, "name: other\nimage: 127.0.0.1:5000/gantry/local:1\n")
         .status
         .success());
     let out = cluster.hub_apply(
         SITE,
-        "name: web\nimage: img:3\n---\nname: other\nimage: cloud:1\n---\nname: db\nimage: db:1\n",
+        "name: web\nimage: 127.0.0.1:5000/gantry/img:3\n---\nname: other\nimage: 127.0.0.1:5000/gantry/cloud:1\n---\nname: db\nimage: 127.0.0.1:5000/gantry/db:1\n",
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -388,7 +399,7 @@ fn malformed_desired_state_is_rejected_whole_and_name_clashes_are_refused_on_the
     assert_eq!(workload(&workloads, "db").unwrap()["source"], "cloud");
     assert_eq!(
         workload(&workloads, "web").unwrap()["spec"]["image"],
-        "img:3"
+        "127.0.0.1:5000/gantry/img:3"
     );
     let status = cluster.json(&addr, &["status"]);
     assert_eq!(status["cloud"]["refused"][0]["name"], "other");

@@ -137,7 +137,10 @@ fn six_gateways_make_five_voters_and_one_learner() {
     // The learner holds a full replica: it answers with everything.
     let learner = cluster.addr(5);
     assert!(cluster
-        .apply(&learner, "name: via-learner\nimage: img\n")
+        .apply(
+            &learner,
+            "name: via-learner\nimage: 127.0.0.1:5000/gantry/img\n"
+        )
         .status
         .success());
     wait_for("the write on every gateway", DEADLINE, || {
@@ -179,7 +182,10 @@ fn acknowledged_writes_survive_kill_of_every_gateway() {
     for i in 0..12 {
         let addr = cluster.addr(i % 3);
         let name = format!("w{i:02}");
-        let out = cluster.apply(&addr, &format!("name: {name}\nimage: img:{i}\n"));
+        let out = cluster.apply(
+            &addr,
+            &format!("name: {name}\nimage: 127.0.0.1:5000/gantry/img:{i}\n"),
+        );
         if out.status.success() {
             acknowledged.push(name);
         }
@@ -225,7 +231,8 @@ fn a_gateway_away_during_1000_writes_catches_up_by_snapshot() {
             let mut client = client.clone();
             tasks.spawn(async move {
                 for i in 0..130 {
-                    let manifest = format!("name: w-{worker}-{i}\nimage: img\n");
+                    let manifest =
+                        format!("name: w-{worker}-{i}\nimage: 127.0.0.1:5000/gantry/img\n");
                     client
                         .apply(ApplyRequest { manifest })
                         .await

@@ -107,7 +107,11 @@ fn a_cordoned_gateway_gets_nothing_new_until_uncordoned() {
         let status = cluster.try_json(&cluster.addr(0), &["status"])?;
         (node(&status, "gw-c")["cordoned"] == true).then_some(())
     });
-    applied(&cluster, &addr, "name: fresh\nimage: i\nreplicas: 4\n");
+    applied(
+        &cluster,
+        &addr,
+        "name: fresh\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 4\n",
+    );
     let map = placed(&cluster, &addr, "fresh", 4);
     assert!(map.values().all(|n| n != "gw-c"), "{map:?}");
 
@@ -115,7 +119,7 @@ fn a_cordoned_gateway_gets_nothing_new_until_uncordoned() {
     applied(
         &cluster,
         &addr,
-        "name: wide\nimage: i\nreplicas: 3\nspread: node\n",
+        "name: wide\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 3\nspread: node\n",
     );
     let map = placed(&cluster, &addr, "wide", 3);
     assert!(map.values().any(|n| n == "gw-c"), "{map:?}");
@@ -140,7 +144,7 @@ fn drain_moves_instances_respecting_spread_and_reports_what_is_stuck() {
     applied(
         &cluster,
         &addr,
-        "name: web\nimage: i\nreplicas: 2\nspread: node\n",
+        "name: web\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 2\nspread: node\n",
     );
     let before = placed(&cluster, &addr, "web", 2);
     let drained = before["web/0"].clone();
@@ -188,7 +192,7 @@ fn drain_moves_instances_respecting_spread_and_reports_what_is_stuck() {
     applied(
         &cluster,
         &addr,
-        "name: pin\nimage: i\nreplicas: 3\nspread: node\n",
+        "name: pin\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 3\nspread: node\n",
     );
     let pins = placed(&cluster, &addr, "pin", 3);
     let stuck = pins.iter().find(|(_, n)| **n == kept).unwrap().0.clone();
@@ -275,7 +279,7 @@ fn a_leader_change_moves_no_instance() {
         &cluster,
         &addr,
         &format!(
-            "name: one\nimage: i\nreplicas: 2\nnode_selector: {{slot: {}}}\n---\nname: two\nimage: i\nnode_selector: {{slot: {}}}\n---\nname: patient\nimage: i\nreplicas: 3\nspread: node\non_disconnect: {{reschedule_after: 1h}}\n",
+            "name: one\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 2\nnode_selector: {{slot: {}}}\n---\nname: two\nimage: 127.0.0.1:5000/gantry/i\nnode_selector: {{slot: {}}}\n---\nname: patient\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 3\nspread: node\non_disconnect: {{reschedule_after: 1h}}\n",
             followers[0], followers[1]
         ),
     );

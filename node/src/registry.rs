@@ -21,6 +21,10 @@ pub struct RegistryConfig {
     /// Basic-auth credentials per registry (`host:port` -> (user, password)).
     /// Registries without an entry are accessed anonymously.
     pub credentials: BTreeMap<String, (String, String)>,
+    /// When not empty, the only registries this gateway may contact: a
+    /// `host:port` entry matches exactly, a bare `host` any port of it. A
+    /// gateway on a site network can be kept off the internet this way.
+    pub allowed: Vec<String>,
 }
 
 /// Passwords must not end up in logs.
@@ -33,6 +37,7 @@ impl std::fmt::Debug for RegistryConfig {
             .collect();
         f.debug_struct("RegistryConfig")
             .field("insecure", &self.insecure)
+            .field("allowed", &self.allowed)
             .field("credentials (users)", &users)
             .finish()
     }
@@ -50,6 +55,17 @@ fn aliases(registry: &str) -> Vec<&str> {
 }
 
 impl RegistryConfig {
+    /// Whether this gateway may contact `registry` at all.
+    pub fn is_allowed(&self, registry: &str) -> bool {
+        if self.allowed.is_empty() {
+            return true;
+        }
+        aliases(registry).iter().any(|a| {
+            let host = a.rsplit_once(':').map_or(*a, |(h, _)| h);
+            self.allowed.iter().any(|entry| entry == a || entry == host)
+        })
+    }
+
     /// Whether `registry` may be contacted over plain HTTP.
     pub fn is_insecure(&self, registry: &str) -> bool {
         aliases(registry)
@@ -133,6 +149,10 @@ mod tests {
             r#"{"insecure":["127.0.0.1:5000"],"credentials":{"reg.example:443":["me","secret"]}}"#,
         )
         .unwrap();
+        assert!(
+            config.is_allowed("anything.example"),
+            "no list: everything allowed"
+        );
         assert!(config.is_insecure("127.0.0.1:5000"));
         assert!(!config.is_insecure("reg.example:443"));
         assert!(matches!(
@@ -156,5 +176,18 @@ mod tests {
             ..Default::default()
         };
         assert!(config.is_insecure("index.docker.io"));
+    }
+
+    #[test]
+    fn an_allow_list_keeps_pulls_on_the_listed_registries() {
+        let config = RegistryConfig {
+            allowed: vec!["127.0.0.1".into(), "reg.site:5000".into()],
+            ..Default::default()
+        };
+        assert!(config.is_allowed("127.0.0.1:5000"));
+        assert!(config.is_allowed("127.0.0.1:41234"));
+        assert!(config.is_allowed("reg.site:5000"));
+        assert!(!config.is_allowed("reg.site:443"));
+        assert!(!config.is_allowed("docker.io"));
     }
 }

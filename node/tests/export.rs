@@ -108,6 +108,7 @@ async fn agent_fetches_a_missing_image_from_the_peer_before_the_registry() {
     let config = AgentConfig {
         registry: RegistryConfig {
             insecure: vec![registry.addr().to_string()],
+            allowed: vec!["127.0.0.1".into()],
             ..Default::default()
         },
         scratch_dir: env.dir.path().to_path_buf(),

@@ -48,6 +48,7 @@ impl PullEnv {
     fn insecure(&self) -> RegistryConfig {
         RegistryConfig {
             insecure: vec![self.registry.addr().to_string()],
+            allowed: vec!["127.0.0.1".into()],
             ..Default::default()
         }
     }

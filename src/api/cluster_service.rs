@@ -152,7 +152,17 @@ impl ClusterRpc for ClusterService {
         // still hears from a quorum: a leader cut off in a minority must not
         // keep an isolated gateway's singletons alive (see `control::fencing`).
         let accepted = leading && self.cluster.leader_has_quorum();
-        Ok(Response::new(HeartbeatReply { accepted }))
+        let applied_index = self
+            .cluster
+            .state()
+            .read()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        Ok(Response::new(HeartbeatReply {
+            accepted,
+            applied_index,
+        }))
     }
 
     async fn push_image(

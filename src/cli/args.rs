@@ -301,6 +301,9 @@ pub struct MemberArgs {
     /// Registries (HOST:PORT) this gateway may pull from over plain HTTP.
     #[arg(long = "insecure-registry", value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
+    /// When given, the only registries (HOST or HOST:PORT) this gateway may pull from.
+    #[arg(long = "allowed-registry", value_delimiter = ',')]
+    pub allowed_registries: Vec<String>,
 }
 
 impl MemberArgs {
@@ -319,6 +322,8 @@ impl MemberArgs {
             containerd_namespace: crate::config::DEFAULT_CONTAINERD_NAMESPACE.into(),
             stop_grace: HumanDuration(std::time::Duration::from_secs(10)),
             insecure_registries: Vec::new(),
+            // Embedded gateways (benches, `gantry dev`) stay on this machine.
+            allowed_registries: vec!["127.0.0.1".into()],
         }
     }
 }

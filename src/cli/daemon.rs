@@ -112,6 +112,7 @@ fn new_config(
         registry: gantry_node::RegistryConfig {
             insecure: member.insecure_registries.clone(),
             credentials: Default::default(),
+            allowed: member.allowed_registries.clone(),
         },
     }
 }

@@ -111,6 +111,14 @@ pub enum LeaderFailure {
     Timeout(u64),
 }
 
+/// When this gateway was last in touch with a quorum and caught up.
+#[derive(Default)]
+struct QuorumSync {
+    last_synced: Option<Instant>,
+    /// The latest accepted heartbeat: when, and the leader's applied index.
+    pending: Option<(Instant, u64)>,
+}
+
 pub(crate) struct Inner {
     pub(crate) id: NodeId,
     pub(crate) cluster_id: String,
@@ -119,7 +127,7 @@ pub(crate) struct Inner {
     pub(crate) peers: PeerChannels,
     leader_contact: Mutex<Option<Instant>>,
     /// Last heartbeat a leader with a quorum accepted (or our own quorum).
-    quorum_contact: Mutex<Option<Instant>>,
+    quorum_contact: Mutex<QuorumSync>,
     started: Instant,
     pub(crate) write_timeout: Duration,
     /// Membership changes are serialised: openraft refuses overlapping ones.
@@ -178,7 +186,7 @@ impl Cluster {
                 state,
                 peers,
                 leader_contact: Mutex::new(None),
-                quorum_contact: Mutex::new(None),
+                quorum_contact: Mutex::new(QuorumSync::default()),
                 started: Instant::now(),
                 write_timeout: Duration::from_secs(10),
                 membership_lock: tokio::sync::Mutex::new(()),
@@ -285,32 +293,54 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
-    /// Called when a leader that hears from a quorum accepted our heartbeat.
-    pub fn note_quorum_contact(&self) {
-        *self
+    /// Called when a leader that hears from a quorum accepted our heartbeat
+    /// and said how far it had applied (`leader_applied`). We count as in
+    /// touch once our own replica reached what the leader had applied at
+    /// that or the previous heartbeat: a gateway back from a partition must
+    /// not act on its stale replica (e.g. restart a singleton that moved).
+    pub fn note_quorum_contact(&self, leader_applied: u64) {
+        let applied = self
+            .state()
+            .read()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        let now = Instant::now();
+        let mut sync = self
             .inner
             .quorum_contact
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((at, needed)) = sync.pending {
+            if applied >= needed {
+                sync.last_synced = Some(sync.last_synced.map_or(at, |s| s.max(at)));
+            }
+        }
+        if applied >= leader_applied {
+            sync.last_synced = Some(now);
+        }
+        sync.pending = Some((now, leader_applied));
     }
 
     /// How long this gateway has been cut off from a quorum, if it is (more
-    /// than one `node_grace` without contact). A leader asks openraft when a
-    /// quorum last acknowledged it; a follower counts from its last heartbeat
-    /// accepted by a leader that has a quorum, so a deposed leader stranded
-    /// in a minority cannot keep it "connected".
+    /// than one `node_grace` since it was last in touch and caught up). A
+    /// leader is in touch while a quorum acknowledges it; a follower counts
+    /// from its last heartbeat accepted by a leader that has a quorum, once
+    /// its replica reached what that leader had applied, so neither a
+    /// deposed leader stranded in a minority nor a stale replica can make it
+    /// act as if connected.
     pub fn isolated_for(&self) -> Option<Duration> {
         let grace = self.state().read().state.meta.settings.node_grace.0;
-        let metrics = self.metrics();
-        let age = if metrics.current_leader == Some(self.inner.id) {
-            Duration::from_millis(metrics.millis_since_quorum_ack?)
-        } else {
-            let last = *self
+        // Leaders too: a leader counts as in touch only while a quorum acks
+        // it (see `run_heartbeats`); a deposed leader back from a partition
+        // then waits, as a follower, until its replica caught up.
+        let age = {
+            let sync = self
                 .inner
                 .quorum_contact
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            last.unwrap_or(self.inner.started).elapsed()
+            sync.last_synced.unwrap_or(self.inner.started).elapsed()
         };
         (age > grace).then_some(age)
     }
@@ -347,6 +377,26 @@ impl Cluster {
             other => Err(ClusterError::Raft(format!(
                 "unexpected leader reply {other:?}"
             ))),
+        }
+    }
+
+    /// Proposes `command` only if this gateway leads, and never forwards it:
+    /// for the leader's control loops, whose decisions are made from the
+    /// leader's own view and its clock. A deposed leader's verdict (say, a
+    /// gateway it could not hear from while partitioned) must die with its
+    /// leadership, not be replayed through the new leader.
+    pub async fn write_if_leader(&self, command: Command) -> Result<Response, ClusterError> {
+        if !self.is_leader() {
+            return Err(ClusterError::Refused("not the leader".into()));
+        }
+        let request = Request::new(now_ms(), command);
+        match tokio::time::timeout(self.inner.write_timeout, self.propose(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(LeaderFailure::NotLeader)) => {
+                Err(ClusterError::Refused("no longer the leader".into()))
+            }
+            Ok(Err(e)) => Err(ClusterError::Raft(e.to_string())),
+            Err(_) => Err(ClusterError::Timeout(self.inner.write_timeout)),
         }
     }
 

@@ -133,7 +133,7 @@ pub async fn run_leader(
                 reason,
                 runtime_down,
             };
-            if let Err(e) = cluster.write(command).await {
+            if let Err(e) = cluster.write_if_leader(command).await {
                 tracing::warn!(node, error = %e, "could not commit a liveness transition");
             }
         }
@@ -165,8 +165,9 @@ pub async fn run_heartbeats(
         };
         if leader == cluster.id() {
             liveness.record(leader, health.problem());
-            if cluster.leader_has_quorum() {
-                cluster.note_quorum_contact();
+            let alone = cluster.voters().into_iter().eq([cluster.id()]);
+            if alone || cluster.leader_has_quorum() {
+                cluster.note_quorum_contact(0);
             }
             continue;
         }
@@ -185,8 +186,9 @@ pub async fn run_heartbeats(
         .await
         {
             Ok(Ok(reply)) => {
-                if reply.into_inner().accepted {
-                    cluster.note_quorum_contact();
+                let reply = reply.into_inner();
+                if reply.accepted {
+                    cluster.note_quorum_contact(reply.applied_index);
                 }
             }
             Ok(Err(status)) => {

@@ -112,7 +112,7 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
         };
         for command in commands {
             tracing::info!(?command, "rollout step");
-            if let Err(e) = cluster.write(command).await {
+            if let Err(e) = cluster.write_if_leader(command).await {
                 tracing::warn!(error = %e, "could not commit a rollout step");
                 break;
             }

@@ -340,7 +340,7 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
             drained = plan.drained.len(),
             "committing a scheduling plan"
         );
-        if let Err(e) = cluster.write(Command::ApplyPlan { plan }).await {
+        if let Err(e) = cluster.write_if_leader(Command::ApplyPlan { plan }).await {
             tracing::warn!(error = %e, "could not commit the scheduling plan");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -87,7 +87,7 @@ async fn record(cluster: &Cluster, message: String) {
         kind: "voter-replaced".into(),
         message,
     };
-    if let Err(e) = cluster.write(command).await {
+    if let Err(e) = cluster.write_if_leader(command).await {
         tracing::warn!(error = %e, "could not record the membership event");
     }
 }

@@ -285,6 +285,9 @@ impl TestCluster {
             name,
             "--stop-grace",
             "1s",
+            // Nothing a test applies may ever be pulled from off this machine.
+            "--allowed-registry",
+            "127.0.0.1",
         ];
         flags.iter().map(|s| s.to_string()).collect()
     }

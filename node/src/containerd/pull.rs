@@ -169,6 +169,16 @@ pub(crate) async fn pull(
         image: name.clone(),
         message,
     })?;
+    if !config.is_allowed(parsed.registry()) {
+        return Err(RuntimeError::Pull {
+            image: name.clone(),
+            message: format!(
+                "registry {} is not among this gateway's allowed registries ({})",
+                parsed.registry(),
+                config.allowed.join(", ")
+            ),
+        });
+    }
     let remote = Remote {
         client: config.client(),
         config,

@@ -63,7 +63,9 @@ impl LinkHandle {
 async fn write_as_leader(cluster: &Cluster, command: Command) -> Result<Response, SessionEnd> {
     let op = LeaderOp::Write(Request::new(now_ms(), command));
     match cluster.execute_as_leader(op).await {
-        Ok(LeaderReply::Write(response)) => Ok(response),
+        Ok(LeaderReply::Write(response)) | Ok(LeaderReply::Written { response, .. }) => {
+            Ok(response)
+        }
         Ok(other) => Err(SessionEnd::Failed(format!("unexpected reply {other:?}"))),
         Err(crate::cluster::node::LeaderFailure::NotLeader) => Err(SessionEnd::NotLeader),
         Err(e) => Err(SessionEnd::Failed(e.to_string())),
