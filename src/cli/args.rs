@@ -55,6 +55,8 @@ pub enum Verb {
     Join(JoinArgs),
     /// Restart a gateway from its data dir (runs in the foreground).
     Run(RunArgs),
+    /// The whole picture on one machine: a hub, a 3-gateway site, a demo image and sample workloads.
+    Dev(super::dev::DevArgs),
     /// The cluster at a glance: leader, gateways, workloads.
     Status,
     /// List gateways, workloads or instances.
@@ -223,6 +225,7 @@ impl Verb {
             Verb::Init(_)
                 | Verb::Join(_)
                 | Verb::Run(_)
+                | Verb::Dev(_)
                 | Verb::Hub {
                     verb: HubVerb::Serve { .. }
                 }

@@ -20,7 +20,7 @@ use super::args::{
 };
 use super::output;
 
-async fn connect(server: &str) -> Result<AdminClient<Channel>> {
+pub(crate) async fn connect(server: &str) -> Result<AdminClient<Channel>> {
     let endpoint = Endpoint::from_shared(format!("http://{server}"))
         .map_err(|e| anyhow!("--server {server} is not HOST:PORT: {e}"))?
         .connect_timeout(Duration::from_secs(3))
@@ -182,7 +182,7 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
             output::View::CloudDetached,
             document(client.cloud_detach(CloudDetachRequest {}).await)?,
         ),
-        Verb::Init(_) | Verb::Join(_) | Verb::Run(_) | Verb::Hub { .. } => {
+        Verb::Init(_) | Verb::Join(_) | Verb::Run(_) | Verb::Dev(_) | Verb::Hub { .. } => {
             return Err(anyhow!("not a client verb"))
         }
     };
@@ -191,7 +191,7 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
 }
 
 /// Streams `file` to the gateway in 1 MiB chunks.
-async fn import_image(
+pub(crate) async fn import_image(
     client: &mut AdminClient<Channel>,
     file: &std::path::Path,
     all: bool,

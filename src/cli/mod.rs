@@ -5,6 +5,7 @@
 pub mod args;
 pub mod client;
 pub mod daemon;
+pub mod dev;
 pub mod output;
 
 use std::process::ExitCode;
@@ -44,22 +45,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Verb::Init(args) => daemon::init(args).await,
         Verb::Join(args) => daemon::join(args).await,
         Verb::Run(args) => daemon::run(args).await,
+        Verb::Dev(args) => dev::run(args).await,
         Verb::Hub { verb } => crate::cloud::hub::cli::run(verb, output).await,
         verb => client::run(&server, output, verb).await,
     }
 }
 
 fn init_tracing(cli: &Cli) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let default = if cli.verb.is_daemon() {
-        "info,openraft=warn"
-    } else {
-        "warn"
+    let default = match &cli.verb {
+        // `gantry dev` prints its own story; the gateways' logs would drown it.
+        Verb::Dev(_) => "warn,openraft=error",
+        verb if verb.is_daemon() => "info,openraft=warn",
+        _ => "warn",
     };
     let filter = EnvFilter::try_from_env("GANTRY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match cli.log_format {
         args::LogFormat::Json => builder.json().try_init(),
         args::LogFormat::Text => builder.try_init(),

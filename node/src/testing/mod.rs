@@ -113,7 +113,11 @@ disabled_plugins = [
         let log2 = log
             .try_clone()
             .map_err(|e| io("opening containerd log", e))?;
+        // Its own process group: a Ctrl-C at the terminal (`gantry dev`)
+        // must not kill containerd before we have removed our containers.
+        use std::os::unix::process::CommandExt;
         let child = Command::new("containerd")
+            .process_group(0)
             .arg("--config")
             .arg(&config)
             .arg("--root")

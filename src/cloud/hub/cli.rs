@@ -95,7 +95,7 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn connect(hub: &str) -> Result<HubClient<Channel>> {
+pub(crate) async fn connect(hub: &str) -> Result<HubClient<Channel>> {
     let endpoint = Endpoint::from_shared(format!("http://{hub}"))
         .map_err(|e| anyhow!("--hub {hub} is not HOST:PORT: {e}"))?
         .connect_timeout(Duration::from_secs(3))

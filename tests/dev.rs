@@ -1,0 +1,104 @@
+//! `gantry dev` end to end: it brings up the hub, the site and the sample
+//! workloads, prints both sides' status, and cleans up after Ctrl-C.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::gantry_bin;
+
+/// Three consecutive free loopback ports (checked, then released).
+fn free_ports() -> u16 {
+    for _ in 0..200 {
+        let Ok(first) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = first.local_addr() else {
+            continue;
+        };
+        let port = addr.port();
+        if port > 65000 {
+            continue;
+        }
+        let rest: Vec<_> = (1..3)
+            .filter_map(|i| std::net::TcpListener::bind(("127.0.0.1", port + i)).ok())
+            .collect();
+        if rest.len() == 2 {
+            return port;
+        }
+    }
+    panic!("no three free consecutive ports");
+}
+
+#[test]
+fn gantry_dev_shows_a_hub_and_a_site_running_the_samples_then_cleans_up() {
+    let first = free_ports();
+    let mut child = Command::new(gantry_bin())
+        .args([
+            "dev",
+            "--hub-listen",
+            "127.0.0.1:0",
+            "--first-port",
+            &first.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gantry dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let ready = loop {
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => {
+                let done = line.contains("Ctrl-C stops everything");
+                seen.push(line);
+                if done {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let text = seen.join("\n");
+    assert!(ready, "gantry dev never got ready:\n{text}");
+    assert!(
+        text.contains("sample workloads pushed from the hub"),
+        "{text}"
+    );
+    assert!(
+        text.contains("zigbee-bridge  0        gw-b  Running"),
+        "placed by label and Running:\n{text}"
+    );
+    assert!(
+        text.contains("demo-site  yes"),
+        "the hub sees the site connected:\n{text}"
+    );
+
+    let dir = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("working in "))
+        .map(std::path::PathBuf::from)
+        .expect("gantry dev says where it works");
+    assert!(dir.exists());
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let status = child.wait().expect("wait");
+    assert!(
+        status.success(),
+        "gantry dev exits cleanly after Ctrl-C: {status:?}"
+    );
+    assert!(!dir.exists(), "gantry dev removed {}", dir.display());
+}
