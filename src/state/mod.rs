@@ -277,6 +277,20 @@ impl State {
         Response::NodeRegistered { node: id }
     }
 
+    /// A gateway that is a member (not Left), or the refusal to answer.
+    fn live_node_mut(&mut self, id: NodeId) -> Result<&mut Node, Response> {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Err(rejected(format!("no gateway with id {id}")));
+        };
+        if node.status == NodeStatus::Left {
+            return Err(rejected(format!(
+                "gateway {} has left the cluster",
+                node.name
+            )));
+        }
+        Ok(node)
+    }
+
     fn set_node_status(
         &mut self,
         at: u64,
@@ -286,12 +300,10 @@ impl State {
         runtime_down: bool,
         changes: &mut ChangeSet,
     ) -> Response {
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return rejected(format!("no gateway with id {id}"));
+        let node = match self.live_node_mut(id) {
+            Ok(node) => node,
+            Err(refusal) => return refusal,
         };
-        if node.status == NodeStatus::Left {
-            return rejected(format!("gateway {} has left the cluster", node.name));
-        }
         // A draining gateway that heartbeats is Draining, not Ready.
         let status = match status {
             NodeStatus::Ready if node.draining => NodeStatus::Draining,
@@ -721,12 +733,10 @@ impl State {
         cordoned: bool,
         changes: &mut ChangeSet,
     ) -> Response {
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return rejected(format!("no gateway with id {id}"));
+        let node = match self.live_node_mut(id) {
+            Ok(node) => node,
+            Err(refusal) => return refusal,
         };
-        if node.status == NodeStatus::Left {
-            return rejected(format!("gateway {} has left the cluster", node.name));
-        }
         let cancelled = node.draining && !cordoned;
         if node.cordoned == cordoned && !cancelled {
             return Response::Ok;
@@ -767,12 +777,10 @@ impl State {
     }
 
     fn drain_node(&mut self, at: u64, id: NodeId, changes: &mut ChangeSet) -> Response {
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return rejected(format!("no gateway with id {id}"));
+        let node = match self.live_node_mut(id) {
+            Ok(node) => node,
+            Err(refusal) => return refusal,
         };
-        if node.status == NodeStatus::Left {
-            return rejected(format!("gateway {} has left the cluster", node.name));
-        }
         if node.draining {
             return Response::Ok;
         }
