@@ -218,23 +218,23 @@ fn drain_moves_instances_respecting_spread_and_reports_what_is_stuck() {
 fn a_lost_voter_is_replaced_by_a_ready_learner() {
     let mut cluster = TestCluster::new();
     cluster.init("gw-1", &["--voter-replace-after", "2s"]);
-    for name in ["gw-2", "gw-3", "gw-4"] {
+    for name in ["gw-2", "gw-3", "gw-4", "gw-5", "gw-6"] {
         cluster.join(name, &[]);
     }
     let addr = cluster.addr(0);
-    let status = wait_for("3 voters and 1 learner", DEADLINE, || {
+    let status = wait_for("5 voters and 1 learner", DEADLINE, || {
         let status = cluster.try_json(&addr, &["status"])?;
         let nodes = status["nodes"].as_array()?;
         let voters = nodes.iter().filter(|n| n["role"] == "voter").count();
         let learners = nodes.iter().filter(|n| n["role"] == "learner").count();
-        (nodes.len() == 4 && voters == 3 && learners == 1).then_some(status)
+        (nodes.len() == 6 && voters == 5 && learners == 1).then_some(status)
     });
-    assert_eq!(node(&status, "gw-4")["role"], "learner");
+    assert_eq!(node(&status, "gw-6")["role"], "learner");
     let leader = cluster.status_with_leader()["leader"]
         .as_str()
         .unwrap()
         .to_string();
-    let victim = ["gw-2", "gw-3", "gw-1"]
+    let victim = ["gw-2", "gw-3", "gw-4", "gw-5", "gw-1"]
         .into_iter()
         .find(|n| *n != leader && node(&status, n)["role"] == "voter")
         .unwrap();
@@ -246,11 +246,11 @@ fn a_lost_voter_is_replaced_by_a_ready_learner() {
         DEADLINE,
         || {
             let status = cluster.try_json(&survivor, &["status"])?;
-            (node(&status, "gw-4")["role"] == "voter" && node(&status, victim)["role"] != "voter")
+            (node(&status, "gw-6")["role"] == "voter" && node(&status, victim)["role"] != "voter")
                 .then_some(())
         },
     );
-    let wanted = format!("voter {victim} replaced by gw-4");
+    let wanted = format!("voter {victim} replaced by gw-6");
     wait_for("the replacement event", DEADLINE, || {
         events(&cluster, &survivor)
             .iter()
@@ -258,7 +258,7 @@ fn a_lost_voter_is_replaced_by_a_ready_learner() {
             .then_some(())
     });
     let status = cluster.json(&survivor, &["status"]);
-    assert_eq!(status["voters"], 3, "{status}");
+    assert_eq!(status["voters"], 5, "{status}");
 }
 
 #[test]
@@ -315,6 +315,8 @@ fn settings_change_cluster_wide_and_bad_values_change_nothing() {
     let mut cluster = TestCluster::new();
     cluster.init("gw-a", &[]);
     cluster.join("gw-b", &[]);
+    // A third voter, so that losing one keeps a quorum.
+    cluster.join("gw-c", &[]);
     let (a, b) = (cluster.addr(0), cluster.addr(1));
     let settings = cluster.json(&a, &["settings", "get"]);
     assert_eq!(settings["node_grace"], "1s");

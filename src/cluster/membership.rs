@@ -4,7 +4,7 @@
 //!   (the state machine hands out its id); once it serves Raft, `AddMember`
 //!   adds it as a learner, waits until it has caught up, then
 //!   promotes it (with another Ready learner when needed) so that the voters
-//!   stay odd and at most `MAX_VOTERS`;
+//!   stay at most `MAX_VOTERS`;
 //! - `leave` removes a gateway from the Raft membership, then marks it Left,
 //!   then promotes a Ready learner if that brings the voters back up;
 //! - a voter lost for `voter_replace_after` is replaced by a Ready learner,
@@ -128,8 +128,7 @@ impl Cluster {
             tracing::info!(node = id, %name, "added as learner; waiting for it to catch up");
         }
         self.wait_caught_up(id).await?;
-        // This gateway first, then other Ready learners if a pair is needed
-        // to keep the number of voters odd.
+        // This gateway first, then other Ready learners while there is room.
         let mut candidates = vec![id];
         candidates.extend(self.ready_learners().into_iter().filter(|l| *l != id));
         let promote = promotions(self.voters().len(), &candidates);
@@ -257,8 +256,7 @@ impl Cluster {
             .collect()
     }
 
-    /// Promotes Ready learners towards `MAX_VOTERS`, keeping the number of
-    /// voters odd (see `promotions`).
+    /// Promotes Ready learners towards `MAX_VOTERS` (see `promotions`).
     pub(crate) async fn promote_learners(&self) {
         let _guard = self.inner.membership_lock.lock().await;
         let promote = promotions(self.voters().len(), &self.ready_learners());
@@ -366,19 +364,14 @@ impl Cluster {
 }
 
 /// Which of `candidates` (in order of preference) to make voters, given
-/// `voters` today: as many as bring the count towards `MAX_VOTERS` while
-/// leaving it odd. An even number of voters tolerates no more failures than
-/// one fewer and needs a larger quorum, so a fourth gateway stays a learner
-/// until a fifth lets both vote.
+/// `voters` today: as many as bring the count up to `MAX_VOTERS`. Beyond
+/// five, quorum writes get slower and availability no better, so further
+/// gateways stay learners with full replicas.
 pub fn promotions(voters: usize, candidates: &[NodeId]) -> BTreeSet<NodeId> {
-    let mut target = (voters + candidates.len()).min(MAX_VOTERS);
-    if target.is_multiple_of(2) {
-        target -= 1;
-    }
     candidates
         .iter()
         .copied()
-        .take(target.saturating_sub(voters))
+        .take(MAX_VOTERS.saturating_sub(voters))
         .collect()
 }
 
@@ -387,14 +380,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn promotions_keep_voters_odd() {
-        assert_eq!(promotions(1, &[2]), BTreeSet::new());
-        assert_eq!(promotions(1, &[3, 2]), BTreeSet::from([2, 3]));
-        assert_eq!(promotions(3, &[4]), BTreeSet::new());
+    fn promotions_fill_up_to_five_voters() {
+        assert_eq!(promotions(1, &[2]), BTreeSet::from([2]));
         assert_eq!(promotions(3, &[5, 4, 6]), BTreeSet::from([4, 5]));
+        assert_eq!(promotions(4, &[6, 7]), BTreeSet::from([6]));
         assert_eq!(promotions(5, &[6, 7]), BTreeSet::new());
-        // An even count left by a leave is made odd again.
-        assert_eq!(promotions(4, &[6]), BTreeSet::from([6]));
         assert_eq!(promotions(2, &[]), BTreeSet::new());
     }
 }
