@@ -3,6 +3,8 @@
 
 mod support;
 
+const BUSYBOX: &str = "127.0.0.1:5000/gantry/busybox:test";
+
 use serde_json::Value;
 use support::{wait_for, TestCluster, DEADLINE};
 
@@ -135,13 +137,25 @@ fn hub_apply_reaches_the_site_and_is_scheduled_and_hub_delete_removes_it() {
 #[test]
 fn with_the_hub_down_local_admin_works_and_after_its_restart_nothing_is_lost() {
     let (mut cluster, addr) = attached_site();
-    assert!(cluster
-        .hub_apply(SITE, "name: web\nimage: 127.0.0.1:5000/gantry/img:1\n", &[])
-        .status
-        .success());
-    let before = wait_hub(&cluster, "the first revision acked and reported", |s| {
-        s["acked_revision"] == 1 && s["instances"].as_array().is_some_and(|i| i.len() == 1)
-    });
+    // A real container, so that the outage can be seen not to touch it.
+    let archive = cluster.tmp.path().join("busybox.tar");
+    gantry_node::testing::busybox_oci_archive(&archive, BUSYBOX).expect("busybox archive");
+    let out = cluster.cli(&addr, &["image", "import", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let web = format!("name: web\nimage: {BUSYBOX}\ncommand: [sleep, '100000']\n");
+    assert!(cluster.hub_apply(SITE, &web, &[]).status.success());
+    let before = wait_hub(
+        &cluster,
+        "the first revision acked and reported Running",
+        |s| {
+            s["acked_revision"] == 1
+                && s["instances"]
+                    .as_array()
+                    .is_some_and(|i| i.len() == 1 && i[0]["state"] == "Running")
+        },
+    );
+    let running = cluster.running_containers("gw-a", "web");
+    assert_eq!(running.len(), 1, "hub apply -> Running on the site");
 
     cluster.hub.as_mut().unwrap().kill();
     wait_for("the site to notice", DEADLINE, || {
@@ -204,6 +218,17 @@ fn with_the_hub_down_local_admin_works_and_after_its_restart_nothing_is_lost() {
         workload(&workloads, "mine").unwrap()["image"],
         "127.0.0.1:5000/gantry/local:2"
     );
+    // The cloud's container ran through the whole outage: same pid, no restart.
+    assert_eq!(cluster.running_containers("gw-a", "web"), running);
+    let instances = cluster.json(&addr, &["get", "instances"]);
+    let web = instances
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["workload"] == "web")
+        .unwrap();
+    assert_eq!(web["restarts"], 0);
+    assert_eq!(web["state"], "Running");
 }
 
 #[test]
