@@ -445,3 +445,44 @@ fn a_rollout_to_an_image_that_never_starts_is_rolled_back_never_taking_all_repli
     let table = site.cluster.cli(&addr, &["rollout", "status", "roll"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("rolled back: generation 2"));
 }
+
+#[test]
+fn logs_follow_new_output_through_any_gateway() {
+    use std::io::{BufRead, BufReader};
+    let site = site(&["gw-a", "gw-b"]);
+    site.import_all();
+    site.apply(&format!(
+        "name: ticker\nimage: {IMAGE}\ncommand: [sh, -c, 'i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.2; done']\n"
+    ));
+    let ticker = site.wait_instance("ticker", "Running", running);
+    // Ask the gateway that does not run it: the stream is proxied.
+    let runs_on = site.cluster.index_of(ticker["node"].as_str().unwrap());
+    let other = site.addr(1 - runs_on);
+    let mut child = std::process::Command::new(support::gantry_bin())
+        .args(["--server", &other, "logs", "ticker", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx.recv_timeout(LONG).expect("a first log line");
+    // Without --follow the command would have printed the file and ended;
+    // following, it is still running and new lines keep arriving.
+    std::thread::sleep(Duration::from_secs(2));
+    let backlog: Vec<String> = rx.try_iter().collect();
+    assert!(child.try_wait().unwrap().is_none(), "still following");
+    let next = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a line written after the backlog");
+    let n = |line: &str| line.trim_start_matches("tick-").parse::<u64>().unwrap_or(0);
+    let last_backlog = backlog.last().map(|l| n(l)).unwrap_or(0);
+    assert!(n(&next) > last_backlog, "{next} after {backlog:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
