@@ -6,7 +6,7 @@ use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{
     AbortRequest, CreateRequest, DeleteRequest, Info, InfoRequest, ReadContentRequest,
-    UpdateRequest, WriteAction, WriteContentRequest,
+    ReadContentResponse, UpdateRequest, WriteAction, WriteContentRequest,
 };
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
@@ -266,9 +266,12 @@ async fn write_stream<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// Reads a small blob (manifest, index, config) whole.
-pub(crate) async fn read_blob(svc: Svc, digest: &str) -> Result<Vec<u8>, RuntimeError> {
-    let mut stream = content(svc)
+/// The stream of a whole blob from the content store.
+async fn open_read(
+    svc: Svc,
+    digest: &str,
+) -> Result<tonic::Streaming<ReadContentResponse>, RuntimeError> {
+    let stream = content(svc)
         .read(ReadContentRequest {
             digest: digest.to_string(),
             offset: 0,
@@ -277,6 +280,12 @@ pub(crate) async fn read_blob(svc: Svc, digest: &str) -> Result<Vec<u8>, Runtime
         .await
         .map_err(|s| status_error("content read", s))?
         .into_inner();
+    Ok(stream)
+}
+
+/// Reads a small blob (manifest, index, config) whole.
+pub(crate) async fn read_blob(svc: Svc, digest: &str) -> Result<Vec<u8>, RuntimeError> {
+    let mut stream = open_read(svc, digest).await?;
     let mut out = Vec::new();
     while let Some(chunk) = stream
         .message()
@@ -302,15 +311,7 @@ pub(crate) async fn copy_blob_to<W: AsyncWrite + Unpin>(
     size: u64,
     out: &mut W,
 ) -> Result<(), RuntimeError> {
-    let mut stream = content(svc)
-        .read(ReadContentRequest {
-            digest: digest.to_string(),
-            offset: 0,
-            size: 0,
-        })
-        .await
-        .map_err(|s| status_error("content read", s))?
-        .into_inner();
+    let mut stream = open_read(svc, digest).await?;
     let mut hasher = Sha256::new();
     let mut copied: u64 = 0;
     while let Some(chunk) = stream
