@@ -16,12 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use gantry::cli::args::{InitArgs, MemberArgs};
 use gantry::cli::daemon::start_init;
-use gantry_proto::hub::v1::hub_client::HubClient;
 use gantry_proto::hub::v1::{ApplyRequest, SiteTokenRequest, StatusRequest};
-use gantry_proto::v1::admin_client::AdminClient;
 use gantry_proto::v1::CloudAttachRequest;
 use serde_json::Value;
-use tonic::transport::Channel;
 
 const SITE: &str = "bench-site";
 const DIGEST_MS: u64 = 200;
@@ -37,7 +34,7 @@ fn member(root: &Path, name: &str) -> MemberArgs {
     member
 }
 
-async fn site_status(hub: &mut HubClient<Channel>) -> Result<Value> {
+async fn site_status(hub: &mut gantry::cloud::hub::cli::HubAdmin) -> Result<Value> {
     let doc = hub.status(StatusRequest {}).await?.into_inner();
     let status: Value = serde_json::from_str(&doc.json)?;
     status["sites"]
@@ -63,7 +60,7 @@ fn all_bytes(site: &Value) -> (u64, u64) {
 }
 
 async fn wait_until(
-    hub: &mut HubClient<Channel>,
+    hub: &mut gantry::cloud::hub::cli::HubAdmin,
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Result<Value> {
@@ -81,7 +78,7 @@ async fn wait_until(
 }
 
 /// Waits until the counters (digests aside) stop moving for a few report batches.
-async fn settle(hub: &mut HubClient<Channel>) -> Result<(u64, u64)> {
+async fn settle(hub: &mut gantry::cloud::hub::cli::HubAdmin) -> Result<(u64, u64)> {
     let mut last = bytes(&site_status(hub).await?);
     loop {
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -129,23 +126,30 @@ async fn main() -> Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
     let hub_stop = stop.clone();
     let hub_task = tokio::spawn(async move {
-        gantry::cloud::hub::cli::serve_on(&hub_dir, listener, hub_stop.cancelled_owned()).await
+        let tls = gantry::cloud::hub::pki::HubTlsOptions::default();
+        gantry::cloud::hub::cli::serve_on(&hub_dir, listener, &tls, hub_stop.cancelled_owned())
+            .await
     });
-    let mut hub = HubClient::connect(format!("http://{hub_addr}"))
+    let hub_token = gantry::cloud::hub::cli::admin_token_of(&tmp.path().join("hub")).await?;
+    let mut hub = gantry::cloud::hub::cli::connect(&hub_addr, &hub_token)
         .await
         .context("connect to the hub")?;
     let token = hub
         .site_token(SiteTokenRequest {
             site: SITE.into(),
-            token: String::new(),
+            grace_ms: 0,
         })
         .await?
         .into_inner()
         .token;
 
     let init = InitArgs::with_defaults(member(tmp.path(), "bench-gw"));
-    let gateway = start_init(&init).await?;
-    let mut admin = AdminClient::connect(format!("http://{}", gateway.local_addr)).await?;
+    let (gateway, _) = start_init(&init).await?;
+    let mut admin = gantry::cli::client::connect_as_gateway(
+        &gateway.local_addr.to_string(),
+        &tmp.path().join("bench-gw"),
+    )
+    .await?;
     admin
         .cloud_attach(CloudAttachRequest {
             hub: hub_addr.clone(),

@@ -12,9 +12,7 @@ use gantry::cli::args::{InitArgs, MemberArgs};
 use gantry::cli::daemon::start_init;
 use gantry::state::quantity::HumanDuration;
 use gantry_node::testing::{busybox_oci_archive, PrivateContainerd};
-use gantry_proto::v1::admin_client::AdminClient;
 use gantry_proto::v1::{ApplyRequest, DeleteWorkloadRequest, GetRequest, ImageChunk};
-use tonic::transport::Channel;
 
 const IMAGE: &str = "127.0.0.1:5000/gantry/busybox:bench";
 
@@ -31,7 +29,7 @@ fn ctr(socket: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-async fn running(client: &mut AdminClient<Channel>, workload: &str) -> Result<usize> {
+async fn running(client: &mut gantry::cli::client::Admin, workload: &str) -> Result<usize> {
     let json = client.get_instances(GetRequest {}).await?.into_inner().json;
     let all: serde_json::Value = serde_json::from_str(&json)?;
     let items = all.as_array().map(Vec::as_slice).unwrap_or(&[]);
@@ -41,7 +39,11 @@ async fn running(client: &mut AdminClient<Channel>, workload: &str) -> Result<us
         .count())
 }
 
-async fn gantry_start(client: &mut AdminClient<Channel>, n: u32, round: u32) -> Result<Duration> {
+async fn gantry_start(
+    client: &mut gantry::cli::client::Admin,
+    n: u32,
+    round: u32,
+) -> Result<Duration> {
     let name = format!("bench-{n}-{round}");
     let manifest =
         format!("name: {name}\nimage: {IMAGE}\nreplicas: {n}\ncommand: [sleep, '100000']\n");
@@ -122,8 +124,12 @@ async fn main() -> Result<()> {
     member.containerd_namespace = "bench".into();
     member.stop_grace = HumanDuration(Duration::from_millis(100));
     let init = InitArgs::with_defaults(member);
-    let gateway = start_init(&init).await?;
-    let mut client = AdminClient::connect(format!("http://{}", gateway.local_addr)).await?;
+    let (gateway, _) = start_init(&init).await?;
+    let mut client = gantry::cli::client::connect_as_gateway(
+        &gateway.local_addr.to_string(),
+        &tmp.path().join("gw"),
+    )
+    .await?;
     let bytes = std::fs::read(&archive)?;
     let chunk = ImageChunk {
         cluster_id: String::new(),

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use gantry::cli::args::{InitArgs, JoinArgs, MemberArgs};
 use gantry::cli::daemon::{start_init, start_join};
-use gantry_proto::v1::admin_client::AdminClient;
 use gantry_proto::v1::{ApplyRequest, StatusRequest};
 
 fn member(root: &Path, name: &str) -> MemberArgs {
@@ -41,7 +40,7 @@ async fn main() -> Result<()> {
         .unwrap_or(10);
     let tmp = tempfile::tempdir()?;
     let init = InitArgs::with_defaults(member(tmp.path(), "bench-a"));
-    let a = start_init(&init).await?;
+    let (a, _) = start_init(&init).await?;
     let leader = a.local_addr.to_string();
     let token = std::fs::read_to_string(tmp.path().join("bench-a/join-token"))?
         .trim()
@@ -56,7 +55,7 @@ async fn main() -> Result<()> {
         };
         gateways.push(start_join(&join).await?);
     }
-    let client = AdminClient::connect(format!("http://{leader}"))
+    let client = gantry::cli::client::connect_as_gateway(&leader, &tmp.path().join("bench-a"))
         .await
         .context("connect")?;
     let status = client

@@ -8,8 +8,17 @@ cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
 cargo build --workspace --all-targets
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast --test-threads 2
-else
-  cargo test --workspace --no-fail-fast -- --test-threads 2
+# One crypto provider (aws-lc-rs through rustls), no OpenSSL in the build.
+if cargo tree -e normal -i openssl-sys --workspace 2>/dev/null | grep -q .; then
+  echo "error: openssl-sys is in the build: cargo tree -e normal -i openssl-sys" >&2
+  exit 1
 fi
+status=0
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast --test-threads 2 || status=$?
+else
+  cargo test --workspace --no-fail-fast -- --test-threads 2 || status=$?
+fi
+# The shell checks a skeptical reviewer would run against real gateways.
+./scripts/security-smoke.sh || status=$?
+exit "$status"

@@ -1,5 +1,7 @@
-//! A gateway's own configuration, kept in `DATA_DIR/gantry.json` so that
-//! `gantry run --data-dir DIR` restarts it from the data dir alone.
+//! A gateway's own configuration, kept in `DATA_DIR/gantry.json` (0600: it
+//! may hold registry credentials) so that `gantry run --data-dir DIR`
+//! restarts it from the data dir alone. It holds no token: the join token
+//! is not needed once joined, and keys live under `pki/` (`trust::files`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,6 +35,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} was made by a gantry without TLS (before trust was added); it cannot start: make a new cluster with `gantry init`, or join this gateway with a new join token into an empty data dir")]
+    PreTls { path: PathBuf },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,7 +59,6 @@ pub struct GatewayConfig {
     /// Gateways to ask when this one needs the leader and knows nobody yet.
     #[serde(default)]
     pub peers: Vec<String>,
-    pub token: String,
     /// False until the leader added it to the Raft membership.
     pub member: bool,
     #[serde(default = "default_socket")]
@@ -113,6 +116,12 @@ impl GatewayConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
+        // A config from before TLS carried the join token.
+        let pre_tls = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .is_ok_and(|v| v.get("token").is_some());
+        if pre_tls {
+            return Err(ConfigError::PreTls { path });
+        }
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|source| ConfigError::Corrupted { path, source })
@@ -124,7 +133,7 @@ impl GatewayConfig {
             path: Self::path(data_dir),
             source: std::io::Error::other(e),
         })?;
-        write_durably(&Self::path(data_dir), &bytes, 0o644)
+        write_durably(&Self::path(data_dir), &bytes, 0o600)
     }
 }
 

@@ -1,6 +1,7 @@
-//! The composition root of a gateway daemon: opens the data dir's
-//! database, starts the Raft member, serves the Cluster and Admin services
-//! on one listener, and runs the control loops until shutdown.
+//! The composition root of a gateway daemon: loads its keys and
+//! certificates, opens the data dir's database, starts the Raft member,
+//! serves the Bootstrap, Cluster and Admin services on one TLS listener
+//! behind the policy layer, and runs the control loops until shutdown.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,18 +10,21 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gantry_proto::v1::admin_server::AdminServer;
+use gantry_proto::v1::bootstrap_server::BootstrapServer;
 use gantry_proto::v1::cluster_server::ClusterServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::admin_service::AdminService;
-use crate::api::cluster_service::ClusterService;
+use crate::api::auth::{AuthLayer, GatewayPolicy};
+use crate::api::cluster_service::{BootstrapService, ClusterService, MAX_JOIN_BYTES};
 use crate::cluster::network::MAX_MESSAGE_BYTES;
 use crate::cluster::{store, Cluster, RaftTimers};
 use crate::config::{GatewayConfig, RAFT_DIR};
 use crate::control::liveness::{self, Liveness};
 use crate::state::NodeStatus;
+use crate::trust::NodeTrust;
 
 /// Why a gateway's `serve` returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +52,20 @@ impl Gateway {
         timers: &RaftTimers,
     ) -> Result<Self> {
         let local_addr = listener.local_addr().context("listener address")?;
+        // The database first: a data dir of another cluster says so.
         let db = store::open(&data_dir.join(RAFT_DIR), &config.cluster_id)?;
-        let cluster = Cluster::start(config.node_id, &config.cluster_id, db, timers).await?;
+        let trust = Arc::new(
+            NodeTrust::load(data_dir, &config.cluster_id, config.node_id)
+                .context("cannot load this gateway's TLS identity")?,
+        );
+        let cluster = Cluster::start(
+            config.node_id,
+            &config.cluster_id,
+            db,
+            timers,
+            trust.clone(),
+        )
+        .await?;
         let liveness = Arc::new(Liveness::default());
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -68,15 +84,32 @@ impl Gateway {
         );
         tasks.spawn(crate::cluster::fault::watch(shutdown.clone()));
         let link = crate::cloud::link::LinkHandle::default();
+        let renewals = crate::trust::renewal::Renewals::default();
         let admin_service = AdminServer::new(AdminService {
             cluster: cluster.clone(),
             node: node.clone(),
             link: link.clone(),
+            renewals: renewals.clone(),
         });
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let bootstrap_service = BootstrapServer::new(BootstrapService {
+            cluster: cluster.clone(),
+        })
+        .max_decoding_message_size(MAX_JOIN_BYTES);
+        let incoming = crate::tls::incoming(
+            listener,
+            trust.server.clone(),
+            crate::tls::AcceptLimits::default(),
+            shutdown.clone(),
+        );
         let stop = shutdown.clone();
+        let policy = AuthLayer::new(GatewayPolicy {
+            cluster: cluster.clone(),
+        });
         tasks.spawn(async move {
             let served = tonic::transport::Server::builder()
+                .http2_max_header_list_size(16 << 10)
+                .layer(policy)
+                .add_service(bootstrap_service)
                 .add_service(cluster_service)
                 .add_service(admin_service)
                 .serve_with_incoming_shutdown(incoming, stop.cancelled())
@@ -115,6 +148,11 @@ impl Gateway {
             cluster.clone(),
             shutdown.clone(),
         ));
+        tasks.spawn(crate::trust::renewal::run(
+            cluster.clone(),
+            renewals,
+            shutdown.clone(),
+        ));
         tracing::info!(node = config.node_id, name = %config.name, cluster = %config.cluster_id, address = %local_addr, "gateway started");
         Ok(Self {
             cluster,
@@ -137,6 +175,11 @@ impl Gateway {
         tokio::pin!(signal);
         let reason = loop {
             if self.has_left() {
+                // Its own admin token was revoked with the leave: the file
+                // holds nothing usable any more.
+                crate::trust::files::remove_file(
+                    &self.data_dir.join(crate::trust::files::ADMIN_TOKEN_FILE),
+                );
                 break Stopped::LeftCluster;
             }
             tokio::select! {

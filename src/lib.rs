@@ -11,6 +11,9 @@
 //! - [`cloud`]: cloud sync: the edge link and the `gantry hub` server.
 //! - [`gateway`]: the composition root of one daemon.
 //! - [`cli`]: the `gantry` command line.
+//! - [`trust`]: a gateway's keys and certificates, signing, renewal and
+//!   token checks; [`tls`]: the TLS acceptor and connector every listener
+//!   and client uses (the crypto itself is the `gantry-pki` crate).
 
 pub mod agent;
 pub mod api;
@@ -21,3 +24,5 @@ pub mod config;
 pub mod control;
 pub mod gateway;
 pub mod state;
+pub mod tls;
+pub mod trust;

@@ -2,16 +2,16 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use support::{gantry_bin, TestCluster};
+use support::{gantry, TestCluster};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
 fn run(args: &[&str]) -> std::process::Output {
-    Command::new(gantry_bin())
+    gantry()
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -83,8 +83,9 @@ fn joins_with_a_wrong_token_or_a_taken_name_are_refused() {
     let dir = cluster.tmp.path().join("intruder");
     let dir = dir.to_str().unwrap();
     let real = cluster.token();
-    let cluster_id = real.split('.').nth(1).unwrap();
-    let wrong = format!("gantry-join-v1.{cluster_id}.{}", "0".repeat(64));
+    let parts: Vec<&str> = real.split('.').collect();
+    let (ca, id) = (parts[1], parts[2]);
+    let wrong = format!("gantry-join-v2.{ca}.{id}.{}", "0".repeat(64));
     let join = |name: &str, token: &str| {
         run(&[
             "join",
@@ -103,13 +104,23 @@ fn joins_with_a_wrong_token_or_a_taken_name_are_refused() {
     let out = join("gw-x", &wrong);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("wrong join token"),
+        stderr(&out).contains("unknown or revoked join token"),
         "{}",
         stderr(&out)
     );
-    let other_cluster = format!("gantry-join-v1.0000000000000000.{}", "0".repeat(64));
-    assert!(stderr(&join("gw-x", &other_cluster)).contains("token is for cluster"));
-    assert!(stderr(&join("gw-x", "garbage")).contains("malformed join token"));
+    // A token pinning another CA: the handshake fails, the token is never sent.
+    let other_cluster = format!("gantry-join-v2.{}.{id}.{}", "0".repeat(64), "0".repeat(64));
+    let out = join("gw-x", &other_cluster);
+    assert!(
+        stderr(&out).contains("not a gateway of the cluster this token is for"),
+        "{}",
+        stderr(&out)
+    );
+    let out = join("gw-x", "garbage");
+    assert!(stderr(&out).contains("join token"), "{}", stderr(&out));
+    let v1 = format!("gantry-join-v1.0000000000000000.{}", "0".repeat(64));
+    let out = join("gw-x", &v1);
+    assert!(stderr(&out).contains("without TLS"), "{}", stderr(&out));
     let taken = join("gw-a", &real);
     assert!(!taken.status.success());
     assert!(
@@ -133,7 +144,11 @@ fn an_unreachable_peer_is_retried_then_reported() {
         .unwrap()
         .port();
     let peer = format!("127.0.0.1:{port}");
-    let token = format!("gantry-join-v1.0011223344556677.{}", "a".repeat(64));
+    let token = format!(
+        "gantry-join-v2.{}.0011223344556677.{}",
+        "b".repeat(64),
+        "a".repeat(64)
+    );
     let dir = tmp.path().join("gw");
     let out = run(&[
         "join",
@@ -283,6 +298,11 @@ fn bad_flags_are_refused_before_anything_is_written() {
         );
         assert!(!dir.join("gantry.json").exists());
     }
-    let unreachable = run(&["--server", "127.0.0.1:1", "status"]);
+    let token = format!(
+        "gantry-admin-v1.{}.0011223344556677.{}",
+        "b".repeat(64),
+        "a".repeat(64)
+    );
+    let unreachable = run(&["--server", "127.0.0.1:1", "status", "--token", &token]);
     assert!(stderr(&unreachable).contains("cannot reach a gateway at 127.0.0.1:1"));
 }

@@ -308,12 +308,32 @@ fn a_wrong_site_token_is_refused() {
     cluster.start_hub();
     cluster.init("gw-a", &[]);
     let addr = cluster.addr(0);
-    token(&cluster, SITE);
+    let real = token(&cluster, SITE);
     assert!(cluster
         .hub_apply(SITE, "name: web\nimage: 127.0.0.1:5000/gantry/img:1\n", &[])
         .status
         .success());
-    attach(&cluster, &addr, "not-the-token");
+    // Not a site token at all: refused by `cloud attach`, nothing stored.
+    let hub = cluster.hub_addr();
+    let out = cluster.cli(
+        &addr,
+        &[
+            "cloud",
+            "attach",
+            "--hub",
+            &hub,
+            "--site",
+            SITE,
+            "--token",
+            "not-the-token",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("site token"), "{}", stderr(&out));
+    // The right hub, a wrong secret: the hub refuses the link.
+    let (prefix, _) = real.rsplit_once('.').unwrap();
+    let wrong = format!("{prefix}.{}", "0".repeat(64));
+    attach(&cluster, &addr, &wrong);
     let status = wait_for("the link to be refused", DEADLINE, || {
         let s = cluster.try_json(&addr, &["status"])?;
         let error = s["cloud"]["last_error"].as_str()?;

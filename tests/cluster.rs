@@ -221,11 +221,16 @@ fn a_gateway_away_during_1000_writes_catches_up_by_snapshot() {
     let addr = cluster.addr(0);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        use gantry_proto::v1::admin_client::AdminClient;
+        use gantry::cli::args::{AuthFiles, ClientAuth};
         use gantry_proto::v1::ApplyRequest;
-        let client = AdminClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let auth = ClientAuth {
+            token: None,
+            files: AuthFiles {
+                token_file: Some(cluster.token_file.clone()),
+                ..Default::default()
+            },
+        };
+        let client = gantry::cli::client::connect(&addr, &auth).await.unwrap();
         let mut tasks = tokio::task::JoinSet::new();
         for worker in 0..8 {
             let mut client = client.clone();

@@ -7,8 +7,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::gantry_bin;
-
 /// Three consecutive free loopback ports (checked, then released).
 fn free_ports() -> u16 {
     for _ in 0..200 {
@@ -35,7 +33,7 @@ fn free_ports() -> u16 {
 #[test]
 fn gantry_dev_shows_a_hub_and_a_site_running_the_samples_then_cleans_up() {
     let first = free_ports();
-    let mut child = Command::new(gantry_bin())
+    let mut child = support::gantry()
         .args([
             "dev",
             "--hub-listen",
@@ -81,6 +79,28 @@ fn gantry_dev_shows_a_hub_and_a_site_running_the_samples_then_cleans_up() {
     assert!(
         text.contains("demo-site  yes"),
         "the hub sees the site connected:\n{text}"
+    );
+
+    // The client verbs work against it with the credentials it prints.
+    let exports = seen
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("export "))
+        .expect("gantry dev says how to reach it");
+    let env: Vec<(String, String)> = exports
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let status = support::gantry()
+        .args(["--server", &format!("127.0.0.1:{first}"), "status"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .expect("gantry status");
+    assert!(
+        status.status.success(),
+        "gantry status with the printed credentials: {}",
+        String::from_utf8_lossy(&status.stderr)
     );
 
     let dir = seen

@@ -458,8 +458,9 @@ fn logs_follow_new_output_through_any_gateway() {
     // Ask the gateway that does not run it: the stream is proxied.
     let runs_on = site.cluster.index_of(ticker["node"].as_str().unwrap());
     let other = site.addr(1 - runs_on);
-    let mut child = std::process::Command::new(support::gantry_bin())
+    let mut child = support::gantry()
         .args(["--server", &other, "logs", "ticker", "--follow"])
+        .env("GANTRY_TOKEN_FILE", &site.cluster.token_file)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

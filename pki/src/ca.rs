@@ -262,12 +262,44 @@ impl CertificateAuthority {
         self.sign(&key.key, profile)
     }
 
+    /// Like [`CertificateAuthority::issue`] with an explicit validity window
+    /// (unix seconds) instead of the profile's lifetime: for tests of expired
+    /// and not-yet-valid certificates, and of clocks that are off.
+    pub fn issue_valid_between(
+        &self,
+        key: &NodeKey,
+        profile: &LeafProfile,
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<IssuedCert, PkiError> {
+        let at = |t: i64| {
+            OffsetDateTime::from_unix_timestamp(t)
+                .map_err(|_| PkiError::InvalidProfile(format!("time {t} is out of range")))
+        };
+        if not_after <= not_before {
+            return Err(PkiError::InvalidProfile(
+                "not_after must come after not_before".to_owned(),
+            ));
+        }
+        let mut params = leaf_params(profile)?;
+        params.not_before = at(not_before)?;
+        params.not_after = at(not_after)?;
+        self.sign_params(&key.key, params)
+    }
+
     fn sign(
         &self,
         public_key: &impl PublicKeyData,
         profile: &LeafProfile,
     ) -> Result<IssuedCert, PkiError> {
-        let params = leaf_params(profile)?;
+        self.sign_params(public_key, leaf_params(profile)?)
+    }
+
+    fn sign_params(
+        &self,
+        public_key: &impl PublicKeyData,
+        params: CertificateParams,
+    ) -> Result<IssuedCert, PkiError> {
         let cert = params
             .signed_by(public_key, &self.issuer)
             .map_err(|e| PkiError::CertGeneration(e.to_string()))?;

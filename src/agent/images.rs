@@ -80,7 +80,7 @@ pub async fn import_local(node: &NodeRuntime, path: &Path) -> Result<Value, Stri
 /// Streams the archive at `path` to `address`'s Cluster.PushImage.
 pub async fn push(
     cluster: &Cluster,
-    address: &str,
+    node: crate::state::NodeId,
     path: &Path,
     file_name: &str,
 ) -> Result<Value, String> {
@@ -119,7 +119,7 @@ pub async fn push(
             }
         }
     });
-    let mut client = cluster.peers().client(address)?;
+    let mut client = cluster.member_client(node)?;
     let reply = client
         .push_image(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
@@ -142,7 +142,7 @@ pub struct PeerImages {
 #[async_trait::async_trait]
 impl gantry_node::agent::ImageSource for PeerImages {
     async fn fetch(&self, image: &str, dest: &Path) -> Result<bool, String> {
-        let peers: Vec<(String, String)> = {
+        let peers: Vec<(crate::state::NodeId, String)> = {
             let applied = self.cluster.state().read();
             let me = self.cluster.id();
             applied
@@ -150,11 +150,11 @@ impl gantry_node::agent::ImageSource for PeerImages {
                 .nodes
                 .values()
                 .filter(|n| n.id != me && n.status == crate::state::NodeStatus::Ready)
-                .map(|n| (n.name.clone(), n.address.clone()))
+                .map(|n| (n.id, n.name.clone()))
                 .collect()
         };
-        for (name, address) in peers {
-            match fetch_from(&self.cluster, &address, image, dest).await {
+        for (id, name) in peers {
+            match fetch_from(&self.cluster, id, image, dest).await {
                 Ok(true) => {
                     tracing::info!(%image, peer = %name, "image fetched from a peer gateway");
                     return Ok(true);
@@ -172,11 +172,11 @@ impl gantry_node::agent::ImageSource for PeerImages {
 /// Ok(false) when the peer does not hold the image.
 async fn fetch_from(
     cluster: &Cluster,
-    address: &str,
+    node: crate::state::NodeId,
     image: &str,
     dest: &Path,
 ) -> Result<bool, String> {
-    let mut client = cluster.peers().client(address)?;
+    let mut client = cluster.member_client(node)?;
     let request = gantry_proto::v1::ExportImageRequest {
         cluster_id: cluster.cluster_id().to_string(),
         image: image.to_string(),

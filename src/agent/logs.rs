@@ -68,14 +68,11 @@ pub fn local(node: &NodeRuntime, container_id: &str, follow: bool) -> Result<Log
 /// The log of a container on another gateway, through its Cluster.Logs.
 pub async fn remote(
     cluster: &Cluster,
-    address: &str,
+    node: crate::state::NodeId,
     container_id: String,
     follow: bool,
 ) -> Result<LogStream, Status> {
-    let mut client = cluster
-        .peers()
-        .client(address)
-        .map_err(Status::unavailable)?;
+    let mut client = cluster.member_client(node).map_err(Status::unavailable)?;
     let request = LogsRequest {
         workload: String::new(),
         replica: None,

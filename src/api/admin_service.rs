@@ -4,9 +4,10 @@
 
 use gantry_proto::v1::admin_server::Admin;
 use gantry_proto::v1::{
-    ApplyRequest, CloudAttachRequest, CloudDetachRequest, DeleteWorkloadRequest, DescribeRequest,
-    GetRequest, ImageChunk, JsonDocument, LeaveRequest, LogsRequest, NodeRequest,
-    SetSettingsRequest, StatusRequest,
+    ApplyRequest, CloudAttachRequest, CloudDetachRequest, CreateJoinTokenRequest,
+    CreateTokenRequest, DeleteWorkloadRequest, DescribeRequest, GetRequest, ImageChunk,
+    JsonDocument, LeaveRequest, LogsRequest, NodeRequest, RevokeTokenRequest, SetSettingsRequest,
+    StatusRequest,
 };
 use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
@@ -19,13 +20,25 @@ use crate::cluster::node::{LeaderOp, LeaderReply};
 use crate::cluster::Cluster;
 use crate::state::settings::SettingsChange;
 use crate::state::spec::parse_manifest;
-use crate::state::{Command, NodeId, Response as Answer, Source};
+use crate::state::{Command, NodeId, Response as Answer, Role, Source, TokenKind};
+use crate::trust::renewal::Renewals;
 
 pub struct AdminService {
     pub cluster: Cluster,
     pub node: NodeRuntime,
     /// The leader's live cloud link state, for `status`.
     pub link: crate::cloud::link::LinkHandle,
+    /// `pki renew` and the renewal loop take turns.
+    pub renewals: Renewals,
+}
+
+/// `ttl_ms` as an optional lifetime (0: none).
+fn ttl(ttl_ms: u64) -> Option<std::time::Duration> {
+    (ttl_ms > 0).then(|| std::time::Duration::from_millis(ttl_ms))
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
 }
 
 type Reply = Result<Response<JsonDocument>, Status>;
@@ -127,10 +140,25 @@ impl Admin for AdminService {
 
     async fn cloud_attach(&self, request: Request<CloudAttachRequest>) -> Reply {
         let CloudAttachRequest { hub, site, token } = request.into_inner();
+        let token = gantry_pki::SiteToken::parse(&token).map_err(|e| {
+            Status::invalid_argument(format!(
+                "--token: {e} (a site token from `gantry hub site-token`)"
+            ))
+        })?;
+        // Sealed here: the replicated state never holds the token in clear.
+        let token_sealed = self
+            .cluster
+            .trust()
+            .seal(
+                crate::cloud::link::SITE_TOKEN_FIELD,
+                token.to_string().as_bytes(),
+            )
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let command = Command::CloudAttach {
             hub: hub.clone(),
             site: site.clone(),
-            token,
+            hub_ca_sha256: token.hub_ca.to_hex(),
+            token_sealed,
         };
         match self.cluster.write(command).await.map_err(status_from)? {
             Answer::Ok => reply(json!({ "hub": hub, "site": site })),
@@ -172,10 +200,10 @@ impl Admin for AdminService {
             let applied = self.cluster.state().read();
             let nodes = &applied.state.nodes;
             let my_name = nodes.get(&me).map(|n| n.name.clone()).unwrap_or_default();
-            let others: Vec<(String, String)> = nodes
+            let others: Vec<(NodeId, String)> = nodes
                 .values()
                 .filter(|n| n.id != me && n.status != crate::state::NodeStatus::Left)
-                .map(|n| (n.name.clone(), n.address.clone()))
+                .map(|n| (n.id, n.name.clone()))
                 .collect();
             (my_name, others)
         };
@@ -186,8 +214,8 @@ impl Admin for AdminService {
             .map_err(Status::invalid_argument)?;
         let mut gateways = vec![json!({"gateway": my_name, "images": local, "error": null})];
         if meta.all {
-            for (name, address) in others {
-                let entry = match images::push(&self.cluster, &address, &file.0, &file_name).await {
+            for (id, name) in others {
+                let entry = match images::push(&self.cluster, id, &file.0, &file_name).await {
                     Ok(reply) => json!({"gateway": name, "images": reply["images"], "error": null}),
                     Err(error) => json!({"gateway": name, "images": [], "error": error}),
                 };
@@ -201,21 +229,14 @@ impl Admin for AdminService {
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogStream>, Status> {
         let req = request.into_inner();
-        let (node, container_id, address) = {
+        let (node, container_id) = {
             let applied = self.cluster.state().read();
-            let (node, container_id) = logs::locate(&applied.state, &req.workload, req.replica)?;
-            let address = applied
-                .state
-                .nodes
-                .get(&node)
-                .map(|n| n.address.clone())
-                .unwrap_or_default();
-            (node, container_id, address)
+            logs::locate(&applied.state, &req.workload, req.replica)?
         };
         let stream = if node == self.cluster.id() {
             logs::local(&self.node, &container_id, req.follow)?
         } else {
-            logs::remote(&self.cluster, &address, container_id, req.follow).await?
+            logs::remote(&self.cluster, node, container_id, req.follow).await?
         };
         Ok(Response::new(stream))
     }
@@ -279,5 +300,141 @@ impl Admin for AdminService {
             Some(value) => reply(value),
             None => Err(Status::not_found(format!("no workload named '{name}'"))),
         }
+    }
+
+    async fn create_token(&self, request: Request<CreateTokenRequest>) -> Reply {
+        let req = request.into_inner();
+        let role = Role::parse(&req.role).map_err(Status::invalid_argument)?;
+        let (token, record) = crate::trust::tokens::new_admin(
+            self.cluster.trust().ca_pin(),
+            role,
+            &req.name,
+            ttl(req.ttl_ms),
+            None,
+            now_ms(),
+        )
+        .map_err(internal)?;
+        let id = record.id.clone();
+        let expires = record.expires_ms.map(views::timestamp);
+        match self
+            .cluster
+            .write(Command::CreateToken { record })
+            .await
+            .map_err(status_from)?
+        {
+            Answer::Ok => reply(json!({
+                "id": id,
+                "name": req.name,
+                "role": role.to_string(),
+                "expires": expires,
+                "token": token.to_string(),
+            })),
+            other => Err(refused(other)),
+        }
+    }
+
+    async fn list_tokens(&self, _: Request<GetRequest>) -> Reply {
+        let applied = self.cluster.state().read();
+        reply(crate::trust::tokens::list_view(
+            &applied.state,
+            TokenKind::Admin,
+        ))
+    }
+
+    async fn revoke_token(&self, request: Request<RevokeTokenRequest>) -> Reply {
+        let id = request.into_inner().id;
+        // Answered once every Ready gateway applied it: the token is refused
+        // on the next request wherever it is presented.
+        match self
+            .cluster
+            .write_everywhere(Command::RevokeToken { id: id.clone() })
+            .await
+            .map_err(status_from)?
+        {
+            Answer::Ok => reply(json!({ "revoked": id })),
+            other => Err(refused(other)),
+        }
+    }
+
+    async fn create_join_token(&self, request: Request<CreateJoinTokenRequest>) -> Reply {
+        let req = request.into_inner();
+        let uses = (req.uses > 0).then_some(req.uses);
+        let (token, record) = crate::trust::tokens::new_join(
+            self.cluster.trust().ca_pin(),
+            &req.name,
+            ttl(req.ttl_ms),
+            uses,
+            now_ms(),
+        )
+        .map_err(internal)?;
+        let id = record.id.clone();
+        let expires = record.expires_ms.map(views::timestamp);
+        match self
+            .cluster
+            .write(Command::CreateToken { record })
+            .await
+            .map_err(status_from)?
+        {
+            Answer::Ok => reply(json!({
+                "id": id,
+                "name": req.name,
+                "expires": expires,
+                "uses": uses,
+                "token": token.to_string(),
+            })),
+            other => Err(refused(other)),
+        }
+    }
+
+    async fn list_join_tokens(&self, _: Request<GetRequest>) -> Reply {
+        let applied = self.cluster.state().read();
+        reply(crate::trust::tokens::list_view(
+            &applied.state,
+            TokenKind::Join,
+        ))
+    }
+
+    async fn rotate_join_token(&self, _: Request<GetRequest>) -> Reply {
+        let (token, record) = crate::trust::tokens::new_join(
+            self.cluster.trust().ca_pin(),
+            "default",
+            None,
+            None,
+            now_ms(),
+        )
+        .map_err(internal)?;
+        let id = record.id.clone();
+        match self
+            .cluster
+            .write_everywhere(Command::RotateJoinToken { record })
+            .await
+            .map_err(status_from)?
+        {
+            Answer::Ok => {
+                // The file that held the old default on this gateway, if any.
+                let file = self
+                    .cluster
+                    .trust()
+                    .data_dir
+                    .join(crate::config::TOKEN_FILE);
+                if file.exists() {
+                    crate::trust::files::write_secret_file(&file, &token.to_string())
+                        .map_err(internal)?;
+                }
+                reply(json!({ "id": id, "token": token.to_string() }))
+            }
+            other => Err(refused(other)),
+        }
+    }
+
+    async fn renew_certificate(&self, _: Request<GetRequest>) -> Reply {
+        crate::trust::renewal::renew(&self.cluster, &self.renewals)
+            .await
+            .map_err(status_from)?;
+        reply(views::pki(&self.cluster))
+    }
+
+    async fn pki_status(&self, _: Request<GetRequest>) -> Reply {
+        reply(views::pki(&self.cluster))
     }
 }

@@ -1,18 +1,26 @@
-//! The gateway-to-gateway service: Raft RPCs, joins, forwarded leader
-//! operations and heartbeats. Every message names its cluster; a message
-//! for another cluster is refused before it reaches Raft.
+//! The gateway-to-gateway service: Raft RPCs, forwarded leader operations,
+//! membership, renewals, heartbeats, images and logs; and the Bootstrap
+//! service, the one door open to a joiner without a certificate. The
+//! policy layer (`api::auth`) lets only current members in here; the
+//! handlers bind what a request claims (a heartbeat's node id, who is
+//! added or renewed) to the certificate that made it. Every message also
+//! names its cluster; a message for another cluster is refused before it
+//! reaches Raft.
 
 use std::sync::Arc;
 
+use gantry_proto::v1::bootstrap_server::Bootstrap;
 use gantry_proto::v1::cluster_server::Cluster as ClusterRpc;
 use gantry_proto::v1::{
     AddMemberReply, AddMemberRequest, HeartbeatReply, HeartbeatRequest, ImageChunk, JoinReply,
-    JoinRequest, JsonDocument, LogsRequest, RaftMessage,
+    JoinRequest, JsonDocument, LogsRequest, RaftMessage, RenewCertificateReply,
+    RenewCertificateRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::caller_node;
 use super::status_from;
 use crate::agent::logs::LogStream;
 use crate::agent::{images, logs, NodeRuntime};
@@ -20,6 +28,58 @@ use crate::cluster::node::{JoinArgs, LeaderOp, LeaderReply};
 use crate::cluster::Cluster;
 use crate::control::liveness::Liveness;
 use crate::state::Capacity;
+use crate::trust::Sensitive;
+
+/// A join request is small: its limit keeps an unauthenticated caller from
+/// making a gateway decode much.
+pub const MAX_JOIN_BYTES: usize = 64 << 10;
+
+pub struct BootstrapService {
+    pub cluster: Cluster,
+}
+
+#[tonic::async_trait]
+impl Bootstrap for BootstrapService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let req = request.into_inner();
+        if req.csr_der.is_empty() {
+            return Err(Status::invalid_argument(
+                "a join carries a certificate request (csr_der)",
+            ));
+        }
+        let args = JoinArgs {
+            token: Sensitive(req.token),
+            name: req.name,
+            address: req.address,
+            labels: req.labels.into_iter().collect(),
+            capacity: Capacity {
+                cpu_millis: req.cpu_millis,
+                memory_bytes: req.memory_bytes,
+            },
+            devices: req.devices.into_iter().collect(),
+            csr_der: req.csr_der,
+        };
+        match self
+            .cluster
+            .on_leader(LeaderOp::Join(args))
+            .await
+            .map_err(status_from)?
+        {
+            LeaderReply::Joined {
+                cluster_id,
+                node,
+                cert_der,
+                ca_certs_der,
+            } => Ok(Response::new(JoinReply {
+                cluster_id,
+                node_id: node,
+                node_cert_der: cert_der,
+                ca_certs_der,
+            })),
+            _ => Err(Status::internal("unexpected reply from the leader")),
+        }
+    }
+}
 
 pub struct ClusterService {
     pub cluster: Cluster,
@@ -29,7 +89,7 @@ pub struct ClusterService {
 
 fn decode<T: DeserializeOwned>(cluster: &Cluster, message: &RaftMessage) -> Result<T, Status> {
     if message.cluster_id != cluster.cluster_id() {
-        return Err(Status::permission_denied(format!(
+        return Err(Status::failed_precondition(format!(
             "this gateway belongs to cluster {}, the message is for cluster {}",
             cluster.cluster_id(),
             message.cluster_id
@@ -77,50 +137,51 @@ impl ClusterRpc for ClusterService {
         encode(&self.cluster, &result)
     }
 
-    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
-        let req = request.into_inner();
-        let args = JoinArgs {
-            token: req.token,
-            name: req.name,
-            address: req.address,
-            labels: req.labels.into_iter().collect(),
-            capacity: Capacity {
-                cpu_millis: req.cpu_millis,
-                memory_bytes: req.memory_bytes,
-            },
-            devices: req.devices.into_iter().collect(),
-        };
-        match self
-            .cluster
-            .on_leader(LeaderOp::Join(args))
-            .await
-            .map_err(status_from)?
-        {
-            LeaderReply::Joined { cluster_id, node } => Ok(Response::new(JoinReply {
-                cluster_id,
-                node_id: node,
-            })),
-            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
-        }
-    }
-
     async fn add_member(
         &self,
         request: Request<AddMemberRequest>,
     ) -> Result<Response<AddMemberReply>, Status> {
-        let req = request.into_inner();
-        if req.cluster_id != self.cluster.cluster_id() {
-            return Err(Status::permission_denied(
+        let node = caller_node(&request)?;
+        if request.get_ref().cluster_id != self.cluster.cluster_id() {
+            return Err(Status::failed_precondition(
                 "the gateway belongs to another cluster",
             ));
         }
-        let op = LeaderOp::AddMember {
-            token: req.token,
-            node: req.node_id,
-        };
+        let op = LeaderOp::AddMember { node };
         match self.cluster.on_leader(op).await.map_err(status_from)? {
-            LeaderReply::Member { role } => Ok(Response::new(AddMemberReply { role })),
-            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+            LeaderReply::Member {
+                role,
+                cluster_key,
+                admin_token,
+            } => Ok(Response::new(AddMemberReply {
+                role,
+                cluster_key: cluster_key.0,
+                admin_token: admin_token.0,
+            })),
+            _ => Err(Status::internal("unexpected reply from the leader")),
+        }
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<RenewCertificateRequest>,
+    ) -> Result<Response<RenewCertificateReply>, Status> {
+        let node = caller_node(&request)?;
+        let csr_der = request.into_inner().csr_der;
+        match self
+            .cluster
+            .on_leader(LeaderOp::Renew { node, csr_der })
+            .await
+            .map_err(status_from)?
+        {
+            LeaderReply::Renewed {
+                cert_der,
+                ca_certs_der,
+            } => Ok(Response::new(RenewCertificateReply {
+                node_cert_der: cert_der,
+                ca_certs_der,
+            })),
+            _ => Err(Status::internal("unexpected reply from the leader")),
         }
     }
 
@@ -137,16 +198,25 @@ impl ClusterRpc for ClusterService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
+        let caller = caller_node(&request)?;
         let req = request.into_inner();
         if req.cluster_id != self.cluster.cluster_id() {
-            return Err(Status::permission_denied(
+            return Err(Status::failed_precondition(
                 "the gateway belongs to another cluster",
             ));
+        }
+        if req.node_id != caller {
+            return Err(Status::permission_denied(format!(
+                "gateway {caller} cannot heartbeat for gateway {}",
+                req.node_id
+            )));
         }
         let leading = self.cluster.is_leader();
         if leading {
             let problem = Some(req.runtime_problem).filter(|p| !p.is_empty());
             self.liveness.record(req.node_id, problem);
+            self.cluster
+                .note_member_applied(req.node_id, req.applied_index);
         }
         // `accepted` tells the gateway it is in touch with a leader that
         // still hears from a quorum: a leader cut off in a minority must not
@@ -172,7 +242,7 @@ impl ClusterRpc for ClusterService {
         let mut stream = request.into_inner();
         let (file, meta) = images::receive(&mut stream, &self.node.scratch_dir).await?;
         if meta.cluster_id != self.cluster.cluster_id() {
-            return Err(Status::permission_denied(
+            return Err(Status::failed_precondition(
                 "the archive comes from another cluster",
             ));
         }
@@ -189,7 +259,7 @@ impl ClusterRpc for ClusterService {
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogStream>, Status> {
         let req = request.into_inner();
         if req.cluster_id != self.cluster.cluster_id() {
-            return Err(Status::permission_denied(
+            return Err(Status::failed_precondition(
                 "the gateway belongs to another cluster",
             ));
         }
@@ -209,7 +279,7 @@ impl ClusterRpc for ClusterService {
     ) -> Result<Response<Self::ExportImageStream>, Status> {
         let req = request.into_inner();
         if req.cluster_id != self.cluster.cluster_id() {
-            return Err(Status::permission_denied(
+            return Err(Status::failed_precondition(
                 "the gateway belongs to another cluster",
             ));
         }

@@ -3,6 +3,7 @@
 //! else.
 
 pub mod admin_service;
+pub mod auth;
 pub mod cluster_service;
 pub mod views;
 

@@ -3,7 +3,6 @@
 //! freely, never rename or remove one.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
@@ -13,7 +12,7 @@ use crate::state::{Instance, Node, NodeId, State, Workload};
 
 /// RFC 3339 in UTC, from milliseconds since the epoch.
 pub fn timestamp(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    crate::state::quantity::format_epoch_ms(ms)
 }
 
 fn role(id: NodeId, voters: &BTreeSet<NodeId>, learners: &BTreeSet<NodeId>) -> &'static str {
@@ -171,6 +170,30 @@ fn mentions(message: &str, name: &str) -> bool {
     message
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
         .any(|word| word == name)
+}
+
+/// `gantry pki status`: this gateway's certificate and the cluster CA
+/// (public facts only).
+pub fn pki(cluster: &Cluster) -> Value {
+    let trust = cluster.trust();
+    let creds = trust.credentials();
+    let leaf = gantry_pki::cert_info(creds.leaf_der()).ok();
+    let ca = trust
+        .ca_bundle()
+        .first()
+        .and_then(|der| gantry_pki::cert_info(der).ok());
+    let secs = |s: i64| timestamp((s.max(0) as u64).saturating_mul(1000));
+    json!({
+        "gateway": cluster.state().read().state.nodes.get(&cluster.id()).map(|n| n.name.clone()),
+        "ca_sha256": trust.ca_pin().to_hex(),
+        "ca_not_after": ca.as_ref().map(|c| secs(c.not_after)),
+        "certificate": leaf.as_ref().map(|c| json!({
+            "serial": c.serial_hex,
+            "not_before": secs(c.not_before),
+            "not_after": secs(c.not_after),
+            "names": c.dns_names,
+        })),
+    })
 }
 
 /// `gantry settings get`: the cluster-wide settings.

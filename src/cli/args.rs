@@ -58,35 +58,50 @@ pub enum Verb {
     /// The whole picture on one machine: a hub, a 3-gateway site, a demo image and sample workloads.
     Dev(super::dev::DevArgs),
     /// The cluster at a glance: leader, gateways, workloads.
-    Status,
+    Status {
+        #[command(flatten)]
+        auth: ClientAuth,
+    },
     /// List gateways, workloads or instances.
     Get {
+        #[command(flatten)]
+        auth: ClientAuth,
         #[command(subcommand)]
         what: GetWhat,
     },
     /// Show one object in detail, with the scheduler's reasons and events.
     Describe {
+        #[command(flatten)]
+        auth: ClientAuth,
         #[command(subcommand)]
         what: DescribeWhat,
     },
     /// Create or update the workloads of a YAML manifest (one or many `---` documents).
     Apply {
+        #[command(flatten)]
+        auth: ClientAuth,
         /// The manifest; `-` reads standard input.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
     /// Delete a workload.
     Delete {
+        #[command(flatten)]
+        auth: ClientAuth,
         #[command(subcommand)]
         what: DeleteWhat,
     },
     /// Load images into the gateways' containerd.
     Image {
+        #[command(flatten)]
+        auth: ClientAuth,
         #[command(subcommand)]
         what: ImageVerb,
     },
     /// Print (or follow) a workload's container log, from whichever gateway runs it.
     Logs {
+        #[command(flatten)]
+        auth: ClientAuth,
         workload: String,
         /// Which replica (default: the lowest one that has a container).
         #[arg(long)]
@@ -97,42 +112,114 @@ pub enum Verb {
     },
     /// Follow rolling upgrades.
     Rollout {
+        #[command(flatten)]
+        auth: ClientAuth,
         #[command(subcommand)]
         what: RolloutVerb,
     },
-    /// Remove a gateway from the cluster.
+    /// Remove a gateway from the cluster. Its certificate and its own admin
+    /// token stop working at once on every gateway. (A gateway that was
+    /// compromised still knows the cluster's keys; see the README's
+    /// security section.)
     Leave {
+        #[command(flatten)]
+        auth: ClientAuth,
         /// The gateway's name.
         name: String,
     },
     /// Show or change the cluster-wide settings.
     Settings {
+        #[command(flatten)]
+        auth: ClientAuth,
         #[command(subcommand)]
         what: SettingsWhat,
     },
     /// Keep new instances off a gateway (what runs there stays).
-    Cordon { name: String },
+    Cordon {
+        #[command(flatten)]
+        auth: ClientAuth,
+        name: String,
+    },
     /// Let the scheduler use a gateway again (also cancels a drain).
-    Uncordon { name: String },
+    Uncordon {
+        #[command(flatten)]
+        auth: ClientAuth,
+        name: String,
+    },
     /// Cordon a gateway and move its instances away; waits until done.
     Drain {
+        #[command(flatten)]
+        auth: ClientAuth,
         name: String,
         /// Give up (and exit non-zero, saying what is stuck) after this long.
         #[arg(long, default_value = "2m")]
         timeout: HumanDuration,
     },
     /// The cluster's recent events, oldest first.
-    Events,
+    Events {
+        #[command(flatten)]
+        auth: ClientAuth,
+    },
     /// Attach this site to a cloud hub, or detach it.
     Cloud {
         #[command(subcommand)]
         what: CloudVerb,
+    },
+    /// Bearer tokens for people and scripts: `viewer` reads, `admin` does everything.
+    Token {
+        #[command(flatten)]
+        auth: ClientAuth,
+        #[command(subcommand)]
+        what: TokenVerb,
+    },
+    /// Tokens that let new gateways join.
+    JoinToken {
+        #[command(flatten)]
+        auth: ClientAuth,
+        #[command(subcommand)]
+        what: JoinTokenVerb,
+    },
+    /// This gateway's certificate.
+    Pki {
+        #[command(flatten)]
+        auth: ClientAuth,
+        #[command(subcommand)]
+        what: PkiVerb,
     },
     /// The cloud hub: `serve` runs it; the other verbs administer it.
     Hub {
         #[command(subcommand)]
         verb: HubVerb,
     },
+}
+
+/// How a client verb proves who it is, and how it recognises the gateway:
+/// first found wins, `--token`, `GANTRY_TOKEN`, `--token-file`, then the
+/// `admin-token` of a gateway data dir on this machine. The gateway is
+/// checked against the CA pinned inside the token, or `--ca-file`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ClientAuth {
+    /// An admin or viewer token (`gantry token create`).
+    #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub files: AuthFiles,
+}
+
+/// The file-based credentials (every client verb; `cloud attach`, whose
+/// `--token` is the site token, takes the admin token from these or
+/// `GANTRY_TOKEN`).
+#[derive(Debug, Clone, Args, Default)]
+pub struct AuthFiles {
+    /// A file holding the token.
+    #[arg(long, env = "GANTRY_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// The cluster's CA bundle (DATA_DIR/pki/ca.crt), instead of the pin in the token.
+    #[arg(long, env = "GANTRY_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// A gateway's data dir on this machine, for its admin-token [default: /var/lib/gantry when readable].
+    #[arg(long, env = "GANTRY_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,32 +232,99 @@ pub enum CloudVerb {
         /// This site's name at the hub.
         #[arg(long)]
         site: String,
-        /// The site token (`gantry hub site-token`).
+        /// The site token (`gantry hub site-token`); it pins the hub's CA.
         #[arg(long, env = "GANTRY_SITE_TOKEN", hide_env_values = true)]
         token: String,
+        #[command(flatten)]
+        files: AuthFiles,
     },
     /// Close the link; cloud workloads keep running.
-    Detach,
+    Detach {
+        #[command(flatten)]
+        auth: ClientAuth,
+    },
 }
 
-/// The hub admin verbs' target.
+#[derive(Debug, Subcommand)]
+pub enum TokenVerb {
+    /// Make a token and print it (once: only its hash is kept).
+    Create {
+        /// viewer (every read verb, logs, events) or admin (everything).
+        #[arg(long)]
+        role: String,
+        /// A name to recognise it by in `token list`.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// It stops working after this long (default: never).
+        #[arg(long)]
+        ttl: Option<HumanDuration>,
+    },
+    /// Ids, names, roles and expiry (never a secret).
+    List,
+    /// Stops a token at once, on every gateway.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenVerb {
+    /// Make a bootstrap join token and print it (once).
+    Create {
+        /// It stops working after this long.
+        #[arg(long, default_value = "24h")]
+        ttl: HumanDuration,
+        /// How many gateways may join with it (default: any number).
+        #[arg(long)]
+        uses: Option<u32>,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Ids, expiry and uses left (never a secret).
+    List,
+    /// Replace the default join token (the one `init` printed); the old one stops working.
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiVerb {
+    /// This gateway's certificate and the cluster CA.
+    Status,
+    /// Renew this gateway's certificate now (it renews by itself at 70-90 % of its life).
+    Renew,
+}
+
+/// The hub admin verbs' target and credential.
 #[derive(Debug, Args)]
 pub struct HubAddr {
     /// The hub's address.
     #[arg(long, env = "GANTRY_HUB", default_value = "127.0.0.1:7500")]
     pub hub: String,
+    /// A hub admin token (HUB_DATA/admin-token).
+    #[arg(long, env = "GANTRY_HUB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The hub's data dir on this machine, for its admin-token.
+    #[arg(long, env = "GANTRY_HUB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum HubVerb {
     /// Run the hub in the foreground.
     Serve {
-        /// Where the hub keeps its database.
+        /// Where the hub keeps its database, CA and admin token.
         #[arg(long)]
         data_dir: PathBuf,
         /// Address to serve on (port 0 picks a free port, written to DATA_DIR/hub-address).
         #[arg(long, default_value = "127.0.0.1:7500")]
         listen: String,
+        /// Extra names or IP addresses for the hub's server certificate (it always names hub.gantry).
+        #[arg(long, value_delimiter = ',')]
+        tls_san: Vec<String>,
+        /// Your own server certificate chain (PEM: the certificate, then its CA) instead of the hub's CA.
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// The key of --tls-cert (PEM).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
     },
     /// Create or update a site's workloads from a YAML manifest (creates the site).
     Apply {
@@ -199,14 +353,15 @@ pub enum HubVerb {
         #[command(flatten)]
         hub: HubAddr,
     },
-    /// Set a site's token (a new random one unless --token), print it; the hub keeps only its hash.
+    /// Give a site a new token and print it (the hub keeps only its hash).
     SiteToken {
         #[command(flatten)]
         hub: HubAddr,
         #[arg(long)]
         site: String,
+        /// Keep the previous token valid this long too (default: it stops at once).
         #[arg(long)]
-        token: Option<String>,
+        grace: Option<HumanDuration>,
     },
 }
 
@@ -337,6 +492,8 @@ impl InitArgs {
         let settings = crate::state::ClusterSettings::default();
         Self {
             member,
+            ca_cert: None,
+            ca_key: None,
             heartbeat_interval: settings.heartbeat_interval,
             node_grace: settings.node_grace,
             voter_replace_after: settings.voter_replace_after,
@@ -348,6 +505,12 @@ impl InitArgs {
 pub struct InitArgs {
     #[command(flatten)]
     pub member: MemberArgs,
+    /// Your own cluster CA certificate (PEM) instead of a new one; with --ca-key.
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The key of --ca-cert (PEM). It is kept sealed in the cluster's state.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
     /// How often gateways heartbeat the leader (cluster-wide).
     #[arg(long, default_value = "300ms")]
     pub heartbeat_interval: HumanDuration,
@@ -366,8 +529,9 @@ pub struct JoinArgs {
     /// Any gateway of the cluster.
     #[arg(long)]
     pub peer: String,
-    /// The join token (DATA_DIR/join-token on the first gateway).
-    #[arg(long)]
+    /// The join token (printed by `gantry init`, or `gantry join-token create`);
+    /// it pins the cluster's CA, checked before the token is sent.
+    #[arg(long, env = "GANTRY_JOIN_TOKEN", hide_env_values = true)]
     pub token: String,
     /// How long to keep trying an unreachable peer before giving up.
     #[arg(long, default_value = "30s")]

@@ -1,38 +1,185 @@
 //! Client verbs: one Admin RPC each, rendered as a table, JSON or YAML.
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use gantry_proto::v1::admin_client::AdminClient;
 use gantry_proto::v1::{
-    ApplyRequest, CloudAttachRequest, CloudDetachRequest, DeleteWorkloadRequest, DescribeRequest,
-    GetRequest, ImageChunk, JsonDocument, LeaveRequest, LogsRequest, NodeRequest,
-    SetSettingsRequest, StatusRequest,
+    ApplyRequest, CloudAttachRequest, CloudDetachRequest, CreateJoinTokenRequest,
+    CreateTokenRequest, DeleteWorkloadRequest, DescribeRequest, GetRequest, ImageChunk,
+    JsonDocument, LeaveRequest, LogsRequest, NodeRequest, RevokeTokenRequest, SetSettingsRequest,
+    StatusRequest,
 };
 use serde_json::Value;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use super::args::{
-    CloudVerb, DeleteWhat, DescribeWhat, GetWhat, ImageVerb, OutputFormat, RolloutVerb,
-    SettingsWhat, Verb,
+    AuthFiles, ClientAuth, CloudVerb, DeleteWhat, DescribeWhat, GetWhat, ImageVerb, JoinTokenVerb,
+    OutputFormat, PkiVerb, RolloutVerb, SettingsWhat, TokenVerb, Verb,
 };
 use super::output;
 
-pub(crate) async fn connect(server: &str) -> Result<AdminClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{server}"))
-        .map_err(|e| anyhow!("--server {server} is not HOST:PORT: {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30));
-    let channel = endpoint.connect().await.map_err(|e| {
-        anyhow!("cannot reach a gateway at {server} ({e}); is it running? set --server or GANTRY_SERVER")
+/// Where a gateway installed by the README keeps its data.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/gantry";
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Result<Self> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow!("not authorized: the token holds characters a header cannot"))?;
+        Ok(Self(value))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// An Admin API client that carries its token.
+pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+
+fn read_token_file(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "not authorized: cannot read the token file {}",
+            path.display()
+        )
     })?;
-    Ok(AdminClient::new(channel))
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        bail!("not authorized: {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+/// The admin or viewer token, first found wins: `--token`/`GANTRY_TOKEN`,
+/// `--token-file`, then `admin-token` in `--data-dir`/`GANTRY_DATA_DIR`
+/// (default /var/lib/gantry when readable).
+pub fn resolve_token(auth: &ClientAuth) -> Result<String> {
+    if let Some(token) = auth
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(token.to_string());
+    }
+    if let Some(file) = &auth.files.token_file {
+        return read_token_file(file);
+    }
+    let dir = auth
+        .files
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let file = dir.join(crate::trust::files::ADMIN_TOKEN_FILE);
+    if auth.files.data_dir.is_some() || file.exists() {
+        return read_token_file(&file);
+    }
+    bail!(
+        "not authorized: no token; pass --token or GANTRY_TOKEN, --token-file, or --data-dir of a gateway on this machine (make one with `gantry token create`)"
+    )
+}
+
+/// How to recognise the server: the CA bundle of `--ca-file`, else the CA
+/// pinned inside the token.
+pub fn server_verifier(
+    token: &str,
+    ca_file: Option<&Path>,
+    parse_pin: impl Fn(&str) -> Option<gantry_pki::Fingerprint>,
+) -> Result<std::sync::Arc<dyn rustls::client::danger::ServerCertVerifier>> {
+    if let Some(file) = ca_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --ca-file {}", file.display()))?;
+        let roots = gantry_pki::certs_from_pem(&text)
+            .with_context(|| format!("--ca-file {}", file.display()))?;
+        return Ok(gantry_pki::roots_verifier(&roots)?);
+    }
+    let pin = parse_pin(token).ok_or_else(|| {
+        anyhow!(
+            "not authorized: the token is malformed (expected gantry-admin-v1.<ca>.<id>.<secret>)"
+        )
+    })?;
+    Ok(gantry_pki::PinnedCaVerifier::new(pin))
+}
+
+/// A TLS channel to `server` that checks it with `verifier` as `name`.
+pub async fn tls_channel(
+    server: &str,
+    verifier: std::sync::Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    name: &str,
+    what: &str,
+    hint: &str,
+) -> Result<Channel> {
+    let config = gantry_pki::client_config(verifier, None, crate::trust::alpn())?;
+    let connector = crate::tls::TlsConnector::new(crate::tls::ClientTls::new(config), name)
+        .map_err(|e| anyhow!(e))?;
+    crate::tls::connect_channel(server, connector, |endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(30))
+    })
+    .await
+    .map_err(|e| anyhow!("cannot reach {what} at {server} ({e}); {hint}"))
+}
+
+/// Connects to the gateway at `server` with the caller's credentials.
+pub async fn connect(server: &str, auth: &ClientAuth) -> Result<Admin> {
+    let token = resolve_token(auth)?;
+    let verifier = server_verifier(&token, auth.files.ca_file.as_deref(), |t| {
+        gantry_pki::AdminToken::parse(t).ok().map(|t| t.ca)
+    })?;
+    let channel = tls_channel(
+        server,
+        verifier,
+        gantry_pki::GATEWAY_NAME,
+        "a gateway",
+        "is it running? set --server or GANTRY_SERVER",
+    )
+    .await?;
+    Ok(AdminClient::with_interceptor(channel, Bearer::new(&token)?))
+}
+
+/// For programs that embed gateways (benchmarks, `gantry dev`): connects
+/// with the admin token of the gateway whose data dir is `data_dir`.
+pub async fn connect_as_gateway(server: &str, data_dir: &Path) -> Result<Admin> {
+    let auth = ClientAuth {
+        token: None,
+        files: AuthFiles {
+            data_dir: Some(data_dir.to_path_buf()),
+            ..Default::default()
+        },
+    };
+    connect(server, &auth).await
+}
+
+/// A gRPC error as the one line a person reads.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::Unauthenticated => anyhow!("not authorized: {}", status.message()),
+        tonic::Code::PermissionDenied => anyhow!("permission denied: {}", status.message()),
+        _ => anyhow!("{}", status.message()),
+    }
 }
 
 fn document(reply: Result<tonic::Response<JsonDocument>, tonic::Status>) -> Result<Value> {
-    let reply = reply.map_err(|status| anyhow!("{}", status.message()))?;
+    let reply = reply.map_err(status_error)?;
     serde_json::from_str(&reply.into_inner().json).context("the gateway sent malformed JSON")
 }
 
@@ -47,16 +194,61 @@ pub fn read_manifest(path: &std::path::Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
+/// The credentials a client verb carries.
+fn auth_of(verb: &Verb) -> Option<ClientAuth> {
+    let auth = match verb {
+        Verb::Status { auth }
+        | Verb::Get { auth, .. }
+        | Verb::Describe { auth, .. }
+        | Verb::Apply { auth, .. }
+        | Verb::Delete { auth, .. }
+        | Verb::Image { auth, .. }
+        | Verb::Logs { auth, .. }
+        | Verb::Rollout { auth, .. }
+        | Verb::Leave { auth, .. }
+        | Verb::Settings { auth, .. }
+        | Verb::Cordon { auth, .. }
+        | Verb::Uncordon { auth, .. }
+        | Verb::Drain { auth, .. }
+        | Verb::Events { auth }
+        | Verb::Token { auth, .. }
+        | Verb::JoinToken { auth, .. }
+        | Verb::Pki { auth, .. } => auth.clone(),
+        Verb::Cloud {
+            what: CloudVerb::Detach { auth },
+        } => auth.clone(),
+        Verb::Cloud {
+            what: CloudVerb::Attach { files, .. },
+        } => ClientAuth {
+            // `--token` is the site token here; the admin one comes from
+            // the environment or the files.
+            token: std::env::var("GANTRY_TOKEN").ok(),
+            files: AuthFiles::clone(files),
+        },
+        Verb::Init(_) | Verb::Join(_) | Verb::Run(_) | Verb::Dev(_) | Verb::Hub { .. } => {
+            return None
+        }
+    };
+    Some(auth)
+}
+
+fn ttl_ms(ttl: Option<crate::state::quantity::HumanDuration>) -> u64 {
+    ttl.map(|d| d.0.as_millis().min(u128::from(u64::MAX)) as u64)
+        .unwrap_or(0)
+}
+
 pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitCode> {
     // Read local input before connecting, so a bad path fails first.
     let manifest = match &verb {
-        Verb::Apply { file } => Some(read_manifest(file)?),
+        Verb::Apply { file, .. } => Some(read_manifest(file)?),
         _ => None,
     };
-    let mut client = connect(server).await?;
+    let auth = auth_of(&verb).ok_or_else(|| anyhow!("not a client verb"))?;
+    let mut client = connect(server, &auth).await?;
     let (view, value) = match verb {
         Verb::Image {
             what: ImageVerb::Import { file, all },
+            ..
         } => {
             let value = import_image(&mut client, &file, all).await?;
             print!(
@@ -76,34 +268,39 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
             workload,
             replica,
             follow,
+            ..
         } => {
             stream_logs(&mut client, workload, replica, follow).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        Verb::Status => (
+        Verb::Status { .. } => (
             output::View::Status,
             document(client.status(StatusRequest {}).await)?,
         ),
         Verb::Get {
             what: GetWhat::Nodes,
+            ..
         } => (
             output::View::Nodes,
             document(client.get_nodes(GetRequest {}).await)?,
         ),
         Verb::Get {
             what: GetWhat::Workloads,
+            ..
         } => (
             output::View::Workloads,
             document(client.get_workloads(GetRequest {}).await)?,
         ),
         Verb::Get {
             what: GetWhat::Instances,
+            ..
         } => (
             output::View::Instances,
             document(client.get_instances(GetRequest {}).await)?,
         ),
         Verb::Describe {
             what: DescribeWhat::Workload { name },
+            ..
         } => (
             output::View::DescribeWorkload,
             document(client.describe_workload(DescribeRequest { name }).await)?,
@@ -117,34 +314,39 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
         }
         Verb::Delete {
             what: DeleteWhat::Workload { name },
+            ..
         } => (
             output::View::Deleted,
             document(client.delete_workload(DeleteWorkloadRequest { name }).await)?,
         ),
         Verb::Rollout {
             what: RolloutVerb::Status { name },
+            ..
         } => (
             output::View::Rollout,
             document(client.rollout_status(DescribeRequest { name }).await)?,
         ),
-        Verb::Leave { name } => (
+        Verb::Leave { name, .. } => (
             output::View::Left,
             document(client.leave(LeaveRequest { name }).await)?,
         ),
         Verb::Describe {
             what: DescribeWhat::Node { name },
+            ..
         } => (
             output::View::DescribeNode,
             document(client.describe_node(DescribeRequest { name }).await)?,
         ),
         Verb::Settings {
             what: SettingsWhat::Get,
+            ..
         } => (
             output::View::Settings,
             document(client.get_settings(GetRequest {}).await)?,
         ),
         Verb::Settings {
             what: SettingsWhat::Set { assignments },
+            ..
         } => (
             output::View::Settings,
             document(
@@ -153,21 +355,25 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
                     .await,
             )?,
         ),
-        Verb::Cordon { name } => (
+        Verb::Cordon { name, .. } => (
             output::View::Cordoned,
             document(client.cordon(NodeRequest { name }).await)?,
         ),
-        Verb::Uncordon { name } => (
+        Verb::Uncordon { name, .. } => (
             output::View::Cordoned,
             document(client.uncordon(NodeRequest { name }).await)?,
         ),
-        Verb::Events => (
+        Verb::Events { .. } => (
             output::View::Events,
             document(client.events(GetRequest {}).await)?,
         ),
-        Verb::Drain { name, timeout } => return drain(&mut client, format, name, timeout.0).await,
+        Verb::Drain { name, timeout, .. } => {
+            return drain(&mut client, format, name, timeout.0).await
+        }
         Verb::Cloud {
-            what: CloudVerb::Attach { hub, site, token },
+            what: CloudVerb::Attach {
+                hub, site, token, ..
+            },
         } => (
             output::View::CloudAttached,
             document(
@@ -177,11 +383,65 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
             )?,
         ),
         Verb::Cloud {
-            what: CloudVerb::Detach,
+            what: CloudVerb::Detach { .. },
         } => (
             output::View::CloudDetached,
             document(client.cloud_detach(CloudDetachRequest {}).await)?,
         ),
+        Verb::Token { what, .. } => match what {
+            TokenVerb::Create { role, name, ttl } => (
+                output::View::NewToken,
+                document(
+                    client
+                        .create_token(CreateTokenRequest {
+                            role,
+                            name,
+                            ttl_ms: ttl_ms(ttl),
+                        })
+                        .await,
+                )?,
+            ),
+            TokenVerb::List => (
+                output::View::Tokens,
+                document(client.list_tokens(GetRequest {}).await)?,
+            ),
+            TokenVerb::Revoke { id } => (
+                output::View::Revoked,
+                document(client.revoke_token(RevokeTokenRequest { id }).await)?,
+            ),
+        },
+        Verb::JoinToken { what, .. } => match what {
+            JoinTokenVerb::Create { ttl, uses, name } => (
+                output::View::NewToken,
+                document(
+                    client
+                        .create_join_token(CreateJoinTokenRequest {
+                            ttl_ms: ttl_ms(Some(ttl)),
+                            uses: uses.unwrap_or(0),
+                            name,
+                        })
+                        .await,
+                )?,
+            ),
+            JoinTokenVerb::List => (
+                output::View::JoinTokens,
+                document(client.list_join_tokens(GetRequest {}).await)?,
+            ),
+            JoinTokenVerb::Rotate => (
+                output::View::NewToken,
+                document(client.rotate_join_token(GetRequest {}).await)?,
+            ),
+        },
+        Verb::Pki { what, .. } => match what {
+            PkiVerb::Status => (
+                output::View::Pki,
+                document(client.pki_status(GetRequest {}).await)?,
+            ),
+            PkiVerb::Renew => (
+                output::View::Pki,
+                document(client.renew_certificate(GetRequest {}).await)?,
+            ),
+        },
         Verb::Init(_) | Verb::Join(_) | Verb::Run(_) | Verb::Dev(_) | Verb::Hub { .. } => {
             return Err(anyhow!("not a client verb"))
         }
@@ -192,7 +452,7 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
 
 /// Streams `file` to the gateway in 1 MiB chunks.
 pub(crate) async fn import_image(
-    client: &mut AdminClient<Channel>,
+    client: &mut Admin,
     file: &std::path::Path,
     all: bool,
 ) -> Result<Value> {
@@ -237,7 +497,7 @@ pub(crate) async fn import_image(
 }
 
 async fn stream_logs(
-    client: &mut AdminClient<Channel>,
+    client: &mut Admin,
     workload: String,
     replica: Option<u32>,
     follow: bool,
@@ -253,14 +513,10 @@ async fn stream_logs(
     let mut stream = client
         .logs(request)
         .await
-        .map_err(|s| anyhow!("{}", s.message()))?
+        .map_err(status_error)?
         .into_inner();
     let mut stdout = std::io::stdout();
-    while let Some(chunk) = stream
-        .message()
-        .await
-        .map_err(|s| anyhow!("{}", s.message()))?
-    {
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
         if stdout
             .write_all(&chunk.data)
             .and_then(|_| stdout.flush())
@@ -277,7 +533,7 @@ async fn stream_logs(
 /// on the gateway or `timeout` passes (then it says what is stuck and
 /// fails).
 async fn drain(
-    client: &mut AdminClient<Channel>,
+    client: &mut Admin,
     format: OutputFormat,
     name: String,
     timeout: Duration,

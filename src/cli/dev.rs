@@ -64,7 +64,7 @@ async fn start_site(dir: &Path, first_port: u16, socket: &Path) -> Result<Vec<Ga
     let mut a = member(dir, "gw-a", first_port, socket);
     a.labels.insert("zone".into(), "north".into());
     a.capacity = capacity(2000, 1 << 30);
-    let first = start_init(&InitArgs::with_defaults(a)).await?;
+    let (first, _) = start_init(&InitArgs::with_defaults(a)).await?;
     let peer = first.local_addr.to_string();
     let token = std::fs::read_to_string(dir.join("gw-a").join(crate::config::TOKEN_FILE))?
         .trim()
@@ -149,20 +149,34 @@ async fn run_in(args: &DevArgs, dir: &Path) -> Result<ExitCode> {
     let hub_addr = hub_listener.local_addr()?.to_string();
     let hub_stop = stop.clone();
     let hub_dir = dir.join("hub");
+    let hub_tls = crate::cloud::hub::pki::HubTlsOptions::default();
     let hub = tokio::spawn(async move {
-        crate::cloud::hub::cli::serve_on(&hub_dir, hub_listener, hub_stop.cancelled_owned()).await
+        crate::cloud::hub::cli::serve_on(
+            &hub_dir,
+            hub_listener,
+            &hub_tls,
+            hub_stop.cancelled_owned(),
+        )
+        .await
     });
 
     let gateways = start_site(dir, args.first_port, &socket).await?;
     let server = gateways[0].local_addr.to_string();
-    let outcome = demo(&server, &hub_addr, &archive).await;
+    let site_dir = dir.join("gw-a");
+    let hub_dir = dir.join("hub");
+    let outcome = demo(&server, &site_dir, &hub_addr, &hub_dir, &archive).await;
     if let Err(e) = &outcome {
         eprintln!("error: {e:#}");
     } else {
         println!(
-            "\nA hub on {hub_addr} and 3 gateways on 127.0.0.1:{}-{}. Try:",
+            "\nA hub on {hub_addr} and 3 gateways on 127.0.0.1:{}-{}, all over TLS with tokens. In another shell:",
             args.first_port,
             args.first_port + 2
+        );
+        println!(
+            "  export GANTRY_DATA_DIR={} GANTRY_HUB_DATA_DIR={}",
+            site_dir.display(),
+            hub_dir.display()
         );
         println!("  gantry status                           # the site (GANTRY_SERVER defaults to 127.0.0.1:7400)");
         println!("  gantry hub status --hub {hub_addr}");
@@ -181,8 +195,27 @@ async fn run_in(args: &DevArgs, dir: &Path) -> Result<ExitCode> {
     outcome.map(|_| ExitCode::SUCCESS)
 }
 
-async fn demo(server: &str, hub_addr: &str, archive: &Path) -> Result<()> {
-    let mut site = super::client::connect(server).await?;
+/// The admin token a data dir holds.
+fn admin_token(dir: &Path) -> Result<String> {
+    let file = dir.join(crate::trust::files::ADMIN_TOKEN_FILE);
+    Ok(std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .trim()
+        .to_string())
+}
+
+async fn demo(
+    server: &str,
+    site_dir: &Path,
+    hub_addr: &str,
+    hub_dir: &Path,
+    archive: &Path,
+) -> Result<()> {
+    let auth = super::args::ClientAuth {
+        token: Some(admin_token(site_dir)?),
+        ..Default::default()
+    };
+    let mut site = super::client::connect(server, &auth).await?;
     wait_until("3 voters", || {
         let mut site = site.clone();
         async move {
@@ -200,11 +233,12 @@ async fn demo(server: &str, hub_addr: &str, archive: &Path) -> Result<()> {
         output::render(View::Imported, OutputFormat::Table, &imported)?
     );
 
-    let mut hub = crate::cloud::hub::cli::connect(hub_addr).await?;
+    let hub_token = crate::cloud::hub::cli::admin_token_of(hub_dir).await?;
+    let mut hub = crate::cloud::hub::cli::connect(hub_addr, &hub_token).await?;
     let token = hub
         .site_token(SiteTokenRequest {
             site: SITE.into(),
-            token: String::new(),
+            grace_ms: 0,
         })
         .await?
         .into_inner()

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::args::OutputFormat;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
     Status,
     Nodes,
@@ -31,6 +31,12 @@ pub enum View {
     HubDeleted,
     HubStatus,
     HubToken,
+    /// A token created once: the text alone on its line, for `$(...)`.
+    NewToken,
+    Tokens,
+    JoinTokens,
+    Revoked,
+    Pki,
 }
 
 pub fn render(view: View, format: OutputFormat, value: &Value) -> Result<String> {
@@ -407,9 +413,54 @@ fn table_view(view: View, value: &Value) -> String {
             text(&value["deleted"]),
             text(&value["revision"])
         ),
-        View::HubToken => format!("{}\n", text(&value["token"])),
+        View::HubToken | View::NewToken => format!("{}\n", text(&value["token"])),
+        View::Tokens | View::JoinTokens => tokens_table(view, value),
+        View::Revoked => format!("token {} revoked\n", text(&value["revoked"])),
+        View::Pki => pki_table(value),
         View::HubStatus => hub_status_table(value),
     }
+}
+
+fn tokens_table(view: View, value: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(value)
+        .iter()
+        .map(|t| {
+            let mut row = vec![text(&t["id"]), text(&t["name"])];
+            if view == View::Tokens {
+                row.push(text(&t["role"]));
+                row.push(text(&t["gateway"]));
+            } else {
+                row.push(if t["default"] == true { "yes" } else { "" }.into());
+                row.push(text(&t["uses_left"]));
+            }
+            row.push(text(&t["expires"]));
+            row
+        })
+        .collect();
+    let headers: &[&str] = if view == View::Tokens {
+        &["ID", "NAME", "ROLE", "GATEWAY", "EXPIRES"]
+    } else {
+        &["ID", "NAME", "DEFAULT", "USES LEFT", "EXPIRES"]
+    };
+    table(headers, &rows)
+}
+
+fn pki_table(value: &Value) -> String {
+    let cert = &value["certificate"];
+    let mut out = String::new();
+    let _ = writeln!(out, "Gateway:      {}", text(&value["gateway"]));
+    let _ = writeln!(out, "CA (sha256):  {}", text(&value["ca_sha256"]));
+    let _ = writeln!(out, "CA expires:   {}", text(&value["ca_not_after"]));
+    let _ = writeln!(out, "Certificate:  serial {}", text(&cert["serial"]));
+    let _ = writeln!(
+        out,
+        "  valid:      {} .. {}",
+        text(&cert["not_before"]),
+        text(&cert["not_after"])
+    );
+    let names: Vec<String> = items(&cert["names"]).iter().map(text).collect();
+    let _ = writeln!(out, "  names:      {}", names.join(", "));
+    out
 }
 
 fn events_table(events: &Value) -> String {

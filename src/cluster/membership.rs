@@ -21,9 +21,9 @@ use openraft::{BasicNode, ChangeMembers};
 
 use super::node::ClusterError;
 use super::node::{Cluster, JoinArgs, LeaderFailure, LeaderReply};
-use super::token::JoinToken;
 use super::NodeId;
 use crate::state::{Command, NodeStatus, Response};
+use crate::trust::Sensitive;
 
 /// Beyond five voters, quorum writes get slower and availability no better;
 /// further gateways keep full replicas as learners.
@@ -36,25 +36,14 @@ fn failed(e: impl std::fmt::Display) -> LeaderFailure {
     LeaderFailure::Failed(e.to_string())
 }
 
-impl Cluster {
-    fn check_token(&self, token: &str) -> Result<(), LeaderFailure> {
-        let token = JoinToken::parse(token).map_err(LeaderFailure::Refused)?;
-        let state = self.state().read();
-        let Some(identity) = state.state.meta.identity.as_ref() else {
-            return Err(failed("the cluster is not initialised yet"));
-        };
-        if token.cluster_id != identity.cluster_id {
-            return Err(LeaderFailure::Refused(format!(
-                "the token is for cluster {}, this is cluster {}",
-                token.cluster_id, identity.cluster_id
-            )));
-        }
-        if !token.matches(&identity.cluster_id, &identity.join_secret_sha256) {
-            return Err(LeaderFailure::Refused("wrong join token".into()));
-        }
-        Ok(())
-    }
+/// The key a certificate request asks for, once its signature checks out
+/// (a request that fails here changes nothing).
+fn csr_key(csr_der: &[u8]) -> Result<gantry_pki::Fingerprint, LeaderFailure> {
+    gantry_pki::csr_spki_sha256(csr_der)
+        .map_err(|e| LeaderFailure::Refused(format!("bad certificate request: {e}")))
+}
 
+impl Cluster {
     pub(crate) async fn join_as_leader(
         &self,
         args: JoinArgs,
@@ -62,39 +51,136 @@ impl Cluster {
         if !self.is_leader() {
             return Err(LeaderFailure::NotLeader);
         }
-        self.check_token(&args.token)?;
+        let token_id = {
+            let state = self.state().read();
+            if state.state.meta.identity.is_none() {
+                return Err(failed("the cluster is not initialised yet"));
+            }
+            crate::trust::tokens::check_join(&state.state, &args.token.0)
+                .map_err(LeaderFailure::Refused)?
+        };
+        // Sign first (a bad request changes nothing), but for the node id the
+        // state machine hands out: sign again once it is known.
+        let spki = csr_key(&args.csr_der)?;
+        let pin = crate::state::NodeTls {
+            spki_sha256: spki.to_hex(),
+            serial: String::new(),
+            not_after_ms: 0,
+            previous: None,
+        };
         let command = Command::RegisterNode {
             name: args.name.clone(),
             address: args.address.clone(),
             labels: args.labels,
             capacity: args.capacity,
             devices: args.devices,
+            tls: Some(pin),
+            join_token: Some(token_id),
         };
-        match self
+        let node = match self
             .propose(crate::state::Request::new(super::node::now_ms(), command))
             .await?
         {
-            Response::NodeRegistered { node } => {
-                tracing::info!(node, name = %args.name, address = %args.address, "gateway registered");
-                Ok(LeaderReply::Joined {
-                    cluster_id: self.cluster_id().to_string(),
-                    node,
-                })
-            }
-            Response::Rejected { reason } => Err(LeaderFailure::Refused(reason)),
-            other => Err(failed(format!("unexpected answer {other:?}"))),
+            Response::NodeRegistered { node } => node,
+            Response::Rejected { reason } => return Err(LeaderFailure::Refused(reason)),
+            other => return Err(failed(format!("unexpected answer {other:?}"))),
+        };
+        let (issued, ca_certs_der) = {
+            let state = self.state().read();
+            let issued = crate::trust::issuer::sign_node(
+                self.trust(),
+                &state.state,
+                node,
+                &args.address,
+                &args.csr_der,
+            )
+            .map_err(failed)?;
+            let cas = crate::trust::issuer::ca_certs_der(&state.state).map_err(failed)?;
+            (issued, cas)
+        };
+        // The pin with the certificate's serial and expiry.
+        let tls = crate::trust::issuer::node_tls(&issued, None, super::node::now_ms());
+        self.propose(crate::state::Request::new(
+            super::node::now_ms(),
+            Command::SetNodeKey { node, tls },
+        ))
+        .await?;
+        tracing::info!(node, name = %args.name, address = %args.address, serial = %issued.serial_hex, "gateway registered");
+        Ok(LeaderReply::Joined {
+            cluster_id: self.cluster_id().to_string(),
+            node,
+            cert_der: issued.cert_der,
+            ca_certs_der,
+        })
+    }
+
+    /// Signs `node`'s renewal and pins the new key (the old one stays valid
+    /// until its certificate expires); answers once every Ready gateway
+    /// applied the pin, so no peer refuses the new certificate.
+    pub(crate) async fn renew_as_leader(
+        &self,
+        node: NodeId,
+        csr_der: &[u8],
+    ) -> Result<LeaderReply, LeaderFailure> {
+        if !self.is_leader() {
+            return Err(LeaderFailure::NotLeader);
         }
+        let now = super::node::now_ms();
+        let (issued, ca_certs_der, tls) = {
+            let state = self.state().read();
+            let gateway = state
+                .state
+                .nodes
+                .get(&node)
+                .filter(|n| n.status != NodeStatus::Left)
+                .ok_or_else(|| {
+                    LeaderFailure::Refused(format!("no current gateway with id {node}"))
+                })?;
+            let issued = crate::trust::issuer::sign_node(
+                self.trust(),
+                &state.state,
+                node,
+                &gateway.address,
+                csr_der,
+            )
+            .map_err(failed)?;
+            let tls = crate::trust::issuer::node_tls(&issued, gateway.tls.as_ref(), now);
+            let cas = crate::trust::issuer::ca_certs_der(&state.state).map_err(failed)?;
+            (issued, cas, tls)
+        };
+        let (response, index) = self
+            .propose_indexed(crate::state::Request::new(
+                now,
+                Command::SetNodeKey { node, tls },
+            ))
+            .await?;
+        if let Response::Rejected { reason } = response {
+            return Err(LeaderFailure::Refused(reason));
+        }
+        let lagging = self
+            .wait_applied_everywhere(index, std::time::Duration::from_secs(10))
+            .await;
+        if !lagging.is_empty() {
+            tracing::warn!(
+                node,
+                ?lagging,
+                "gateways did not confirm the new key in time"
+            );
+        }
+        tracing::info!(node, serial = %issued.serial_hex, "certificate renewed");
+        Ok(LeaderReply::Renewed {
+            cert_der: issued.cert_der,
+            ca_certs_der,
+        })
     }
 
     pub(crate) async fn add_member_as_leader(
         &self,
-        token: &str,
         id: NodeId,
     ) -> Result<LeaderReply, LeaderFailure> {
         if !self.is_leader() {
             return Err(LeaderFailure::NotLeader);
         }
-        self.check_token(token)?;
         let (address, name) = {
             let state = self.state().read();
             match state.state.nodes.get(&id) {
@@ -114,15 +200,54 @@ impl Cluster {
                 }
             }
         };
+        let cluster_key = self
+            .trust()
+            .cluster_key()
+            .ok_or_else(|| failed("the leader holds no cluster key"))?;
+        // Its own admin token (DATA_DIR/admin-token), replacing any earlier one.
+        let (admin_token, record) = crate::trust::tokens::new_admin(
+            self.trust().ca_pin(),
+            crate::state::Role::Admin,
+            &format!("{name} (local)"),
+            None,
+            Some(id),
+            super::node::now_ms(),
+        )
+        .map_err(failed)?;
+        match self
+            .propose(crate::state::Request::new(
+                super::node::now_ms(),
+                Command::CreateToken { record },
+            ))
+            .await?
+        {
+            Response::Ok => {}
+            Response::Rejected { reason } => return Err(LeaderFailure::Refused(reason)),
+            other => return Err(failed(format!("unexpected answer {other:?}"))),
+        }
+        let role = self.make_member(id, &address, &name).await?;
+        Ok(LeaderReply::Member {
+            role,
+            cluster_key: Sensitive(cluster_key.to_hex()),
+            admin_token: Sensitive(admin_token.to_string()),
+        })
+    }
+
+    /// Adds `id` as a learner, waits for it to catch up, and promotes it
+    /// while there are fewer than `MAX_VOTERS` voters.
+    async fn make_member(
+        &self,
+        id: NodeId,
+        address: &str,
+        name: &str,
+    ) -> Result<String, LeaderFailure> {
         let _guard = self.inner.membership_lock.lock().await;
         if self.voters().contains(&id) {
-            return Ok(LeaderReply::Member {
-                role: "voter".into(),
-            });
+            return Ok("voter".into());
         }
         if !self.learners().contains(&id) {
             self.raft()
-                .add_learner(id, BasicNode::new(&address), false)
+                .add_learner(id, BasicNode::new(address), false)
                 .await
                 .map_err(failed)?;
             tracing::info!(node = id, %name, "added as learner; waiting for it to catch up");
@@ -138,13 +263,9 @@ impl Cluster {
                 .await
                 .map_err(failed)?;
             tracing::info!(node = id, %name, promoted = ?promote, "promoted to voter");
-            return Ok(LeaderReply::Member {
-                role: "voter".into(),
-            });
+            return Ok("voter".into());
         }
-        Ok(LeaderReply::Member {
-            role: "learner".into(),
-        })
+        Ok("learner".into())
     }
 
     /// Waits until the leader has replicated to `id` what it had when asked.
@@ -232,6 +353,7 @@ impl Cluster {
                 .map_err(failed)?;
         }
         drop(guard);
+        self.peers().forget(id);
         tracing::info!(node = id, %name, "removed from the Raft membership");
         if self.is_leader() {
             self.promote_learners().await;

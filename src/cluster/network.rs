@@ -1,11 +1,16 @@
-//! Raft's transport: one unary gRPC call per openraft message over the
-//! Cluster service, payloads serde-encoded, one cached HTTP/2 channel per
-//! peer address.
+//! Raft's transport and every other gateway-to-gateway call: one unary
+//! gRPC call per openraft message over the Cluster service, payloads
+//! serde-encoded, one cached HTTP/2 channel per peer, all over mutual TLS.
+//! A peer's certificate must chain to the cluster CA, name the gateway we
+//! meant to reach (`n<id>.<cluster>.gantry`) and carry the key the state
+//! pins for it, so a gateway that left (or anyone holding the CA key) cannot
+//! stand in for a member.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gantry_pki::{Credentials, Fingerprint};
 use gantry_proto::v1::cluster_client::ClusterClient;
 use gantry_proto::v1::RaftMessage;
 use openraft::error::{
@@ -19,46 +24,157 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{NodeId, TypeConfig};
+use crate::tls::{ClientTls, TlsConnector};
+use crate::trust::{NodeTrust, TrustError};
 
 /// Snapshot chunks and big appends must fit; JSON inflates bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// Lazily connected channels to peers by address, shared by Raft, write
-/// forwarding, joins and heartbeats.
-#[derive(Clone, Default)]
+/// The keys the state pins for the gateway a server name stands for.
+pub type PinSource = Arc<dyn Fn(&str) -> Vec<Fingerprint> + Send + Sync>;
+
+/// Lazily connected channels to peers, shared by Raft, write forwarding,
+/// heartbeats, images and logs.
+#[derive(Clone)]
 pub struct PeerChannels {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    inner: Arc<PeerInner>,
+}
+
+struct PeerInner {
+    cluster_id: String,
+    trust: Arc<NodeTrust>,
+    pins: PinSource,
+    /// To a known member: chain, its own name, and its pinned key.
+    member_tls: ClientTls,
+    /// To an address only (a joiner finishing its join knows no pins yet):
+    /// chain and the name every gateway carries.
+    any_tls: ClientTls,
+    channels: Mutex<HashMap<(Option<NodeId>, String), Channel>>,
+}
+
+fn member_config(
+    trust: &NodeTrust,
+    pins: &PinSource,
+    creds: &Credentials,
+) -> Result<Arc<rustls::ClientConfig>, TrustError> {
+    let verifier = gantry_pki::MemberServerVerifier::new(trust.ca_bundle(), pins.clone())?;
+    Ok(gantry_pki::client_config(
+        verifier,
+        Some(creds),
+        crate::trust::alpn(),
+    )?)
+}
+
+fn any_config(
+    trust: &NodeTrust,
+    creds: &Credentials,
+) -> Result<Arc<rustls::ClientConfig>, TrustError> {
+    let verifier = gantry_pki::roots_verifier(trust.ca_bundle())?;
+    Ok(gantry_pki::client_config(
+        verifier,
+        Some(creds),
+        crate::trust::alpn(),
+    )?)
 }
 
 impl PeerChannels {
-    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = map.get(addr) {
+    pub fn new(trust: Arc<NodeTrust>, pins: PinSource) -> Result<Self, TrustError> {
+        let creds = trust.credentials();
+        let member_tls = ClientTls::new(member_config(&trust, &pins, &creds)?);
+        let any_tls = ClientTls::new(any_config(&trust, &creds)?);
+        Ok(Self {
+            inner: Arc::new(PeerInner {
+                cluster_id: trust.cluster_id.clone(),
+                trust,
+                pins,
+                member_tls,
+                any_tls,
+                channels: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    fn channel(&self, node: Option<NodeId>, addr: &str) -> Result<Channel, String> {
+        let mut map = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = (node, addr.to_string());
+        if let Some(channel) = map.get(&key) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr}: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
-        map.insert(addr.to_string(), channel.clone());
+        let connector = match node {
+            Some(id) => TlsConnector::new(
+                self.inner.member_tls.clone(),
+                &gantry_pki::node_dns_name(id, &self.inner.cluster_id),
+            )?,
+            None => TlsConnector::new(self.inner.any_tls.clone(), gantry_pki::GATEWAY_NAME)?,
+        };
+        let channel = crate::tls::lazy_channel(addr, connector, |endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+        })?;
+        map.insert(key, channel.clone());
         Ok(channel)
     }
 
-    pub fn client(&self, addr: &str) -> Result<ClusterClient<Channel>, String> {
+    fn client_on(&self, channel: Channel) -> ClusterClient<Channel> {
+        ClusterClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// A client for member `node` at `addr`.
+    pub fn member(&self, node: NodeId, addr: &str) -> Result<ClusterClient<Channel>, String> {
         if super::fault::partitioned() {
             return Err(format!(
                 "cannot reach {addr}: partitioned (fault injection)"
             ));
         }
-        Ok(ClusterClient::new(self.channel(addr)?)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(self.client_on(self.channel(Some(node), addr)?))
+    }
+
+    /// A client for whichever gateway serves `addr` (its certificate must
+    /// come from the cluster CA); for a joiner that knows no pins yet.
+    pub fn any_member(&self, addr: &str) -> Result<ClusterClient<Channel>, String> {
+        if super::fault::partitioned() {
+            return Err(format!(
+                "cannot reach {addr}: partitioned (fault injection)"
+            ));
+        }
+        Ok(self.client_on(self.channel(None, addr)?))
+    }
+
+    /// Drops cached channels to `node` (it left).
+    pub fn forget(&self, node: NodeId) {
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(id, _), _| *id != Some(node));
+    }
+
+    /// After our own renewal: new connections present the new certificate;
+    /// calls in flight finish on the channels they hold.
+    pub fn set_identity(&self, creds: &Credentials) -> Result<(), TrustError> {
+        let inner = &self.inner;
+        inner
+            .member_tls
+            .set(member_config(&inner.trust, &inner.pins, creds)?);
+        inner.any_tls.set(any_config(&inner.trust, creds)?);
+        inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
     }
 }
 
@@ -116,7 +232,7 @@ impl PeerClient {
         };
         let mut client = self
             .peers
-            .client(&self.addr)
+            .member(self.target, &self.addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
         let call = async {
             match rpc {

@@ -14,10 +14,11 @@ use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 
 use super::log_store::LogStore;
-use super::network::{Network, PeerChannels};
+use super::network::{Network, PeerChannels, PinSource};
 use super::state_machine::{StateMachineStore, StateReader};
 use super::{NodeId, Raft};
 use crate::state::{Command, Request, Response};
+use crate::trust::{NodeTrust, Sensitive};
 
 /// Raft timing and log retention. Defaults suit loopback and site LANs:
 /// a leader loss is detected in 0.6-1.2 s; logs are compacted every 500 entries.
@@ -62,19 +63,34 @@ pub enum ClusterError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderOp {
     Write(Request),
+    /// A write that must have reached every Ready gateway before it is
+    /// answered (a revoked token, a new key pin).
+    WriteEverywhere(Request),
     Join(JoinArgs),
-    AddMember { token: String, node: NodeId },
-    Leave { name: String },
+    /// The gateway's identity comes from its certificate, checked by the
+    /// gateway that received the call.
+    AddMember {
+        node: NodeId,
+    },
+    /// Signs a renewal for `node` and pins its new key.
+    Renew {
+        node: NodeId,
+        csr_der: Vec<u8>,
+    },
+    Leave {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinArgs {
-    pub token: String,
+    pub token: Sensitive,
     pub name: String,
     pub address: String,
     pub labels: std::collections::BTreeMap<String, String>,
     pub capacity: crate::state::Capacity,
     pub devices: BTreeSet<String>,
+    pub csr_der: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,9 +105,17 @@ pub enum LeaderReply {
     Joined {
         cluster_id: String,
         node: NodeId,
+        cert_der: Vec<u8>,
+        ca_certs_der: Vec<Vec<u8>>,
     },
     Member {
         role: String,
+        cluster_key: Sensitive,
+        admin_token: Sensitive,
+    },
+    Renewed {
+        cert_der: Vec<u8>,
+        ca_certs_der: Vec<Vec<u8>>,
     },
     Left {
         name: String,
@@ -125,6 +149,9 @@ pub(crate) struct Inner {
     pub(crate) raft: Raft,
     pub(crate) state: StateReader,
     pub(crate) peers: PeerChannels,
+    pub(crate) trust: Arc<NodeTrust>,
+    /// Leader: how far each gateway said (in its heartbeats) it has applied.
+    member_applied: Mutex<std::collections::BTreeMap<NodeId, u64>>,
     leader_contact: Mutex<Option<Instant>>,
     /// Last heartbeat a leader with a quorum accepted (or our own quorum).
     quorum_contact: Mutex<QuorumSync>,
@@ -137,6 +164,29 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Cluster {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// The keys the state pins for the gateway a server name stands for.
+fn pin_source(state: StateReader, cluster_id: &str) -> PinSource {
+    let cluster_id = cluster_id.to_string();
+    Arc::new(move |name: &str| {
+        let Some(id) = crate::trust::node_id_of_name(name, &cluster_id) else {
+            return Vec::new();
+        };
+        let applied = state.read();
+        applied
+            .state
+            .nodes
+            .get(&id)
+            .and_then(|n| n.tls.as_ref())
+            .map(|tls| {
+                tls.pins(now_ms())
+                    .into_iter()
+                    .filter_map(|pin| gantry_pki::Fingerprint::parse(pin).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
 }
 
 pub fn now_ms() -> u64 {
@@ -152,6 +202,7 @@ impl Cluster {
         cluster_id: &str,
         db: Arc<DB>,
         timers: &RaftTimers,
+        trust: Arc<NodeTrust>,
     ) -> Result<Self, ClusterError> {
         let config = openraft::Config {
             cluster_name: cluster_id.to_string(),
@@ -170,7 +221,8 @@ impl Cluster {
         let log = LogStore::new(db.clone());
         let sm = StateMachineStore::open(db).map_err(ClusterError::Start)?;
         let state = sm.reader();
-        let peers = PeerChannels::default();
+        let peers = PeerChannels::new(trust.clone(), pin_source(state.clone(), cluster_id))
+            .map_err(|e| ClusterError::Start(e.to_string()))?;
         let network = Network {
             cluster_id: cluster_id.to_string(),
             peers: peers.clone(),
@@ -185,6 +237,8 @@ impl Cluster {
                 raft,
                 state,
                 peers,
+                trust,
+                member_applied: Mutex::new(Default::default()),
                 leader_contact: Mutex::new(None),
                 quorum_contact: Mutex::new(QuorumSync::default()),
                 started: Instant::now(),
@@ -218,6 +272,71 @@ impl Cluster {
 
     pub fn peers(&self) -> &PeerChannels {
         &self.inner.peers
+    }
+
+    pub fn trust(&self) -> &Arc<NodeTrust> {
+        &self.inner.trust
+    }
+
+    /// A client for member `node`, at the address the state knows for it.
+    pub fn member_client(
+        &self,
+        node: NodeId,
+    ) -> Result<gantry_proto::v1::cluster_client::ClusterClient<tonic::transport::Channel>, String>
+    {
+        let address = self
+            .state()
+            .read()
+            .state
+            .nodes
+            .get(&node)
+            .map(|n| n.address.clone())
+            .ok_or_else(|| format!("no gateway with id {node}"))?;
+        self.inner.peers.member(node, &address)
+    }
+
+    /// Leader: a gateway's heartbeat said how far it has applied.
+    pub fn note_member_applied(&self, node: NodeId, index: u64) {
+        self.inner
+            .member_applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node, index);
+    }
+
+    /// Leader: waits (at most `limit`) until every Ready gateway but this
+    /// one has reported applying `index`; returns the names of those that
+    /// did not in time.
+    pub async fn wait_applied_everywhere(&self, index: u64, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let lagging: Vec<String> = {
+                let applied = self.state().read();
+                let reported = self
+                    .inner
+                    .member_applied
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                applied
+                    .state
+                    .nodes
+                    .values()
+                    .filter(|n| n.id != self.id())
+                    .filter(|n| {
+                        matches!(
+                            n.status,
+                            crate::state::NodeStatus::Ready | crate::state::NodeStatus::Draining
+                        )
+                    })
+                    .filter(|n| reported.get(&n.id).is_none_or(|at| *at < index))
+                    .map(|n| n.name.clone())
+                    .collect()
+            };
+            if lagging.is_empty() || Instant::now() >= deadline {
+                return lagging;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub(crate) fn raft(&self) -> &Raft {
@@ -365,10 +484,20 @@ impl Cluster {
 
     /// Proposes a state-machine command wherever the leader is.
     pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
-        match self
-            .on_leader(LeaderOp::Write(Request::new(now_ms(), command)))
-            .await?
-        {
+        self.write_op(LeaderOp::Write(Request::new(now_ms(), command)))
+            .await
+    }
+
+    /// Like `write`, and answered only once every Ready gateway applied it
+    /// (or a few seconds passed): for changes that must hold everywhere at
+    /// once, like a revoked token.
+    pub async fn write_everywhere(&self, command: Command) -> Result<Response, ClusterError> {
+        self.write_op(LeaderOp::WriteEverywhere(Request::new(now_ms(), command)))
+            .await
+    }
+
+    async fn write_op(&self, op: LeaderOp) -> Result<Response, ClusterError> {
+        match self.on_leader(op).await? {
             LeaderReply::Write(response) => Ok(response),
             LeaderReply::Written { response, index } => {
                 self.wait_applied(index).await;
@@ -431,7 +560,7 @@ impl Cluster {
                     )),
                 }
             } else {
-                match tokio::time::timeout(remaining, self.forward(&addr, &op)).await {
+                match tokio::time::timeout(remaining, self.forward(leader, &addr, &op)).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(message)) => {
                         last_error = format!("leader {leader} at {addr}: {message}");
@@ -462,11 +591,12 @@ impl Cluster {
     /// transport problem worth retrying; the inner one is the leader's answer.
     async fn forward(
         &self,
+        leader: NodeId,
         addr: &str,
         op: &LeaderOp,
     ) -> Result<Result<LeaderReply, LeaderFailure>, String> {
         let payload = serde_json::to_vec(op).map_err(|e| e.to_string())?;
-        let mut client = self.inner.peers.client(addr)?;
+        let mut client = self.inner.peers.member(leader, addr)?;
         let message = RaftMessage {
             cluster_id: self.inner.cluster_id.clone(),
             payload,
@@ -486,8 +616,19 @@ impl Cluster {
                 let (response, index) = self.propose_indexed(request).await?;
                 Ok(LeaderReply::Written { response, index })
             }
+            LeaderOp::WriteEverywhere(request) => {
+                let (response, index) = self.propose_indexed(request).await?;
+                let lagging = self
+                    .wait_applied_everywhere(index, Duration::from_secs(5))
+                    .await;
+                if !lagging.is_empty() {
+                    tracing::warn!(?lagging, index, "gateways did not confirm a change in time; they apply it when they catch up");
+                }
+                Ok(LeaderReply::Written { response, index })
+            }
             LeaderOp::Join(args) => self.join_as_leader(args).await,
-            LeaderOp::AddMember { token, node } => self.add_member_as_leader(&token, node).await,
+            LeaderOp::AddMember { node } => self.add_member_as_leader(node).await,
+            LeaderOp::Renew { node, csr_der } => self.renew_as_leader(node, &csr_der).await,
             LeaderOp::Leave { name } => self.leave_as_leader(&name).await,
         }
     }
@@ -507,7 +648,10 @@ impl Cluster {
         let _ = tokio::time::timeout(Duration::from_secs(2), reached).await;
     }
 
-    async fn propose_indexed(&self, request: Request) -> Result<(Response, u64), LeaderFailure> {
+    pub(crate) async fn propose_indexed(
+        &self,
+        request: Request,
+    ) -> Result<(Response, u64), LeaderFailure> {
         match self.inner.raft.client_write(request).await {
             Ok(written) => Ok((written.data, written.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {

@@ -171,13 +171,20 @@ pub async fn run_heartbeats(
             }
             continue;
         }
-        let Ok(mut client) = cluster.peers().client(&addr) else {
+        let Ok(mut client) = cluster.peers().member(leader, &addr) else {
             continue;
         };
+        let applied_index = cluster
+            .state()
+            .read()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
         let request = HeartbeatRequest {
             cluster_id: cluster.cluster_id().to_string(),
             node_id: cluster.id(),
             runtime_problem: health.problem().unwrap_or_default(),
+            applied_index,
         };
         match tokio::time::timeout(
             crate::control::fencing::HEARTBEAT_TIMEOUT,

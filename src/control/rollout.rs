@@ -155,6 +155,8 @@ mod tests {
                 labels: Default::default(),
                 capacity: Default::default(),
                 devices: Default::default(),
+                tls: Some(crate::state::trust::fixtures::tls()),
+                join_token: None,
             },
         );
         manifest(

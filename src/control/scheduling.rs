@@ -360,8 +360,9 @@ mod tests {
         };
         apply(Command::InitCluster {
             cluster_id: "c".into(),
-            join_secret_sha256: "0".into(),
             settings: ClusterSettings::default(),
+            pki: crate::state::trust::fixtures::pki(),
+            join_token: crate::state::trust::fixtures::join_token("0a"),
         });
         for (name, zigbee) in [("a", true), ("b", false)] {
             let mut labels = BTreeMap::new();
@@ -377,6 +378,8 @@ mod tests {
                     memory_bytes: 512 << 20,
                 },
                 devices: Default::default(),
+                tls: Some(crate::state::trust::fixtures::tls()),
+                join_token: None,
             });
         }
         state
@@ -477,6 +480,8 @@ mod tests {
                         memory_bytes: 512 << 20,
                     },
                     devices: Default::default(),
+                    tls: Some(crate::state::trust::fixtures::tls()),
+                    join_token: None,
                 },
             ),
             &mut ChangeSet::new(),

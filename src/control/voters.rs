@@ -171,8 +171,9 @@ mod tests {
             1,
             Command::InitCluster {
                 cluster_id: "c".into(),
-                join_secret_sha256: "0".into(),
                 settings: ClusterSettings::default(),
+                pki: crate::state::trust::fixtures::pki(),
+                join_token: crate::state::trust::fixtures::join_token("0a"),
             },
         );
         for (i, status) in statuses.iter().enumerate() {
@@ -184,6 +185,8 @@ mod tests {
                     labels: Default::default(),
                     capacity: Capacity::default(),
                     devices: Default::default(),
+                    tls: Some(crate::state::trust::fixtures::tls()),
+                    join_token: None,
                 },
             );
             apply(

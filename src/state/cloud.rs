@@ -10,33 +10,27 @@ impl State {
     pub(super) fn cloud_attach(
         &mut self,
         at: u64,
-        hub: &str,
-        site: &str,
-        token: &str,
+        link: CloudLink,
         changes: &mut ChangeSet,
     ) -> Response {
+        let (hub, site) = (link.hub.clone(), link.site.clone());
         if hub.trim().is_empty() || site.trim().is_empty() {
             return rejected("cloud attach needs a hub address and a site name");
         }
-        if token.is_empty() {
+        if link.token_sealed.is_empty() || link.hub_ca_sha256.len() != 64 {
             return rejected("cloud attach needs the site's token");
         }
         let cloud = &mut self.meta.cloud;
-        let same_site = cloud
-            .link
-            .as_ref()
-            .is_some_and(|l| l.hub == hub && l.site == site);
+        let same_site = cloud.link.as_ref().is_some_and(|l| {
+            l.hub == hub && l.site == site && l.hub_ca_sha256 == link.hub_ca_sha256
+        });
         if !same_site {
             // Another hub's or site's revisions mean nothing here; the first
             // delivery from revision 0 is a full snapshot.
             cloud.acked_revision = 0;
             cloud.refused.clear();
         }
-        cloud.link = Some(CloudLink {
-            hub: hub.to_string(),
-            site: site.to_string(),
-            token: token.to_string(),
-        });
+        cloud.link = Some(link);
         cloud.connected = false;
         cloud.reported_by = None;
         cloud.since_ms = at;
@@ -224,7 +218,8 @@ mod tests {
                 Command::CloudAttach {
                     hub: "127.0.0.1:9".into(),
                     site: "s1".into(),
-                    token: "t".into(),
+                    hub_ca_sha256: "ab".repeat(32),
+                    token_sealed: "00".into(),
                 }
             ),
             Response::Ok
@@ -404,7 +399,8 @@ mod tests {
         let attach = |site: &str| Command::CloudAttach {
             hub: "127.0.0.1:9".into(),
             site: site.into(),
-            token: "t".into(),
+            hub_ca_sha256: "ab".repeat(32),
+            token_sealed: "00".into(),
         };
         apply(&mut state, attach("s1"));
         assert_eq!(state.meta.cloud.acked_revision, 4);

@@ -14,6 +14,7 @@ use super::model::{
 };
 use super::settings::SettingsChange;
 use super::spec::WorkloadSpec;
+use super::trust::{NodeTls, Pki, TokenRecord};
 
 /// The envelope in every log entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,19 +43,45 @@ impl Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
-    /// First entry of every cluster.
+    /// First entry of every cluster: its identity, its CA and the default
+    /// join token (as a hash).
     InitCluster {
         cluster_id: String,
-        join_secret_sha256: String,
         settings: ClusterSettings,
+        pki: Pki,
+        join_token: TokenRecord,
     },
-    /// A gateway asks to join; the state machine hands out its id.
+    /// A gateway asks to join; the state machine hands out its id. `tls`
+    /// pins its certificate's key; `join_token` names the token it used,
+    /// which loses one use.
     RegisterNode {
         name: String,
         address: String,
         labels: BTreeMap<String, String>,
         capacity: Capacity,
         devices: BTreeSet<String>,
+        #[serde(default)]
+        tls: Option<NodeTls>,
+        #[serde(default)]
+        join_token: Option<String>,
+    },
+    /// A gateway renewed its certificate: the new key, and the old one for
+    /// as long as the old certificate is valid.
+    SetNodeKey {
+        node: NodeId,
+        tls: NodeTls,
+    },
+    /// An admin or join token (its hash); a gateway-bound admin token
+    /// replaces that gateway's previous one.
+    CreateToken {
+        record: TokenRecord,
+    },
+    RevokeToken {
+        id: String,
+    },
+    /// A new default join token; the old default stops working.
+    RotateJoinToken {
+        record: TokenRecord,
     },
     SetNodeStatus {
         node: NodeId,
@@ -118,7 +145,8 @@ pub enum Command {
     CloudAttach {
         hub: String,
         site: String,
-        token: String,
+        hub_ca_sha256: String,
+        token_sealed: String,
     },
     /// `gantry cloud detach`: the link closes; cloud workloads stay.
     CloudDetach,

@@ -13,6 +13,7 @@ pub mod quantity;
 pub mod rollout;
 pub mod settings;
 pub mod spec;
+pub mod trust;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use command::{AppliedWorkload, Command, InstanceReport, PlanRecord, Request, Response};
 pub use model::*;
 use spec::{is_dns_label, WorkloadSpec};
+pub use trust::{NodeTls, Pki, PreviousKey, Role, TokenKind, TokenRecord};
 
 /// How many events the ring keeps; older ones fall off.
 pub const MAX_EVENTS: usize = 512;
@@ -48,6 +50,12 @@ pub struct Meta {
     /// Added with cloud sync; absent in older records.
     #[serde(default)]
     pub cloud: CloudState,
+    /// The cluster CA (its key sealed); set by `InitCluster`.
+    #[serde(default)]
+    pub pki: Option<Pki>,
+    /// Admin and join tokens by id (hashes only).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -83,6 +91,18 @@ mod instances_as_list {
     }
 }
 
+/// What `RegisterNode` carries, by reference.
+#[derive(Clone, Copy)]
+struct Joiner<'a> {
+    name: &'a str,
+    address: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    capacity: Capacity,
+    devices: &'a BTreeSet<String>,
+    tls: Option<&'a NodeTls>,
+    join_token: Option<&'a str>,
+}
+
 fn rejected(reason: impl Into<String>) -> Response {
     Response::Rejected {
         reason: reason.into(),
@@ -96,17 +116,24 @@ impl State {
         match &req.command {
             Command::InitCluster {
                 cluster_id,
-                join_secret_sha256,
                 settings,
+                pki,
+                join_token,
             } => {
                 if self.meta.identity.is_some() {
                     return rejected("the cluster is already initialised");
                 }
+                if join_token.kind != TokenKind::Join {
+                    return rejected("the first token of a cluster is its join token");
+                }
                 self.meta.identity = Some(ClusterIdentity {
                     cluster_id: cluster_id.clone(),
-                    join_secret_sha256: join_secret_sha256.clone(),
                     created_ms: at,
                 });
+                self.meta.pki = Some(pki.clone());
+                let mut join_token = join_token.clone();
+                join_token.default = true;
+                self.meta.tokens.insert(join_token.id.clone(), join_token);
                 self.meta.settings = settings.clone();
                 self.meta.next_node_id = self.meta.next_node_id.max(1);
                 changes.insert(StateKey::Meta);
@@ -124,7 +151,24 @@ impl State {
                 labels,
                 capacity,
                 devices,
-            } => self.register_node(at, name, address, labels, *capacity, devices, changes),
+                tls,
+                join_token,
+            } => {
+                let joiner = Joiner {
+                    name,
+                    address,
+                    labels,
+                    capacity: *capacity,
+                    devices,
+                    tls: tls.as_ref(),
+                    join_token: join_token.as_deref(),
+                };
+                self.register_node(at, &joiner, changes)
+            }
+            Command::SetNodeKey { node, tls } => self.set_node_key(at, *node, tls, changes),
+            Command::CreateToken { record } => self.create_token(at, record, changes),
+            Command::RevokeToken { id } => self.revoke_token(at, id, changes),
+            Command::RotateJoinToken { record } => self.rotate_join_token(at, record, changes),
             Command::SetNodeStatus {
                 node,
                 status,
@@ -169,8 +213,19 @@ impl State {
                 self.event(at, kind, message.clone(), changes);
                 Response::Ok
             }
-            Command::CloudAttach { hub, site, token } => {
-                self.cloud_attach(at, hub, site, token, changes)
+            Command::CloudAttach {
+                hub,
+                site,
+                hub_ca_sha256,
+                token_sealed,
+            } => {
+                let link = CloudLink {
+                    hub: hub.clone(),
+                    site: site.clone(),
+                    hub_ca_sha256: hub_ca_sha256.clone(),
+                    token_sealed: token_sealed.clone(),
+                };
+                self.cloud_attach(at, link, changes)
             }
             Command::CloudDetach => self.cloud_detach(at, changes),
             Command::SetCloudConnection {
@@ -224,27 +279,40 @@ impl State {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn register_node(
-        &mut self,
-        at: u64,
-        name: &str,
-        address: &str,
-        labels: &BTreeMap<String, String>,
-        capacity: Capacity,
-        devices: &BTreeSet<String>,
-        changes: &mut ChangeSet,
-    ) -> Response {
+    fn register_node(&mut self, at: u64, joiner: &Joiner, changes: &mut ChangeSet) -> Response {
+        let Joiner {
+            name,
+            address,
+            labels,
+            capacity,
+            devices,
+            tls,
+            join_token,
+        } = *joiner;
         if !is_dns_label(name) {
             return rejected(format!("gateway name '{name}' is not a DNS label"));
         }
         if address.is_empty() {
             return rejected("the gateway has no address");
         }
-        if self.node_by_name(name).is_some() {
+        if let Some(existing) = self.node_by_name(name) {
+            // A retried join (its answer was lost) registers nothing twice:
+            // the same name with the same key is the same gateway.
+            let same_key = matches!((&existing.tls, tls), (Some(a), Some(b)) if a.spki_sha256 == b.spki_sha256);
+            if same_key {
+                return Response::NodeRegistered { node: existing.id };
+            }
             return rejected(format!(
                 "a gateway named '{name}' is already a member; pick another name or run `gantry leave {name}` first"
             ));
+        }
+        if self.meta.pki.is_some() && tls.is_none() {
+            return rejected("a gateway joins with a certificate");
+        }
+        if let Some(token) = join_token {
+            if let Err(refusal) = self.consume_join_token(at, token, changes) {
+                return refusal;
+            }
         }
         let id = self.meta.next_node_id.max(1);
         self.meta.next_node_id = id + 1;
@@ -265,6 +333,7 @@ impl State {
                 draining: false,
                 since_ms: at,
                 joined_ms: at,
+                tls: tls.cloned(),
             },
         );
         changes.insert(StateKey::Node(id));
@@ -349,6 +418,7 @@ impl State {
             self.event(at, kind, message, changes);
         }
         if status == NodeStatus::Left {
+            self.forget_credentials_of(id, changes);
             // A gateway that left runs nothing: its instances need a new home.
             let keys: Vec<InstanceKey> = self
                 .instances

@@ -66,6 +66,9 @@ pub struct Node {
     /// When the status last changed (ms since the epoch, from the command).
     pub since_ms: u64,
     pub joined_ms: u64,
+    /// The key its certificate must carry; None once it left.
+    #[serde(default)]
+    pub tls: Option<super::trust::NodeTls>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,8 +223,6 @@ impl Default for ClusterSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ClusterIdentity {
     pub cluster_id: String,
-    /// sha256 of the join secret, hex. Only the hash is replicated.
-    pub join_secret_sha256: String,
     pub created_ms: u64,
 }
 
@@ -256,6 +257,10 @@ pub struct CloudState {
 pub struct CloudLink {
     pub hub: String,
     pub site: String,
-    /// The site token; replicated so every future leader can use it.
-    pub token: String,
+    /// SHA-256 (hex) of the hub's CA certificate, from the site token: the
+    /// link pins it in the TLS handshake before it sends the token.
+    pub hub_ca_sha256: String,
+    /// The site token, sealed with the cluster key (hex): replicated so
+    /// every future leader can use it, never in clear.
+    pub token_sealed: String,
 }

@@ -216,6 +216,15 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Milliseconds since the epoch as RFC 3339 (UTC, seconds). Times come
+/// from commands that peers and clients send, so an absurd value must print
+/// as something, never panic: past the year 9999 it is clamped.
+pub fn format_epoch_ms(ms: u64) -> String {
+    const LAST_MS: u64 = 253_402_300_799_000; // 9999-12-31T23:59:59Z
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms.min(LAST_MS));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 /// A duration that reads and writes itself as text (`2s`) in manifests,
 /// JSON output and the replicated state alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -9,6 +9,12 @@ fn req(at: u64, command: Command) -> Request {
 }
 
 fn register(state: &mut State, name: &str) -> Response {
+    // Each registration with a key of its own.
+    let key = state.nodes.len() as u8 + 1;
+    register_with(state, name, key, None)
+}
+
+fn register_with(state: &mut State, name: &str, key: u8, join_token: Option<&str>) -> Response {
     state.apply(
         &req(
             10,
@@ -21,10 +27,133 @@ fn register(state: &mut State, name: &str) -> Response {
                     memory_bytes: 1 << 30,
                 },
                 devices: BTreeSet::new(),
+                tls: Some(crate::state::trust::fixtures::tls_for(key)),
+                join_token: join_token.map(String::from),
             },
         ),
         &mut ChangeSet::new(),
     )
+}
+
+#[test]
+fn a_retried_join_of_the_same_gateway_registers_nothing_twice() {
+    let mut state = initialised();
+    let mut once = crate::state::trust::fixtures::join_token("0b");
+    once.uses_left = Some(1);
+    let create = Command::CreateToken { record: once };
+    assert_eq!(
+        state.apply(&req(2, create), &mut ChangeSet::new()),
+        Response::Ok
+    );
+    assert_eq!(
+        register_with(&mut state, "gw-a", 7, Some("0b")),
+        Response::NodeRegistered { node: 1 }
+    );
+    // The answer was lost and the joiner asks again: same name, same key.
+    let before = state.clone();
+    assert_eq!(
+        register_with(&mut state, "gw-a", 7, Some("0b")),
+        Response::NodeRegistered { node: 1 }
+    );
+    assert_eq!(state, before, "no second use, no second gateway");
+    // Another gateway with the used-up token is refused and changes nothing.
+    let refused = register_with(&mut state, "gw-b", 8, Some("0b"));
+    assert!(
+        matches!(&refused, Response::Rejected { reason } if reason.contains("used up")),
+        "{refused:?}"
+    );
+    assert_eq!(state, before);
+    // Without a certificate pin nobody joins a cluster that has a CA.
+    let bare = Command::RegisterNode {
+        name: "gw-c".into(),
+        address: "127.0.0.1:1".into(),
+        labels: BTreeMap::new(),
+        capacity: Capacity::default(),
+        devices: BTreeSet::new(),
+        tls: None,
+        join_token: None,
+    };
+    assert!(matches!(
+        state.apply(&req(3, bare), &mut ChangeSet::new()),
+        Response::Rejected { .. }
+    ));
+    assert_eq!(state, before);
+}
+
+#[test]
+fn tokens_expire_rotate_and_go_with_their_gateway() {
+    let mut state = initialised();
+    register(&mut state, "gw-a");
+    let mut short = crate::state::trust::fixtures::join_token("0c");
+    short.expires_ms = Some(100);
+    state.apply(
+        &req(2, Command::CreateToken { record: short }),
+        &mut ChangeSet::new(),
+    );
+    let late = state.apply(
+        &req(
+            200,
+            Command::RegisterNode {
+                name: "gw-b".into(),
+                address: "127.0.0.1:2".into(),
+                labels: BTreeMap::new(),
+                capacity: Capacity::default(),
+                devices: BTreeSet::new(),
+                tls: Some(crate::state::trust::fixtures::tls_for(9)),
+                join_token: Some("0c".into()),
+            },
+        ),
+        &mut ChangeSet::new(),
+    );
+    assert!(matches!(&late, Response::Rejected { reason } if reason.contains("expired")));
+    // Rotation replaces the default join token.
+    let new = crate::state::trust::fixtures::join_token("0d");
+    state.apply(
+        &req(3, Command::RotateJoinToken { record: new }),
+        &mut ChangeSet::new(),
+    );
+    let defaults: Vec<&str> = state
+        .tokens_of(TokenKind::Join)
+        .filter(|t| t.default)
+        .map(|t| t.id.as_str())
+        .collect();
+    assert_eq!(defaults, vec!["0d"]);
+    assert!(
+        !state.meta.tokens.contains_key("0a"),
+        "the init default is gone"
+    );
+    // A gateway's own admin token and its key pin go when it leaves.
+    let mut own = crate::state::trust::fixtures::join_token("0e");
+    own.kind = TokenKind::Admin;
+    own.role = Some(Role::Admin);
+    own.node = Some(1);
+    assert_eq!(
+        state.apply(
+            &req(4, Command::CreateToken { record: own }),
+            &mut ChangeSet::new()
+        ),
+        Response::Ok
+    );
+    register(&mut state, "gw-c");
+    let leave = Command::SetNodeStatus {
+        node: 1,
+        status: NodeStatus::Left,
+        reason: None,
+        runtime_down: false,
+    };
+    state.apply(&req(5, leave), &mut ChangeSet::new());
+    assert!(!state.meta.tokens.contains_key("0e"));
+    assert!(state.nodes[&1].tls.is_none());
+    // Records hold hashes only, and a role only on admin tokens.
+    let mut bad = crate::state::trust::fixtures::join_token("0f");
+    bad.secret_sha256 = "not-a-hash".into();
+    assert!(matches!(
+        state.apply(
+            &req(6, Command::CreateToken { record: bad }),
+            &mut ChangeSet::new()
+        ),
+        Response::Rejected { .. }
+    ));
 }
 
 fn apply_manifest(state: &mut State, text: &str, source: Source) -> Response {
@@ -39,8 +168,9 @@ fn initialised() -> State {
     let mut state = State::default();
     let init = Command::InitCluster {
         cluster_id: "c1".into(),
-        join_secret_sha256: "00".into(),
         settings: ClusterSettings::default(),
+        pki: crate::state::trust::fixtures::pki(),
+        join_token: crate::state::trust::fixtures::join_token("0a"),
     };
     assert_eq!(
         state.apply(&req(1, init), &mut ChangeSet::new()),

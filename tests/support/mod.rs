@@ -1,7 +1,11 @@
 //! Test harness: real `gantry` processes on loopback, each with its own
-//! data dir in a temp dir, driven through the CLI like an operator would.
-//! Ports are chosen by the gateways themselves (`--listen 127.0.0.1:0`) and
-//! read back from their data dir, so tests never race for fixed ports.
+//! data dir in a temp dir, driven through the CLI like an operator would,
+//! over TLS with tokens: after `init` the harness makes an admin token
+//! (`gantry token create`) and every CLI call carries it through
+//! `GANTRY_TOKEN_FILE`. Ports are chosen by the gateways themselves
+//! (`--listen 127.0.0.1:0`) and read back from their data dir, so tests
+//! never race for fixed ports. A daemon's stderr (its log) and stdout (what
+//! it prints for the operator, like the join token) go to separate files.
 
 #![allow(dead_code)]
 
@@ -34,8 +38,38 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
 pub struct Gateway {
     pub name: String,
     pub dir: PathBuf,
+    /// stderr: the daemon's log.
     pub log: PathBuf,
     pub child: Option<Child>,
+}
+
+/// Where a daemon's stdout goes (next to its log).
+pub fn stdout_of(log: &Path) -> PathBuf {
+    log.with_extension("out")
+}
+
+/// The credential environment variables a developer's shell may hold;
+/// tests set their own.
+const CREDENTIAL_ENV: &[&str] = &[
+    "GANTRY_TOKEN",
+    "GANTRY_TOKEN_FILE",
+    "GANTRY_CA_FILE",
+    "GANTRY_DATA_DIR",
+    "GANTRY_HUB_TOKEN",
+    "GANTRY_HUB_DATA_DIR",
+    "GANTRY_SITE_TOKEN",
+    "GANTRY_JOIN_TOKEN",
+    "GANTRY_SERVER",
+    "GANTRY_HUB",
+];
+
+/// A `gantry` command without any credential from the caller's shell.
+pub fn gantry() -> Command {
+    let mut command = Command::new(gantry_bin());
+    for name in CREDENTIAL_ENV {
+        command.env_remove(name);
+    }
+    command
 }
 
 impl Gateway {
@@ -104,13 +138,16 @@ fn spawn(args: &[&str], log: &Path) -> Child {
 }
 
 fn spawn_with_env(args: &[&str], log: &Path, env: &[(String, String)]) -> Child {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("open log");
-    let err = out.try_clone().expect("clone log");
-    Command::new(gantry_bin())
+    let open = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open log")
+    };
+    let err = open(log);
+    let out = open(&stdout_of(log));
+    gantry()
         .args(args)
         .env("GANTRY_LOG", "info,openraft=warn")
         .env("GANTRY_FAULT_FILE", log.with_extension("fault"))
@@ -135,6 +172,8 @@ pub struct TestCluster {
     pub env: Vec<(String, String)>,
     /// A cloud hub started with `start_hub`.
     pub hub: Option<Hub>,
+    /// The admin token every CLI call carries (made after `init`).
+    pub token_file: PathBuf,
 }
 
 /// A `gantry hub serve` process. Restarted on the address it first bound,
@@ -192,6 +231,7 @@ impl TestCluster {
                 tmp.path().join("ctd"),
             ))
             .expect("a private containerd for the gateways (install containerd and runc)");
+        let token_file = tmp.path().join("admin.token");
         Self {
             gateways: Vec::new(),
             containerd,
@@ -199,6 +239,7 @@ impl TestCluster {
             tmp,
             env: Vec::new(),
             hub: None,
+            token_file,
         }
     }
 
@@ -235,19 +276,33 @@ impl TestCluster {
         self.hub.as_ref().expect("a hub was started").addr.clone()
     }
 
-    /// Runs `gantry hub VERB ... --hub ADDR`.
+    /// Runs `gantry hub VERB ... --hub ADDR` with the hub's admin token
+    /// (from its data dir).
     pub fn hub_cli(&self, args: &[&str]) -> Output {
         let addr = self.hub_addr();
+        let dir = self.hub.as_ref().expect("a hub was started").dir.clone();
         // `--hub` right after the verb: a trailing one would land in `delete`'s subcommand.
         let mut full = vec!["hub"];
         full.extend_from_slice(&args[..1]);
         full.extend_from_slice(&["--hub", &addr]);
         full.extend_from_slice(&args[1..]);
-        Command::new(gantry_bin())
+        gantry()
             .args(&full)
+            .env("GANTRY_HUB_DATA_DIR", &dir)
             .stdin(Stdio::null())
             .output()
             .expect("run gantry hub")
+    }
+
+    /// A new site token for `site` from the hub (`hub site-token`).
+    pub fn site_token(&self, site: &str) -> String {
+        let out = self.hub_cli(&["site-token", "--site", site]);
+        assert!(
+            out.status.success(),
+            "hub site-token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// `gantry hub status -o json`, the entry of `site` (Null if absent).
@@ -313,8 +368,33 @@ impl TestCluster {
             "127.0.0.1:0",
         ];
         let index = self.launch(name, dir, log, &args, extra);
+        self.wait_registered_with(index, &self.gateways[index].dir.clone());
+        if !self.token_file.exists() {
+            self.make_admin_token(index);
+        }
         self.wait_registered(index);
         index
+    }
+
+    /// The harness's own admin token, made with the first gateway's local
+    /// one (which goes when that gateway leaves; this one stays).
+    fn make_admin_token(&self, index: usize) {
+        let addr = self.gateways[index].addr();
+        let out = gantry()
+            .args([
+                "--server", &addr, "token", "create", "--role", "admin", "--name", "tests",
+            ])
+            .env("GANTRY_DATA_DIR", &self.gateways[index].dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run gantry token create");
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        std::fs::write(&self.token_file, format!("{token}\n")).expect("write the admin token");
     }
 
     /// Starts `gantry ARGS` (plus this test's runtime flags and `extra`)
@@ -396,16 +476,50 @@ impl TestCluster {
         });
     }
 
+    /// Waits until the gateway answers with its own admin token (before the
+    /// harness has one).
+    fn wait_registered_with(&self, index: usize, dir: &Path) {
+        let name = self.gateways[index].name.clone();
+        let addr = self.gateways[index].addr();
+        let token = dir.join("admin-token");
+        wait_for(&format!("{name} to answer"), DEADLINE, || {
+            if !token.exists() {
+                return None;
+            }
+            let out = gantry()
+                .args(["--server", &addr, "status", "-o", "json"])
+                .env("GANTRY_DATA_DIR", dir)
+                .stdin(Stdio::null())
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        });
+    }
+
     pub fn addr(&self, index: usize) -> String {
         self.gateways[index].addr()
     }
 
-    /// Runs a client verb against `server`.
+    /// Runs a client verb against `server` with the harness's admin token.
     pub fn cli(&self, server: &str, args: &[&str]) -> Output {
-        Command::new(gantry_bin())
+        gantry()
             .arg("--server")
             .arg(server)
             .args(args)
+            .env("GANTRY_TOKEN_FILE", &self.token_file)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run gantry")
+    }
+
+    /// Runs a client verb with exactly the environment given (no harness
+    /// token): for tests of credentials themselves.
+    pub fn cli_as(&self, server: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+        gantry()
+            .arg("--server")
+            .arg(server)
+            .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("run gantry")

@@ -1,6 +1,7 @@
 //! The `gantry hub` verbs: `serve` runs the hub in the foreground; the
 //! admin verbs (`apply`, `delete`, `status`, `site-token`) are clients of
-//! the hub at `--hub`, exactly like any script would be.
+//! the hub at `--hub`, exactly like any script would be, with a hub admin
+//! token (`--token`, `GANTRY_HUB_TOKEN`, or the hub's `--data-dir`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,12 +14,17 @@ use gantry_proto::hub::v1::hub_server::HubServer;
 use gantry_proto::hub::v1::{ApplyRequest, DeleteRequest, SiteTokenRequest, StatusRequest};
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
+use super::auth::HubPolicy;
+use super::pki::{HubTlsOptions, ADMIN_TOKEN_FILE};
 use super::service::HubService;
 use super::sites::Sites;
 use super::store::HubStore;
-use crate::cli::args::{DeleteWhat, HubVerb, OutputFormat};
+use crate::api::auth::AuthLayer;
+use crate::cli::args::{DeleteWhat, HubAddr, HubVerb, OutputFormat};
+use crate::cli::client::{status_error, Bearer};
 use crate::cli::output::{self, View};
 
 /// The file under the data dir holding the address the hub bound.
@@ -28,8 +34,19 @@ pub const DB_DIR: &str = "hub-db";
 
 pub async fn run(verb: HubVerb, format: OutputFormat) -> Result<ExitCode> {
     match verb {
-        HubVerb::Serve { data_dir, listen } => {
-            serve(&data_dir, &listen).await?;
+        HubVerb::Serve {
+            data_dir,
+            listen,
+            tls_san,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = HubTlsOptions {
+                sans: tls_san,
+                cert: tls_cert,
+                key: tls_key,
+            };
+            serve(&data_dir, &listen, &tls).await?;
             Ok(ExitCode::SUCCESS)
         }
         verb => client_verb(verb, format).await,
@@ -37,29 +54,44 @@ pub async fn run(verb: HubVerb, format: OutputFormat) -> Result<ExitCode> {
 }
 
 /// Runs a hub until Ctrl-C or SIGTERM.
-pub async fn serve(data_dir: &Path, listen: &str) -> Result<()> {
+pub async fn serve(data_dir: &Path, listen: &str, tls: &HubTlsOptions) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    serve_on(data_dir, listener, shutdown_signal()).await
+    serve_on(data_dir, listener, tls, shutdown_signal()).await
 }
 
 /// Runs a hub on `listener` until `stop` completes (the benchmark embeds it).
 pub async fn serve_on(
     data_dir: &Path,
     listener: TcpListener,
+    tls: &HubTlsOptions,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let store = HubStore::open(&data_dir.join(DB_DIR))?;
-    let sites = Arc::new(Sites::open(store)?);
     let address = listener.local_addr().context("listener address")?;
+    let hub_tls = super::pki::load_or_create(data_dir, &address.to_string(), tls)?;
+    let store = HubStore::open(&data_dir.join(DB_DIR))?;
+    let sites = Arc::new(Sites::open(store, hub_tls.ca)?);
+    let token_file = data_dir.join(ADMIN_TOKEN_FILE);
+    if !sites.has_admin_token() || !token_file.exists() {
+        let token = sites.create_admin_token()?;
+        crate::trust::files::write_secret_file(&token_file, &token.to_string())?;
+        println!("hub admin token written to {}", token_file.display());
+    }
+    println!("hub CA fingerprint (sha256): {}", hub_tls.ca);
     std::fs::write(data_dir.join(ADDRESS_FILE), address.to_string())
         .context("cannot write the hub address file")?;
-    tracing::info!(address = %address, data_dir = %data_dir.display(), "hub started");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tracing::info!(address = %address, data_dir = %data_dir.display(), ca = %hub_tls.ca, "hub started");
     let closing = tokio_util::sync::CancellationToken::new();
+    let incoming = crate::tls::incoming(
+        listener,
+        crate::tls::ServerTls::new(hub_tls.server),
+        crate::tls::AcceptLimits::default(),
+        closing.clone(),
+    );
+    let policy = AuthLayer::new(HubPolicy {
+        sites: sites.clone(),
+    });
     let service = HubService {
         sites,
         closing: closing.clone(),
@@ -70,6 +102,10 @@ pub async fn serve_on(
         closing.cancel();
     };
     tonic::transport::Server::builder()
+        .http2_max_header_list_size(16 << 10)
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(policy)
         .add_service(HubServer::new(service))
         .serve_with_incoming_shutdown(incoming, stop)
         .await
@@ -95,21 +131,80 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-pub(crate) async fn connect(hub: &str) -> Result<HubClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{hub}"))
-        .map_err(|e| anyhow!("--hub {hub} is not HOST:PORT: {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(30));
-    let channel = endpoint.connect().await.map_err(|e| {
-        anyhow!("cannot reach a hub at {hub} ({e}); is it running? set --hub or GANTRY_HUB")
+/// A hub admin client that carries its token.
+pub type HubAdmin = HubClient<InterceptedService<Channel, Bearer>>;
+
+/// The hub admin token: `--token`/`GANTRY_HUB_TOKEN`, else the hub's
+/// `--data-dir`/admin-token.
+fn hub_token(addr: &HubAddr) -> Result<String> {
+    if let Some(token) = addr
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(token.to_string());
+    }
+    if let Some(dir) = &addr.data_dir {
+        let file = dir.join(ADMIN_TOKEN_FILE);
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "not authorized: cannot read the hub admin token {}",
+                file.display()
+            )
+        })?;
+        return Ok(text.trim().to_string());
+    }
+    Err(anyhow!(
+        "not authorized: no hub admin token; pass --token or GANTRY_HUB_TOKEN, or --data-dir of the hub"
+    ))
+}
+
+/// Connects to the hub with an admin token, pinning the CA it names.
+pub async fn connect(hub: &str, token: &str) -> Result<HubAdmin> {
+    let verifier = crate::cli::client::server_verifier(token, None, |t| {
+        gantry_pki::AdminToken::parse(t).ok().map(|t| t.ca)
     })?;
-    Ok(HubClient::new(channel))
+    let channel = crate::cli::client::tls_channel(
+        hub,
+        verifier,
+        gantry_pki::HUB_NAME,
+        "a hub",
+        "is it running? set --hub or GANTRY_HUB",
+    )
+    .await?;
+    Ok(HubClient::with_interceptor(channel, Bearer::new(token)?))
+}
+
+/// For programs that embed a hub (benchmarks, `gantry dev`): its admin
+/// token, once `serve_on` has written it.
+pub async fn admin_token_of(data_dir: &Path) -> Result<String> {
+    let file = data_dir.join(ADMIN_TOKEN_FILE);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            if !text.trim().is_empty() {
+                return Ok(text.trim().to_string());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(anyhow!(
+                "the hub wrote no admin token to {}",
+                file.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn connect_with(addr: &HubAddr) -> Result<HubAdmin> {
+    connect(&addr.hub, &hub_token(addr)?).await
 }
 
 fn document(
     reply: Result<tonic::Response<gantry_proto::hub::v1::JsonDocument>, tonic::Status>,
 ) -> Result<Value> {
-    let reply = reply.map_err(|status| anyhow!("{}", status.message()))?;
+    let reply = reply.map_err(status_error)?;
     serde_json::from_str(&reply.into_inner().json).context("the hub sent malformed JSON")
 }
 
@@ -123,7 +218,7 @@ async fn client_verb(verb: HubVerb, format: OutputFormat) -> Result<ExitCode> {
             unchecked,
         } => {
             let manifest = crate::cli::client::read_manifest(&file)?;
-            let mut client = connect(&hub.hub).await?;
+            let mut client = connect_with(&hub).await?;
             let request = ApplyRequest {
                 site,
                 manifest,
@@ -136,27 +231,29 @@ async fn client_verb(verb: HubVerb, format: OutputFormat) -> Result<ExitCode> {
             site,
             what: DeleteWhat::Workload { name },
         } => {
-            let mut client = connect(&hub.hub).await?;
+            let mut client = connect_with(&hub).await?;
             let request = DeleteRequest { site, name };
             (View::HubDeleted, document(client.delete(request).await)?)
         }
         HubVerb::Status { hub } => {
-            let mut client = connect(&hub.hub).await?;
+            let mut client = connect_with(&hub).await?;
             (
                 View::HubStatus,
                 document(client.status(StatusRequest {}).await)?,
             )
         }
-        HubVerb::SiteToken { hub, site, token } => {
-            let mut client = connect(&hub.hub).await?;
+        HubVerb::SiteToken { hub, site, grace } => {
+            let mut client = connect_with(&hub).await?;
             let request = SiteTokenRequest {
                 site,
-                token: token.unwrap_or_default(),
+                grace_ms: grace
+                    .map(|g| g.0.as_millis().min(u128::from(u64::MAX)) as u64)
+                    .unwrap_or(0),
             };
             let reply = client
                 .site_token(request)
                 .await
-                .map_err(|status| anyhow!("{}", status.message()))?
+                .map_err(status_error)?
                 .into_inner();
             (
                 View::HubToken,

@@ -7,9 +7,13 @@
 //! - `sites`: the in-memory registry every RPC goes through.
 //! - `session`: one site's live link.
 //! - `service`: the tonic `Hub` service; `cli`: the `gantry hub` verbs.
+//! - `auth`: who may call what; `pki`: the hub's CA, certificate and admin
+//!   token in its data dir.
 
+pub mod auth;
 pub mod cli;
 pub mod desired;
+pub mod pki;
 pub mod service;
 pub mod session;
 pub mod sites;

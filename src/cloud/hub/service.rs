@@ -78,6 +78,10 @@ impl Hub for HubService {
         &self,
         request: Request<Streaming<SiteMessage>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
+        let site = match crate::api::auth::principal(&request) {
+            Some(crate::api::auth::Principal::Site(site)) => site.clone(),
+            _ => return Err(Status::unauthenticated("no site token")),
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -86,10 +90,13 @@ impl Hub for HubService {
             Some(In::Hello(hello)) => hello.clone(),
             _ => return Err(Status::invalid_argument("a link starts with Hello")),
         };
-        let opened = match self
-            .sites
-            .authenticate(&hello.site, &hello.token, hello.acked_revision)
-        {
+        if hello.site != site {
+            return Err(Status::permission_denied(format!(
+                "the token is for site '{site}', the Hello names '{}'",
+                hello.site
+            )));
+        }
+        let opened = match self.sites.open_session(&hello.site, hello.acked_revision) {
             Ok(opened) => opened,
             Err(e) => {
                 tracing::warn!(site = %hello.site, error = %e, "link refused");
@@ -162,11 +169,11 @@ impl Hub for HubService {
         let request = request.into_inner();
         let token = self
             .sites
-            .set_token(&request.site, Some(request.token))
+            .set_token(&request.site, Duration::from_millis(request.grace_ms))
             .map_err(status_from)?;
         Ok(Response::new(SiteTokenReply {
             site: request.site,
-            token,
+            token: token.to_string(),
         }))
     }
 }

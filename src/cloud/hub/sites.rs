@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
+use gantry_pki::{AdminToken, Fingerprint, Secret, SiteToken};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::desired::Delta;
-use super::store::{HubStore, HubStoreError, Rejection, SiteRecord};
+use super::store::{AdminRecord, HubStore, HubStoreError, PreviousToken, Rejection, SiteRecord};
 use crate::api::views::timestamp;
 use crate::cloud::site_view::SiteView;
 use crate::cluster::node::now_ms;
@@ -64,10 +64,20 @@ pub struct Sites {
     store: HubStore,
     sites: Mutex<BTreeMap<String, Site>>,
     next_session: Mutex<u64>,
+    /// The hub CA's fingerprint: the pin inside every site and admin token.
+    ca: Fingerprint,
+    admins: Mutex<BTreeMap<String, AdminRecord>>,
 }
 
-pub fn sha256_hex(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
+/// Whether `secret` hashes to the hex digest `expected`, in constant time.
+fn secret_matches(secret: &Secret, expected: &str) -> bool {
+    let Ok(bytes) = hex::decode(expected) else {
+        return false;
+    };
+    let Ok(digest) = <[u8; 32]>::try_from(bytes) else {
+        return false;
+    };
+    secret.matches(&digest)
 }
 
 /// What a freshly authenticated session starts from.
@@ -82,8 +92,9 @@ pub struct Opened {
 }
 
 impl Sites {
-    pub fn open(store: HubStore) -> Result<Self, HubError> {
+    pub fn open(store: HubStore, ca: Fingerprint) -> Result<Self, HubError> {
         let loaded = store.load()?;
+        let admins = store.admins()?;
         let sites = loaded
             .into_iter()
             .map(|(name, (record, view))| (name, Site::new(record, view)))
@@ -92,7 +103,72 @@ impl Sites {
             store,
             sites: Mutex::new(sites),
             next_session: Mutex::new(0),
+            ca,
+            admins: Mutex::new(admins),
         })
+    }
+
+    pub fn has_admin_token(&self) -> bool {
+        !self
+            .admins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// A new hub admin token (the text is returned once; its hash is kept).
+    pub fn create_admin_token(&self) -> Result<AdminToken, HubError> {
+        let token = AdminToken::generate(self.ca).map_err(|e| HubError::Refused(e.to_string()))?;
+        let record = AdminRecord {
+            secret_sha256: hex::encode(token.secret.sha256()),
+            created_ms: now_ms(),
+        };
+        self.store.save_admin(&token.id, &record)?;
+        self.admins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.id.clone(), record);
+        Ok(token)
+    }
+
+    /// Whether `text` is a hub admin token of this hub.
+    pub fn check_admin_token(&self, text: &str) -> bool {
+        let Ok(token) = AdminToken::parse(text) else {
+            return false;
+        };
+        if token.ca != self.ca {
+            return false;
+        }
+        let admins = self.admins.lock().unwrap_or_else(|p| p.into_inner());
+        admins
+            .get(&token.id)
+            .is_some_and(|r| secret_matches(&token.secret, &r.secret_sha256))
+    }
+
+    /// Whether `text` is the token of site `name` (or its previous one,
+    /// within its grace period).
+    pub fn check_site_token(&self, name: &str, text: &str) -> bool {
+        let Ok(token) = SiteToken::parse(text) else {
+            return false;
+        };
+        if token.hub_ca != self.ca {
+            return false;
+        }
+        let sites = self.lock();
+        let Some(site) = sites.get(name) else {
+            return false;
+        };
+        let current = site
+            .record
+            .token_sha256
+            .as_deref()
+            .is_some_and(|h| secret_matches(&token.secret, h));
+        let previous = site
+            .record
+            .previous_token
+            .as_ref()
+            .is_some_and(|p| now_ms() < p.until_ms && secret_matches(&token.secret, &p.sha256));
+        current || previous
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Site>> {
@@ -164,40 +240,46 @@ impl Sites {
         Ok(json!({"site": name, "deleted": workload, "revision": revision}))
     }
 
-    /// Sets the site's token (a random one when `token` is None), creating
-    /// the site if needed. Only the hash is kept.
-    pub fn set_token(&self, name: &str, token: Option<String>) -> Result<String, HubError> {
+    /// Gives the site a new random token, creating the site if needed; only
+    /// its hash is kept. With a `grace`, the previous token stays valid
+    /// that long beside the new one (and its open link stays up); without,
+    /// it stops working at once.
+    pub fn set_token(&self, name: &str, grace: std::time::Duration) -> Result<SiteToken, HubError> {
         if !is_dns_label(name) {
             return Err(HubError::BadSiteName(name.to_string()));
         }
-        let token = match token.filter(|t| !t.is_empty()) {
-            Some(t) => t,
-            None => format!("gantry-site-v1.{}", hex::encode(rand::random::<[u8; 24]>())),
-        };
+        let token = SiteToken::generate(self.ca).map_err(|e| HubError::Refused(e.to_string()))?;
         let mut sites = self.lock();
         let site = sites
             .entry(name.to_string())
             .or_insert_with(|| Site::new(SiteRecord::default(), SiteView::default()));
-        site.record.token_sha256 = Some(sha256_hex(&token));
-        self.save(name, site, false)?;
-        // An open link authenticated with the old token must not stay.
-        site.session = None;
-        site.wake.send_modify(|n| *n += 1);
+        let before = site.record.clone();
+        let previous = site.record.token_sha256.take();
+        site.record.previous_token =
+            previous
+                .filter(|_| !grace.is_zero())
+                .map(|sha256| PreviousToken {
+                    sha256,
+                    until_ms: now_ms().saturating_add(grace.as_millis() as u64),
+                });
+        site.record.token_sha256 = Some(hex::encode(token.secret.sha256()));
+        if let Err(e) = self.save(name, site, false) {
+            site.record = before;
+            return Err(e);
+        }
+        if grace.is_zero() {
+            // An open link authenticated with the old token must not stay.
+            site.session = None;
+            site.wake.send_modify(|n| *n += 1);
+        }
         Ok(token)
     }
 
-    /// Checks a Hello and makes its session the site's live one.
-    pub fn authenticate(&self, name: &str, token: &str, acked: u64) -> Result<Opened, HubError> {
+    /// Makes a new session the site's live one; the policy layer has
+    /// checked its token before the stream opened.
+    pub fn open_session(&self, name: &str, acked: u64) -> Result<Opened, HubError> {
         let mut sites = self.lock();
         let site = sites.get_mut(name).ok_or(HubError::Unauthenticated)?;
-        let matches = site
-            .record
-            .token_sha256
-            .as_deref()
-            .is_some_and(|h| h == sha256_hex(token));
-        if !matches {
-            return Err(HubError::Unauthenticated);
-        }
         let session = {
             let mut next = self.next_session.lock().unwrap_or_else(|p| p.into_inner());
             *next += 1;
@@ -355,6 +437,7 @@ impl Sites {
                     "last_seen": (record.last_seen_ms > 0).then(|| timestamp(record.last_seen_ms)),
                     "last_seen_ms": record.last_seen_ms,
                     "token_set": record.token_sha256.is_some(),
+                    "previous_token_until": record.previous_token.as_ref().filter(|p| p.until_ms > now_ms()).map(|p| timestamp(p.until_ms)),
                     "desired_revision": record.desired.revision,
                     "acked_revision": record.acked_revision,
                     "desired_workloads": record.desired.workloads.keys().collect::<Vec<_>>(),

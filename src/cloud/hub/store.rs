@@ -1,6 +1,7 @@
 //! The hub's own RocksDB under `DATA_DIR/hub-db`: one record per site
-//! (`site/NAME`, JSON) and the site's last reported status (`report/NAME`,
-//! a full protobuf `Report`). Every write is synced before it is answered.
+//! (`site/NAME`, JSON), the site's last reported status (`report/NAME`, a
+//! full protobuf `Report`) and the hub admin tokens (`admin/ID`, JSON, the
+//! secret's SHA-256 only). Every write is synced before it is answered.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,12 +34,29 @@ pub struct Rejection {
     pub error: String,
 }
 
+/// A hub admin token as the hub keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRecord {
+    pub secret_sha256: String,
+    pub created_ms: u64,
+}
+
+/// A replaced site token that stays valid for a grace period, so a site can
+/// be moved to its new token without a gap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousToken {
+    pub sha256: String,
+    pub until_ms: u64,
+}
+
 /// Everything the hub keeps about one site, except its reported status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteRecord {
-    /// sha256 (hex) of the site token; None until one is set.
+    /// SHA-256 (hex) of the site token's secret; None until one is set.
     #[serde(default)]
     pub token_sha256: Option<String>,
+    #[serde(default)]
+    pub previous_token: Option<PreviousToken>,
     #[serde(default)]
     pub desired: SiteDesired,
     /// The last revision the site said it committed (Ack or Hello).
@@ -88,6 +106,8 @@ impl HubStore {
                 let record: SiteRecord =
                     serde_json::from_slice(&value).map_err(|e| corrupted(e.to_string()))?;
                 sites.entry(site.to_string()).or_default().0 = record;
+            } else if key_text.starts_with("admin/") {
+                continue;
             } else if let Some(site) = key_text.strip_prefix("report/") {
                 let report =
                     Report::decode(value.as_ref()).map_err(|e| corrupted(e.to_string()))?;
@@ -116,6 +136,37 @@ impl HubStore {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// The hub admin tokens by id.
+    pub fn admins(&self) -> Result<BTreeMap<String, AdminRecord>, HubStoreError> {
+        let mut admins = BTreeMap::new();
+        for item in self.db.prefix_iterator(b"admin/") {
+            let (key, value) = item?;
+            let key_text = String::from_utf8_lossy(&key).into_owned();
+            let Some(id) = key_text.strip_prefix("admin/") else {
+                break;
+            };
+            let record: AdminRecord =
+                serde_json::from_slice(&value).map_err(|e| HubStoreError::Corrupted {
+                    key: key_text.clone(),
+                    message: e.to_string(),
+                })?;
+            admins.insert(id.to_string(), record);
+        }
+        Ok(admins)
+    }
+
+    pub fn save_admin(&self, id: &str, record: &AdminRecord) -> Result<(), HubStoreError> {
+        let json = serde_json::to_vec(record).map_err(|e| HubStoreError::Corrupted {
+            key: id.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .put_opt(format!("admin/{id}").as_bytes(), json, &opts)?;
         Ok(())
     }
 }

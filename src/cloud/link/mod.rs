@@ -26,6 +26,9 @@ use crate::state::{CloudLink, Command, Request, Response};
 use backoff::Backoff;
 use session::{SessionEnd, Tuning};
 
+/// The field the site token is sealed under (`trust::seal_aad`).
+pub const SITE_TOKEN_FIELD: &str = "site-token";
+
 /// The leader's live view of its link: soft state, never replicated as such
 /// (only transitions are, see `Command::SetCloudConnection`).
 #[derive(Debug, Clone, Default)]

@@ -14,7 +14,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 use super::{record_connection, write_as_leader, LinkHandle};
 use crate::cloud::site_view::SiteView;
@@ -160,13 +159,7 @@ impl Link<'_> {
         }
         let applied = self.cluster.state().read();
         match &applied.state.meta.cloud.link {
-            Some(l)
-                if l.hub == self.link.hub
-                    && l.site == self.link.site
-                    && l.token == self.link.token =>
-            {
-                Ok(())
-            }
+            Some(l) if l == self.link => Ok(()),
             _ => Err(SessionEnd::LinkChanged),
         }
     }
@@ -229,6 +222,51 @@ fn exit_if_hooked(revision: u64) {
     }
 }
 
+/// The site token, unsealed for this connection only.
+fn site_token(cluster: &Cluster, link: &CloudLink) -> Result<String, String> {
+    let plain = cluster
+        .trust()
+        .open_sealed(super::SITE_TOKEN_FIELD, &link.token_sealed)
+        .map_err(|e| format!("cannot open the sealed site token: {e}"))?;
+    String::from_utf8(plain).map_err(|_| "the sealed site token is not text".to_string())
+}
+
+/// TLS to the hub, which must present the CA the site token pins: the
+/// handshake fails before the token is sent to anyone else.
+pub fn hub_connector(link: &CloudLink) -> Result<crate::tls::TlsConnector, String> {
+    let pin = gantry_pki::Fingerprint::parse(&link.hub_ca_sha256)
+        .map_err(|e| format!("the hub CA pin is malformed: {e}"))?;
+    let config = gantry_pki::client_config(
+        gantry_pki::PinnedCaVerifier::new(pin),
+        None,
+        crate::trust::alpn(),
+    )
+    .map_err(|e| e.to_string())?;
+    crate::tls::TlsConnector::new(crate::tls::ClientTls::new(config), gantry_pki::HUB_NAME)
+}
+
+/// The site names itself and proves it with its token in the request's
+/// metadata, which the hub checks before the stream opens.
+pub fn site_metadata<T>(
+    request: &mut tonic::Request<T>,
+    site: &str,
+    token: &str,
+) -> Result<(), String> {
+    let metadata = request.metadata_mut();
+    metadata.insert(
+        crate::cloud::hub::auth::SITE_HEADER,
+        site.parse()
+            .map_err(|_| format!("site name '{site}' cannot travel in a header"))?,
+    );
+    metadata.insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the site token cannot travel in a header".to_string())?,
+    );
+    Ok(())
+}
+
 /// One connection: Hello, then deliveries and reports until it ends.
 pub async fn run(
     cluster: &Cluster,
@@ -237,13 +275,17 @@ pub async fn run(
     tuning: &Tuning,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
-    let endpoint = match Endpoint::from_shared(format!("http://{}", link.hub)) {
-        Ok(e) => e.connect_timeout(Duration::from_secs(5)),
-        Err(e) => return SessionEnd::Refused(format!("hub address {}: {e}", link.hub)),
+    let token = match site_token(cluster, link) {
+        Ok(token) => token,
+        Err(e) => return SessionEnd::Refused(e),
+    };
+    let connector = match hub_connector(link) {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Refused(e),
     };
     let channel = tokio::select! {
         _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-        connected = endpoint.connect() => match connected {
+        connected = crate::tls::connect_channel(&link.hub, connector, |e| e.connect_timeout(Duration::from_secs(5))) => match connected {
             Ok(c) => c,
             Err(e) => return SessionEnd::Failed(format!("cannot reach the hub at {}: {e}", link.hub)),
         },
@@ -252,7 +294,6 @@ pub async fn run(
     let (tx, rx) = mpsc::channel(16);
     let hello = Hello {
         site: link.site.clone(),
-        token: link.token.clone(),
         acked_revision: acked,
     };
     if tx
@@ -265,9 +306,13 @@ pub async fn run(
         return SessionEnd::Failed("the link's sender closed".into());
     }
     let mut client = HubClient::new(channel);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Err(e) = site_metadata(&mut request, &link.site, &token) {
+        return SessionEnd::Refused(e);
+    }
     let opened = tokio::select! {
         _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-        opened = client.link(ReceiverStream::new(rx)) => opened,
+        opened = client.link(request) => opened,
     };
     let mut inbound = match opened {
         Ok(response) => response.into_inner(),
