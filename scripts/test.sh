@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 cargo build --workspace --all-targets
 # One crypto provider (aws-lc-rs through rustls), no OpenSSL in the build.
-if cargo tree -e normal -i openssl-sys --workspace 2>/dev/null | grep -q .; then
+openssl_users=$(cargo tree -e normal -i openssl-sys --workspace 2>/dev/null || true)
+if [ -n "$openssl_users" ]; then
   echo "error: openssl-sys is in the build: cargo tree -e normal -i openssl-sys" >&2
   exit 1
 fi
