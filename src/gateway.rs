@@ -69,7 +69,14 @@ impl Gateway {
         let liveness = Arc::new(Liveness::default());
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let node = crate::agent::start(&cluster, config, data_dir, &mut tasks, &shutdown)?;
+        let node = crate::agent::start(
+            &cluster,
+            config,
+            data_dir,
+            guard_available(),
+            &mut tasks,
+            &shutdown,
+        )?;
 
         let cluster_service = ClusterServer::new(ClusterService {
             cluster: cluster.clone(),
@@ -167,7 +174,11 @@ impl Gateway {
         self.shutdown.clone()
     }
 
-    /// Runs until a signal, a cancel, or until this gateway has left.
+    /// Runs until a signal, a cancel, or until this gateway has left; an
+    /// error when Raft stopped on its own (a fatal storage error: the disk
+    /// is full or failing), so that the process exits non-zero and systemd
+    /// restarts it. The fence guard keeps enforcing singleton deadlines
+    /// meanwhile.
     pub async fn serve(mut self) -> Result<Stopped> {
         let mut applied = self.cluster.state().subscribe();
         // Made once: a signal must not fall between two listeners.
@@ -182,13 +193,21 @@ impl Gateway {
                 );
                 break Stopped::LeftCluster;
             }
+            if let Err(fatal) = &self.cluster.metrics().running_state {
+                let fatal = fatal.to_string();
+                tracing::error!(error = %fatal, "raft stopped; exiting so that the gateway is restarted");
+                self.stop().await;
+                anyhow::bail!("raft stopped: {fatal}");
+            }
             tokio::select! {
                 _ = self.shutdown.cancelled() => break Stopped::Shutdown,
                 _ = &mut signal => break Stopped::Shutdown,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 changed = applied.changed() => {
                     if changed.is_err() {
-                        break Stopped::Shutdown;
+                        // The state machine went away without a shutdown.
+                        self.stop().await;
+                        anyhow::bail!("raft stopped: its state machine is gone");
                     }
                 }
             }
@@ -228,6 +247,16 @@ impl Gateway {
         }
         self.cluster.shutdown().await;
     }
+}
+
+/// The fence guard is a verb of the `gantry` binary; a program that embeds
+/// gateways (a benchmark) is not that binary, and enforces fences in-process
+/// only.
+fn guard_available() -> bool {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n == "gantry"))
+        .unwrap_or(false)
 }
 
 async fn shutdown_signal() {

@@ -18,6 +18,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod cloud;
 pub mod cluster;
 pub mod config;

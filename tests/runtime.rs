@@ -43,7 +43,7 @@ impl Site {
     fn runtime(&self, namespace: &str) -> ContainerdRuntime {
         let mut config = ContainerdConfig::new(self.cluster.tmp.path().join("unused-logs"));
         config.socket = self.cluster.containerd.socket();
-        config.namespace = namespace.to_string();
+        config.namespace = self.cluster.namespace_of(namespace);
         // The channel is made lazily and needs a reactor.
         let _entered = self.cluster.tokio.enter();
         ContainerdRuntime::new(config).unwrap()

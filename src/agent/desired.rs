@@ -16,11 +16,14 @@ use crate::state::spec::{ImagePull, RestartPolicy as SpecRestart};
 use crate::state::{Instance, NodeStatus, State, Workload};
 
 /// containerd container id: unique per generation so a replacement never
-/// collides with the container it replaces.
+/// collides with the container it replaces (a rollback that keeps a
+/// container keeps its id: `Instance::container_generation`).
 pub fn container_id(instance: &Instance) -> String {
     format!(
         "{}-{}-g{}",
-        instance.workload, instance.replica, instance.generation
+        instance.workload,
+        instance.replica,
+        instance.container_generation()
     )
 }
 
@@ -31,7 +34,7 @@ fn container_spec(instance: &Instance, workload: &Workload) -> ContainerSpec {
         container_id(instance),
         instance.workload.clone(),
         instance.replica,
-        instance.generation,
+        instance.container_generation(),
         spec.image.clone(),
     );
     container.command = spec.command.clone();
@@ -62,11 +65,15 @@ fn restart_policy(policy: SpecRestart) -> RestartPolicy {
 }
 
 /// The pure part: this gateway's desired containers, given how long it has
-/// been cut off from the quorum (None when it is not).
+/// been cut off from the quorum (None when it is not) and its stop grace.
+/// An instance with an isolation limit (`Instance::stop_after_ms`, the one
+/// this replica holds) leaves the set early enough that its stop, grace
+/// included, ends by the limit (`fencing::stop_begins`).
 pub fn desired_for(
     state: &State,
     node: NodeId,
     isolated_for: Option<Duration>,
+    stop_grace: Duration,
 ) -> Vec<DesiredInstance> {
     if state
         .nodes
@@ -85,7 +92,14 @@ pub fn desired_for(
             if instance.stopping {
                 return None;
             }
-            if isolated_for.is_some_and(|d| fencing::must_stop_when_isolated(&workload.spec, d)) {
+            let limit = instance.stop_after_ms().map(Duration::from_millis);
+            let stop_now = match (isolated_for, limit) {
+                (Some(isolated), Some(limit)) => {
+                    isolated >= fencing::stop_begins(limit, stop_grace)
+                }
+                _ => false,
+            };
+            if stop_now {
                 return None;
             }
             let mut desired = DesiredInstance::new(
@@ -103,30 +117,37 @@ pub fn desired_for(
 }
 
 /// Keeps the agent's desired set equal to `desired_for` as the replica
-/// changes (and re-checks isolation every second).
+/// changes (and re-checks isolation every 100 ms). The first set is always
+/// sent: until then the agent removes nothing (`Agent::wait_for_desired`).
 pub async fn feed(
     cluster: Cluster,
     desired: watch::Sender<Vec<DesiredInstance>>,
+    stop_grace: Duration,
     shutdown: CancellationToken,
 ) {
     let mut applied = cluster.state().subscribe();
+    let mut first = true;
     loop {
         let next = {
             let isolated = cluster.isolated_for();
             let guard = cluster.state().read();
-            desired_for(&guard.state, cluster.id(), isolated)
+            desired_for(&guard.state, cluster.id(), isolated, stop_grace)
         };
-        desired.send_if_modified(|current| {
-            if *current == next {
-                return false;
-            }
-            *current = next;
-            true
-        });
+        if std::mem::take(&mut first) {
+            desired.send_replace(next);
+        } else {
+            desired.send_if_modified(|current| {
+                if *current == next {
+                    return false;
+                }
+                *current = next;
+                true
+            });
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = applied.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
 }

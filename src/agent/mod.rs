@@ -5,6 +5,8 @@
 //! Raft.
 
 pub mod desired;
+pub mod fence;
+pub mod guard;
 pub mod health;
 pub mod images;
 pub mod logs;
@@ -39,6 +41,7 @@ pub fn start(
     cluster: &Cluster,
     config: &GatewayConfig,
     data_dir: &Path,
+    external_guard: bool,
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) -> Result<NodeRuntime> {
@@ -64,14 +67,28 @@ pub fn start(
     let peers = images::PeerImages {
         cluster: cluster.clone(),
     };
-    let agent = agent.with_image_source(Arc::new(peers));
+    let agent = agent.with_image_source(Arc::new(peers)).wait_for_desired();
     let stop = shutdown.clone();
     tasks.spawn(async move { agent.run(stop.cancelled_owned()).await });
-    tasks.spawn(desired::feed(cluster.clone(), desired_tx, shutdown.clone()));
+    tasks.spawn(desired::feed(
+        cluster.clone(),
+        desired_tx,
+        config.stop_grace.0,
+        shutdown.clone(),
+    ));
+    let pids = fence::Pids::default();
     tasks.spawn(reporter::run(
         cluster.clone(),
         events,
         health.clone(),
+        pids.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(fence::run(
+        cluster.clone(),
+        pids,
+        health.clone(),
+        guard::GuardLink::new(data_dir, external_guard),
         shutdown.clone(),
     ));
     Ok(NodeRuntime {

@@ -42,7 +42,23 @@ pub fn convert(report: &AgentReport) -> Option<InstanceReport> {
         reason: report.reason.clone(),
         restarts: report.restarts,
         container_id: Some(report.container_id.clone()),
+        stopping_seen: false,
+        fence_seen: None,
     })
+}
+
+/// What this gateway's replica says of the instance when a report leaves:
+/// whether it is to stop here (so an Exited report confirms the stop) and
+/// the isolation limit it holds (acknowledging a pending fence).
+fn stamp(state: &State, node: u64, report: &mut InstanceReport) {
+    if let Some(instance) = state
+        .instances
+        .get(&report.instance)
+        .filter(|i| i.node == Some(node))
+    {
+        report.stopping_seen = instance.stopping;
+        report.fence_seen = instance.stop_after_ms();
+    }
 }
 
 /// Whether the replicated state still lacks what `report` says.
@@ -50,10 +66,15 @@ fn disagrees(state: &State, node: u64, report: &InstanceReport) -> bool {
     let Some(instance) = state.instances.get(&report.instance) else {
         return false;
     };
-    if instance.node != Some(node) || instance.generation != report.generation {
+    if instance.node != Some(node) || instance.container_generation() != report.generation {
         return false;
     }
-    instance.state != report.state
+    let unconfirmed_stop = instance.stopping
+        && !instance.stopped
+        && matches!(report.state, InstanceState::Exited | InstanceState::Failed);
+    unconfirmed_stop
+        || instance.fence_pending.is_some()
+        || instance.state != report.state
         || instance.exit_code != report.exit_code
         || instance.restarts != report.restarts
         || instance.reason != report.reason
@@ -67,7 +88,7 @@ fn stopped_for_move(state: &State, node: u64, removed: &AgentReport) -> Option<I
         replica: removed.replica,
     };
     let instance = state.instances.get(&key)?;
-    let ours = instance.node == Some(node) && instance.generation == removed.generation;
+    let ours = instance.node == Some(node) && instance.container_generation() == removed.generation;
     (ours && instance.stopping).then(|| InstanceReport {
         instance: key,
         generation: removed.generation,
@@ -76,6 +97,8 @@ fn stopped_for_move(state: &State, node: u64, removed: &AgentReport) -> Option<I
         reason: Some("stopped so that it can move".into()),
         restarts: removed.restarts,
         container_id: None,
+        stopping_seen: true,
+        fence_seen: instance.stop_after_ms(),
     })
 }
 
@@ -83,6 +106,7 @@ pub async fn run(
     cluster: Cluster,
     mut events: mpsc::Receiver<AgentEvent>,
     health: Arc<RuntimeHealth>,
+    pids: super::fence::Pids,
     shutdown: CancellationToken,
 ) {
     let mut pending: BTreeMap<InstanceKey, InstanceReport> = BTreeMap::new();
@@ -95,6 +119,15 @@ pub async fn run(
             event = events.recv() => match event {
                 None => return,
                 Some(AgentEvent::Instance(report)) => {
+                    let alive = matches!(report.state, AgentState::Running | AgentState::Starting);
+                    if report.pid.is_some() || !alive {
+                        pids.set(
+                            &report.container_id,
+                            &report.workload,
+                            report.replica,
+                            report.pid.filter(|_| alive),
+                        );
+                    }
                     let key = InstanceKey { workload: report.workload.clone(), replica: report.replica };
                     match convert(&report) {
                         Some(converted) => {
@@ -139,7 +172,17 @@ pub async fn run(
                 if pending.is_empty() {
                     continue;
                 }
-                let reports: Vec<InstanceReport> = pending.values().cloned().collect();
+                let reports: Vec<InstanceReport> = {
+                    let guard = cluster.state().read();
+                    pending
+                        .values()
+                        .cloned()
+                        .map(|mut r| {
+                            stamp(&guard.state, cluster.id(), &mut r);
+                            r
+                        })
+                        .collect()
+                };
                 let command = Command::ReportInstances { node: cluster.id(), reports };
                 match tokio::time::timeout(REPORT_TIMEOUT, cluster.write(command)).await {
                     Ok(Ok(_)) => pending.clear(),

@@ -191,6 +191,13 @@ pub enum Verb {
         #[command(subcommand)]
         verb: HubVerb,
     },
+    /// Started by a gateway daemon: enforces singleton fence deadlines if
+    /// the daemon dies (see agent::guard).
+    #[command(hide = true)]
+    FenceGuard {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 /// How a client verb proves who it is, and how it recognises the gateway:
@@ -381,6 +388,7 @@ impl Verb {
                 | Verb::Join(_)
                 | Verb::Run(_)
                 | Verb::Dev(_)
+                | Verb::FenceGuard { .. }
                 | Verb::Hub {
                     verb: HubVerb::Serve { .. }
                 }

@@ -225,9 +225,12 @@ fn auth_of(verb: &Verb) -> Option<ClientAuth> {
             token: std::env::var("GANTRY_TOKEN").ok(),
             files: AuthFiles::clone(files),
         },
-        Verb::Init(_) | Verb::Join(_) | Verb::Run(_) | Verb::Dev(_) | Verb::Hub { .. } => {
-            return None
-        }
+        Verb::Init(_)
+        | Verb::Join(_)
+        | Verb::Run(_)
+        | Verb::Dev(_)
+        | Verb::Hub { .. }
+        | Verb::FenceGuard { .. } => return None,
     };
     Some(auth)
 }
@@ -442,9 +445,12 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
                 document(client.renew_certificate(GetRequest {}).await)?,
             ),
         },
-        Verb::Init(_) | Verb::Join(_) | Verb::Run(_) | Verb::Dev(_) | Verb::Hub { .. } => {
-            return Err(anyhow!("not a client verb"))
-        }
+        Verb::Init(_)
+        | Verb::Join(_)
+        | Verb::Run(_)
+        | Verb::Dev(_)
+        | Verb::Hub { .. }
+        | Verb::FenceGuard { .. } => return Err(anyhow!("not a client verb")),
     };
     print!("{}", output::render(view, format, &value)?);
     Ok(ExitCode::SUCCESS)

@@ -18,6 +18,10 @@ pub use args::{Cli, Verb};
 /// Parses the command line and runs the verb.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Verb::FenceGuard { data_dir } = &cli.verb {
+        // No async runtime, no logging setup: it must stay small.
+        return crate::agent::guard::main(data_dir);
+    }
     init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -47,6 +51,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Verb::Run(args) => daemon::run(args).await,
         Verb::Dev(args) => dev::run(args).await,
         Verb::Hub { verb } => crate::cloud::hub::cli::run(verb, output).await,
+        Verb::FenceGuard { data_dir } => Ok(crate::agent::guard::main(&data_dir)),
         verb => client::run(&server, output, verb).await,
     }
 }

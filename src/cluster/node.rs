@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use gantry_proto::v1::RaftMessage;
 use openraft::error::{ClientWriteError, RaftError};
@@ -135,12 +135,30 @@ pub enum LeaderFailure {
     Timeout(u64),
 }
 
-/// When this gateway was last in touch with a quorum and caught up.
+/// When this gateway was last in touch with a quorum and caught up, on the
+/// boot clock (`crate::clock::boot_ms`).
 #[derive(Default)]
 struct QuorumSync {
-    last_synced: Option<Instant>,
+    last_synced: Option<u64>,
     /// The latest accepted heartbeat: when, and the leader's applied index.
-    pending: Option<(Instant, u64)>,
+    pending: Option<(u64, u64)>,
+    /// When `last_synced` was last written to the data dir.
+    persisted: Option<u64>,
+}
+
+/// The file that carries the last contact across a daemon restart on the
+/// same boot: `<boot id> <boot ms>`. Written at most every 2 s and without
+/// fsync: an older value only makes a restarted gateway count itself
+/// isolated for longer (it stops fenced copies sooner), and a reboot makes
+/// the file worthless anyway (its boot id no longer matches).
+pub const LAST_CONTACT_FILE: &str = "last-contact";
+
+fn read_last_contact(data_dir: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(data_dir.join(LAST_CONTACT_FILE)).ok()?;
+    let (boot, ms) = text.trim().split_once(' ')?;
+    (Some(boot) == crate::clock::boot_id().as_deref())
+        .then(|| ms.parse().ok())
+        .flatten()
 }
 
 pub(crate) struct Inner {
@@ -155,7 +173,6 @@ pub(crate) struct Inner {
     leader_contact: Mutex<Option<Instant>>,
     /// Last heartbeat a leader with a quorum accepted (or our own quorum).
     quorum_contact: Mutex<QuorumSync>,
-    started: Instant,
     pub(crate) write_timeout: Duration,
     /// Membership changes are serialised: openraft refuses overlapping ones.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
@@ -164,6 +181,22 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Cluster {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// A write on behalf of a client: its id stays the same on every retry
+/// (`on_leader` resends it after a broken connection), so the state machine
+/// applies it once.
+fn client_request(command: Command) -> Request {
+    let mut request = Request::new(now_ms(), command);
+    request.id = Some(hex::encode(rand::random::<[u8; 16]>()));
+    request
+}
+
+/// The leader stamps its own clock on what it proposes: the gateway a write
+/// came in through may be off, and times drive rollouts.
+fn stamped(mut request: Request) -> Request {
+    request.at_ms = now_ms();
+    request
 }
 
 /// The keys the state pins for the gateway a server name stands for.
@@ -189,11 +222,9 @@ fn pin_source(state: StateReader, cluster_id: &str) -> PinSource {
     })
 }
 
+/// The wall clock in ms (see `crate::clock`).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::wall_ms()
 }
 
 impl Cluster {
@@ -221,6 +252,7 @@ impl Cluster {
         let log = LogStore::new(db.clone());
         let sm = StateMachineStore::open(db).map_err(ClusterError::Start)?;
         let state = sm.reader();
+        let data_dir = trust.data_dir.clone();
         let peers = PeerChannels::new(trust.clone(), pin_source(state.clone(), cluster_id))
             .map_err(|e| ClusterError::Start(e.to_string()))?;
         let network = Network {
@@ -240,8 +272,11 @@ impl Cluster {
                 trust,
                 member_applied: Mutex::new(Default::default()),
                 leader_contact: Mutex::new(None),
-                quorum_contact: Mutex::new(QuorumSync::default()),
-                started: Instant::now(),
+                quorum_contact: Mutex::new(QuorumSync {
+                    last_synced: read_last_contact(&data_dir),
+                    pending: None,
+                    persisted: None,
+                }),
                 write_timeout: Duration::from_secs(10),
                 membership_lock: tokio::sync::Mutex::new(()),
             }),
@@ -424,7 +459,7 @@ impl Cluster {
             .last_applied
             .map(|l| l.index)
             .unwrap_or(0);
-        let now = Instant::now();
+        let now = crate::clock::boot_ms();
         let mut sync = self
             .inner
             .quorum_contact
@@ -439,6 +474,26 @@ impl Cluster {
             sync.last_synced = Some(now);
         }
         sync.pending = Some((now, leader_applied));
+        let due = sync
+            .persisted
+            .is_none_or(|at| now.saturating_sub(at) >= 2_000);
+        if let (Some(last), true, Some(boot)) = (sync.last_synced, due, crate::clock::boot_id()) {
+            sync.persisted = Some(now);
+            let path = self.inner.trust.data_dir.join(LAST_CONTACT_FILE);
+            if let Err(e) = std::fs::write(&path, format!("{boot} {last}\n")) {
+                tracing::debug!(error = %e, "cannot record the last contact");
+            }
+        }
+    }
+
+    /// The boot-clock time of the last contact with a quorum (see
+    /// `isolated_for`); None when there was none since this boot.
+    pub fn last_contact_ms(&self) -> Option<u64> {
+        self.inner
+            .quorum_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_synced
     }
 
     /// How long this gateway has been cut off from a quorum, if it is (more
@@ -453,14 +508,13 @@ impl Cluster {
         // Leaders too: a leader counts as in touch only while a quorum acks
         // it (see `run_heartbeats`); a deposed leader back from a partition
         // then waits, as a follower, until its replica caught up.
-        let age = {
-            let sync = self
-                .inner
-                .quorum_contact
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            sync.last_synced.unwrap_or(self.inner.started).elapsed()
+        // No contact since this boot (a gateway restarted while cut off, or
+        // one whose replica never caught up): isolated since forever, so no
+        // fenced copy runs from a replica nobody confirmed.
+        let Some(last) = self.last_contact_ms() else {
+            return Some(Duration::MAX);
         };
+        let age = Duration::from_millis(crate::clock::boot_ms().saturating_sub(last));
         (age > grace).then_some(age)
     }
 
@@ -484,7 +538,7 @@ impl Cluster {
 
     /// Proposes a state-machine command wherever the leader is.
     pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
-        self.write_op(LeaderOp::Write(Request::new(now_ms(), command)))
+        self.write_op(LeaderOp::Write(client_request(command)))
             .await
     }
 
@@ -492,7 +546,7 @@ impl Cluster {
     /// (or a few seconds passed): for changes that must hold everywhere at
     /// once, like a revoked token.
     pub async fn write_everywhere(&self, command: Command) -> Result<Response, ClusterError> {
-        self.write_op(LeaderOp::WriteEverywhere(Request::new(now_ms(), command)))
+        self.write_op(LeaderOp::WriteEverywhere(client_request(command)))
             .await
     }
 
@@ -613,11 +667,11 @@ impl Cluster {
     pub async fn execute_as_leader(&self, op: LeaderOp) -> Result<LeaderReply, LeaderFailure> {
         match op {
             LeaderOp::Write(request) => {
-                let (response, index) = self.propose_indexed(request).await?;
+                let (response, index) = self.propose_indexed(stamped(request)).await?;
                 Ok(LeaderReply::Written { response, index })
             }
             LeaderOp::WriteEverywhere(request) => {
-                let (response, index) = self.propose_indexed(request).await?;
+                let (response, index) = self.propose_indexed(stamped(request)).await?;
                 let lagging = self
                     .wait_applied_everywhere(index, Duration::from_secs(5))
                     .await;

@@ -81,6 +81,7 @@ fn record_key(key: &StateKey) -> Vec<u8> {
         StateKey::Workload(name) => format!("workload/{name}").into_bytes(),
         StateKey::Instance(k) => format!("instance/{}/{:010}", k.workload, k.replica).into_bytes(),
         StateKey::Event(seq) => format!("event/{seq:020}").into_bytes(),
+        StateKey::Request(id) => format!("request/{id}").into_bytes(),
     }
 }
 
@@ -101,6 +102,7 @@ fn record_value(state: &State, key: &StateKey) -> Result<Option<Vec<u8>>, serde_
             .find(|e| e.seq == *seq)
             .map(serde_json::to_vec)
             .transpose(),
+        StateKey::Request(id) => state.requests.get(id).map(serde_json::to_vec).transpose(),
     }
 }
 
@@ -121,6 +123,12 @@ fn all_keys(state: &State) -> ChangeSet {
             .map(|k| StateKey::Instance(k.clone())),
     );
     keys.extend(state.events.iter().map(|e| StateKey::Event(e.seq)));
+    keys.extend(
+        state
+            .requests
+            .keys()
+            .map(|id| StateKey::Request(id.clone())),
+    );
     keys
 }
 
@@ -139,6 +147,9 @@ fn load_record(state: &mut State, key: &[u8], value: &[u8]) -> Result<(), serde_
     } else if key.starts_with(b"event/") {
         // Keys sort by sequence, so events arrive oldest first.
         state.events.push_back(serde_json::from_slice(value)?);
+    } else if key.starts_with(b"request/") {
+        let done: crate::state::AppliedRequest = serde_json::from_slice(value)?;
+        state.requests.insert(done.id.clone(), done);
     }
     Ok(())
 }

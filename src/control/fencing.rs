@@ -9,8 +9,7 @@ use std::time::Duration;
 use crate::state::spec::WorkloadSpec;
 use crate::state::ClusterSettings;
 
-/// `stop_after` of a singleton that does not set one.
-pub const DEFAULT_SINGLETON_STOP_AFTER: Duration = Duration::from_secs(30);
+pub use crate::state::spec::DEFAULT_SINGLETON_STOP_AFTER;
 
 /// The longest a heartbeat may take and still count (see
 /// `liveness::run_heartbeats`): an answer arriving later is ignored.
@@ -20,12 +19,15 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
 /// it: `on_disconnect.stop_after`, or 30 s for a singleton that sets none.
 /// None: keep running however long the isolation lasts.
 pub fn stop_after(spec: &WorkloadSpec) -> Option<Duration> {
-    let set = spec.on_disconnect.and_then(|d| d.stop_after).map(|d| d.0);
-    match set {
-        Some(d) => Some(d),
-        None if spec.singleton => Some(DEFAULT_SINGLETON_STOP_AFTER),
-        None => None,
-    }
+    spec.stop_after()
+}
+
+/// Node side: when an isolated gateway begins to stop an instance whose
+/// isolation limit is `limit`, so that SIGTERM, then SIGKILL after `grace`
+/// (at most half the limit), lands by the limit: the graceful path. The
+/// fence (`agent::fence`) kills what is still alive at the limit itself.
+pub fn stop_begins(limit: Duration, grace: Duration) -> Duration {
+    limit.saturating_sub(grace.min(limit / 2))
 }
 
 /// Node side: whether a gateway that has had no acknowledged heartbeat from
@@ -43,7 +45,24 @@ pub fn must_stop_when_isolated(spec: &WorkloadSpec, isolated_for: Duration) -> b
 /// 2 x node_grace + 1 s for clock drift and the agent's reaction time.
 pub fn singleton_fence(spec: &WorkloadSpec, settings: &ClusterSettings) -> Duration {
     let stop = stop_after(spec).unwrap_or(DEFAULT_SINGLETON_STOP_AFTER);
+    fence_after(stop, settings)
+}
+
+/// The same for a placement's recorded isolation limit (`Instance::fence_ms`).
+pub fn singleton_fence_ms(stop_after_ms: u64, settings: &ClusterSettings) -> Duration {
+    fence_after(Duration::from_millis(stop_after_ms), settings)
+}
+
+fn fence_after(stop: Duration, settings: &ClusterSettings) -> Duration {
     stop + settings.node_grace.0 * 2 + Duration::from_secs(1)
+}
+
+/// `on_disconnect.reschedule_after` (default 0).
+pub fn reschedule_after(spec: &WorkloadSpec) -> Duration {
+    spec.on_disconnect
+        .and_then(|d| d.reschedule_after)
+        .map(|d| d.0)
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Leader side: how long an instance on a NotReady gateway waits before it

@@ -41,7 +41,11 @@ pub fn steps(state: &State, now: u64) -> Vec<Command> {
                     >= deadline(workload).as_millis() as u64
         });
         if let Some(late) = late {
-            let rollback_possible = workload.last_good.is_some_and(|g| g != target);
+            // Rolling back to the spec it already runs (a rollback's own
+            // generation, slow to start) would only loop.
+            let rollback_possible = workload
+                .last_good
+                .is_some_and(|g| g != target && workload.spec_for(g) != workload.spec_for(target));
             if rollback_possible {
                 let why = late
                     .reason
@@ -197,6 +201,8 @@ mod tests {
                 reason: (to == InstanceState::Failed).then(|| "image v2 not found".to_string()),
                 restarts: 0,
                 container_id: Some(format!("c{}", i.replica)),
+                stopping_seen: false,
+                fence_seen: None,
             })
             .collect();
         apply(state, at, Command::ReportInstances { node: 1, reports });

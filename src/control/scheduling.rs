@@ -48,12 +48,20 @@ fn requirements(workload: &Workload) -> sched::WorkloadRequirements {
     }
 }
 
-/// The clock a scheduling round sees: now, and since when this gateway has
-/// led (0 in dry runs and tests: no settling window).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The clock a scheduling round sees: now, since when this gateway has
+/// led (0 in dry runs and tests: no settling window), and, on the leader,
+/// how long each lost gateway has been silent by this leader's own
+/// monotonic clock (`LostClock`). Fences and `reschedule_after` use that
+/// measure; the wall-clock `since_ms` of a transition is only the fallback
+/// for dry runs (`describe`, drain progress), so that a wall clock stepped
+/// by NTP, or another gateway's clock, never decides when a second copy of
+/// a singleton may start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Timing {
     pub now_ms: u64,
     pub leading_since_ms: u64,
+    /// None in dry runs.
+    pub lost_for: Option<BTreeMap<NodeId, Duration>>,
 }
 
 /// One round's outcome: what to commit, and the instances that must leave
@@ -64,7 +72,7 @@ pub struct Round {
     pub stuck: Vec<(InstanceKey, String)>,
 }
 
-/// Since when a gateway counts as lost for rescheduling: when it went
+/// Since when a gateway counts as lost (dry runs only): when it went
 /// NotReady (or left), but never earlier than the end of this leader's
 /// settling window (see `fencing::leader_settle`).
 fn lost_since(state: &State, node: &crate::state::Node, timing: &Timing) -> u64 {
@@ -75,10 +83,19 @@ fn lost_since(state: &State, node: &crate::state::Node, timing: &Timing) -> u64 
     node.since_ms.max(timing.leading_since_ms + settle)
 }
 
+/// How long a lost gateway has been lost, as this round knows it (None:
+/// not counting yet, inside a new leader's settling window).
+fn lost_for(state: &State, node: &crate::state::Node, timing: &Timing) -> Option<Duration> {
+    if let Some(measured) = &timing.lost_for {
+        return measured.get(&node.id).copied();
+    }
+    let since = lost_since(state, node, timing);
+    (timing.now_ms >= since).then(|| Duration::from_millis(timing.now_ms - since))
+}
+
 /// Whether a lost gateway has been lost for `wait` already.
 fn waited(state: &State, node: &crate::state::Node, wait: Duration, timing: &Timing) -> bool {
-    let since = lost_since(state, node, timing);
-    timing.now_ms >= since && timing.now_ms - since >= wait.as_millis() as u64
+    lost_for(state, node, timing).is_some_and(|d| d >= wait)
 }
 
 /// Whether the gateway may still run (or be about to run) this copy. A
@@ -99,17 +116,35 @@ enum Fate {
     Pending { moving: bool },
     /// Must leave but may not yet (singleton fence, old copy not stopped).
     Waits(String),
+    /// Must leave, and its gateway must stop it first (`stopping`), then
+    /// confirm; until then it waits, for the reason given.
+    Stop(String),
+}
+
+/// How long after its gateway went silent a singleton placed with the
+/// isolation limit `fence_ms` may start elsewhere; None: never by time (the
+/// placement has no fence its gateway acknowledged: `singleton: true` was
+/// turned on while it ran there).
+fn fence_of(instance: &Instance, state: &State) -> Option<Duration> {
+    instance
+        .fence_ms
+        .map(|ms| fencing::singleton_fence_ms(ms, &state.meta.settings))
 }
 
 fn fate(state: &State, instance: &Instance, workload: &Workload, timing: &Timing) -> Fate {
     let spec = &workload.spec;
-    let settings = &state.meta.settings;
+    let reschedule = fencing::reschedule_after(spec);
     let Some(node) = instance.node.and_then(|id| state.nodes.get(&id)) else {
         // Unassigned. A singleton whose last gateway was lost waits out the
         // fence first: that gateway may still run it in isolation.
         let previous = instance.previous_node.and_then(|id| state.nodes.get(&id));
         if let Some(p) = previous.filter(|p| spec.singleton && is_lost(p.status)) {
-            let fence = fencing::singleton_fence(spec, settings);
+            let Some(fence) = fence_of(instance, state) else {
+                return Fate::Waits(format!(
+                    "singleton: gateway {} may still run its copy (it was placed before singleton was set); waits for it to come back",
+                    p.name
+                ));
+            };
             if !waited(state, p, fence, timing) {
                 return Fate::Waits(format!(
                     "singleton: waits {} after gateway {} was lost, until its copy there has surely stopped",
@@ -120,23 +155,64 @@ fn fate(state: &State, instance: &Instance, workload: &Workload, timing: &Timing
         }
         return Fate::Pending { moving: false };
     };
+    // A copy asked to stop moves once its gateway confirmed the stop (or
+    // it never started there); a gateway that went silent meanwhile is
+    // fenced like any lost one.
+    if instance.stopping {
+        if instance.stopped || !may_be_running(instance) {
+            return Fate::Pending { moving: true };
+        }
+        let silent = is_lost(node.status) && !node.runtime_down;
+        let fenced_out = silent
+            && fence_of(instance, state).is_some_and(|fence| waited(state, node, fence, timing));
+        if fenced_out {
+            return Fate::Pending { moving: true };
+        }
+        return Fate::Waits(format!(
+            "singleton: waits for gateway {} to report its copy stopped",
+            node.name
+        ));
+    }
     match node.status {
-        NodeStatus::NotReady | NodeStatus::Left => {
-            let mut wait = fencing::disconnect_wait(spec, settings);
-            if node.runtime_down && node.status == NodeStatus::NotReady {
-                // A runtime outage (the gateway still heartbeats) usually
-                // ends with the containers adopted: do not duplicate them.
-                wait = wait.max(Duration::from_millis(RUNTIME_OUTAGE_GRACE_MS));
-            }
-            if waited(state, node, wait, timing) {
-                Fate::Pending { moving: true }
-            } else {
+        NodeStatus::NotReady if node.runtime_down => {
+            // A runtime outage (the gateway still heartbeats) usually ends
+            // with the containers adopted: do not duplicate them early, and a
+            // singleton never by time: its gateway kills its copy and says so.
+            let grace = Duration::from_millis(RUNTIME_OUTAGE_GRACE_MS);
+            if !waited(state, node, grace.max(reschedule), timing) {
                 Fate::Stays(node.id)
+            } else if spec.singleton && may_be_running(instance) {
+                Fate::Stop(format!(
+                    "singleton: gateway {}'s container runtime is down; waits for it to kill its copy and report it",
+                    node.name
+                ))
+            } else {
+                Fate::Pending { moving: true }
+            }
+        }
+        NodeStatus::NotReady | NodeStatus::Left => {
+            if !spec.singleton {
+                return if waited(state, node, reschedule, timing) {
+                    Fate::Pending { moving: true }
+                } else {
+                    Fate::Stays(node.id)
+                };
+            }
+            match fence_of(instance, state) {
+                None if may_be_running(instance) => Fate::Waits(format!(
+                    "singleton: gateway {} may run its copy with no isolation limit (placed before singleton was set); waits for it to come back",
+                    node.name
+                )),
+                None => Fate::Pending { moving: true },
+                Some(fence) if waited(state, node, fence.max(reschedule), timing) => {
+                    Fate::Pending { moving: true }
+                }
+                Some(_) => Fate::Stays(node.id),
             }
         }
         _ if node.draining => {
             if spec.singleton && may_be_running(instance) {
-                Fate::Waits(format!(
+                Fate::Stop(format!(
                     "singleton: waits for gateway {} to report its copy stopped",
                     node.name
                 ))
@@ -159,7 +235,7 @@ pub fn plan_for(state: &State, now: u64) -> Option<PlanRecord> {
         state,
         &Timing {
             now_ms: now,
-            leading_since_ms: 0,
+            ..Timing::default()
         },
     );
     worth_committing(&round.record).then_some(round.record)
@@ -180,7 +256,7 @@ pub fn drain_blockers(state: &State, node: NodeId, now: u64) -> Vec<(InstanceKey
         state,
         &Timing {
             now_ms: now,
-            leading_since_ms: 0,
+            ..Timing::default()
         },
     );
     round
@@ -236,11 +312,17 @@ pub fn round(state: &State, timing: &Timing) -> Round {
                     previous_node: instance.node.or(instance.previous_node),
                 });
             }
-            Fate::Waits(reason) => {
+            Fate::Stop(reason) => {
                 if let Some(node) = instance.node {
-                    if !instance.stopping && state.nodes.get(&node).is_some_and(|n| n.draining) {
+                    if !instance.stopping {
                         out.record.stop.push(instance.key());
                     }
+                    running.push(running_ref(instance, node, req));
+                    out.stuck.push((instance.key(), reason));
+                }
+            }
+            Fate::Waits(reason) => {
+                if let Some(node) = instance.node {
                     running.push(running_ref(instance, node, req));
                     out.stuck.push((instance.key(), reason));
                 } else if instance.reason.as_deref() != Some(reason.as_str()) {
@@ -268,11 +350,30 @@ pub fn round(state: &State, timing: &Timing) -> Round {
         .iter()
         .map(|a| (key(&a.instance), a.node))
         .collect();
-    out.record.evictions = plan
-        .evictions
-        .iter()
-        .map(|e| (key(&e.instance), e.reason.clone()))
-        .collect();
+    for e in &plan.evictions {
+        let k = key(&e.instance);
+        let victim = state.instances.get(&k);
+        let singleton = state
+            .workloads
+            .get(&k.workload)
+            .is_some_and(|w| w.spec.singleton);
+        if singleton && victim.is_some_and(may_be_running) {
+            // A preempted singleton leaves the drain way: its gateway stops
+            // it and confirms before it is placed again.
+            if victim.is_some_and(|v| !v.stopping) {
+                out.record.stop.push(k.clone());
+            }
+            out.stuck.push((
+                k,
+                format!(
+                    "singleton: preempted ({}); waits for its copy to stop",
+                    e.reason
+                ),
+            ));
+        } else {
+            out.record.evictions.push((k, e.reason.clone()));
+        }
+    }
     for u in &plan.unplaceable {
         let k = key(&u.instance);
         let reason = u.reason.to_string();
@@ -306,9 +407,49 @@ fn running_ref(
     }
 }
 
+/// The leader's own monotonic record of since when each gateway has been
+/// lost: silent (NotReady without a runtime problem, or Left) or with its
+/// runtime down (counted apart: a gateway that stops heartbeating after a
+/// runtime outage starts a new count). A gateway already lost when this
+/// gateway began to lead counts from the end of its settling window.
+#[derive(Default)]
+pub struct LostClock {
+    lost_at: BTreeMap<NodeId, (tokio::time::Instant, bool)>,
+}
+
+impl LostClock {
+    pub fn observe(
+        &mut self,
+        state: &State,
+        leading_since: tokio::time::Instant,
+    ) -> BTreeMap<NodeId, Duration> {
+        let now = tokio::time::Instant::now();
+        let settle = fencing::leader_settle(&state.meta.settings);
+        let floor = leading_since + settle;
+        let lost: BTreeMap<NodeId, bool> = state
+            .nodes
+            .values()
+            .filter(|n| is_lost(n.status))
+            .map(|n| (n.id, n.runtime_down && n.status == NodeStatus::NotReady))
+            .collect();
+        self.lost_at
+            .retain(|id, (_, runtime)| lost.get(id) == Some(runtime));
+        for (id, runtime) in &lost {
+            self.lost_at
+                .entry(*id)
+                .or_insert((now.max(floor), *runtime));
+        }
+        self.lost_at
+            .iter()
+            .map(|(id, (at, _))| (*id, now.saturating_duration_since(*at)))
+            .collect()
+    }
+}
+
 pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
     let mut applied = cluster.state().subscribe();
-    let mut leading_since: Option<u64> = None;
+    let mut leading_since: Option<(u64, tokio::time::Instant)> = None;
+    let mut clock = LostClock::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -317,14 +458,17 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
         }
         if !cluster.is_leader() {
             leading_since = None;
+            clock = LostClock::default();
             continue;
         }
-        let since = *leading_since.get_or_insert_with(now_ms);
+        let (since, since_instant) =
+            *leading_since.get_or_insert_with(|| (now_ms(), tokio::time::Instant::now()));
         let record = {
             let guard = cluster.state().read();
             let timing = Timing {
                 now_ms: now_ms(),
                 leading_since_ms: since,
+                lost_for: Some(clock.observe(&guard.state, since_instant)),
             };
             round(&guard.state, &timing).record
         };
@@ -590,6 +734,7 @@ mod tests {
         let timing = |now_ms| Timing {
             now_ms,
             leading_since_ms: 100_000,
+            ..Timing::default()
         };
         // Settling window: grace 1 s + interval 300 ms + heartbeat timeout 500 ms.
         assert!(round(&state, &timing(101_799)).record.placements.is_empty());
@@ -676,6 +821,8 @@ mod tests {
                 reason: None,
                 restarts: 0,
                 container_id: Some("c1".into()),
+                stopping_seen: false,
+                fence_seen: None,
             }],
         };
         set(&mut state, 5, report(InstanceState::Running));

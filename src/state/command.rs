@@ -22,8 +22,14 @@ pub struct Request {
     /// Format version of `command`; bumped only on an incompatible change.
     #[serde(default = "v1")]
     pub v: u16,
+    /// The leader's wall clock when it proposed the request.
     pub at_ms: u64,
     pub command: Command,
+    /// Set by the gateway a client's write came in through, the same on
+    /// every retry: the state machine applies a request id once and answers
+    /// a repeat with the first answer (a retry after a lost reply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 fn v1() -> u16 {
@@ -36,6 +42,7 @@ impl Request {
             v: 1,
             at_ms,
             command,
+            id: None,
         }
     }
 }
@@ -185,12 +192,21 @@ pub struct PlanRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceReport {
     pub instance: InstanceKey,
+    /// The generation of the container (see `Instance::container_generation`).
     pub generation: u64,
     pub state: InstanceState,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
     pub restarts: u32,
     pub container_id: Option<String>,
+    /// The reporting gateway's replica marked the instance `stopping` when
+    /// it made this report (it will not start it again).
+    #[serde(default)]
+    pub stopping_seen: bool,
+    /// The isolation limit the reporting gateway's replica holds for the
+    /// instance (`Instance::stop_after_ms`): acknowledges a pending fence.
+    #[serde(default)]
+    pub fence_seen: Option<u64>,
 }
 
 /// The answer to a command. A refusal is an answer too: it is deterministic,

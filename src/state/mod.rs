@@ -35,6 +35,8 @@ pub enum StateKey {
     Workload(String),
     Instance(InstanceKey),
     Event(u64),
+    /// A client request id already applied (`Request::id`).
+    Request(String),
 }
 
 /// The records one or more applies touched.
@@ -56,7 +58,28 @@ pub struct Meta {
     /// Admin and join tokens by id (hashes only).
     #[serde(default)]
     pub tokens: BTreeMap<String, TokenRecord>,
+    /// Orders the remembered request ids (oldest go first).
+    #[serde(default)]
+    pub next_request_seq: u64,
 }
+
+/// A client request id the state machine has applied, and its answer: a
+/// retry of the same request (its reply was lost to a broken connection or
+/// a leader change) gets the same answer and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRequest {
+    pub id: String,
+    pub seq: u64,
+    pub at_ms: u64,
+    pub response: Response,
+}
+
+/// How many request ids are remembered at least, and for how long at least
+/// (far more than the retries of one 10-second write can need), and the
+/// most kept however young they are (memory stays bounded under any load).
+pub const REMEMBERED_REQUESTS: usize = 4096;
+pub const REMEMBER_REQUESTS_MS: u64 = 10 * 60 * 1000;
+pub const MAX_REMEMBERED_REQUESTS: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct State {
@@ -67,6 +90,9 @@ pub struct State {
     #[serde(with = "instances_as_list")]
     pub instances: BTreeMap<InstanceKey, Instance>,
     pub events: VecDeque<Event>,
+    /// Applied client request ids (see `AppliedRequest`).
+    #[serde(default)]
+    pub requests: BTreeMap<String, AppliedRequest>,
 }
 
 mod instances_as_list {
@@ -110,8 +136,68 @@ fn rejected(reason: impl Into<String>) -> Response {
 }
 
 impl State {
-    /// Applies one request. Refusals change nothing and touch nothing.
+    /// Applies one request. Refusals change nothing and touch nothing. A
+    /// request whose id was applied before is answered as it was then.
     pub fn apply(&mut self, req: &Request, changes: &mut ChangeSet) -> Response {
+        let Some(id) = &req.id else {
+            return self.apply_command(req, changes);
+        };
+        if let Some(done) = self.requests.get(id) {
+            return done.response.clone();
+        }
+        let response = self.apply_command(req, changes);
+        if !matches!(response, Response::Rejected { .. }) {
+            self.remember_request(id, req.at_ms, &response, changes);
+        }
+        response
+    }
+
+    fn remember_request(
+        &mut self,
+        id: &str,
+        at: u64,
+        response: &Response,
+        changes: &mut ChangeSet,
+    ) {
+        let seq = self.meta.next_request_seq;
+        self.meta.next_request_seq += 1;
+        changes.insert(StateKey::Meta);
+        self.requests.insert(
+            id.to_string(),
+            AppliedRequest {
+                id: id.to_string(),
+                seq,
+                at_ms: at,
+                response: response.clone(),
+            },
+        );
+        changes.insert(StateKey::Request(id.to_string()));
+        // Forget in batches, oldest first: beyond the soft cap those old
+        // enough, beyond the hard cap whatever their age.
+        if seq % 256 == 255 && self.requests.len() > REMEMBERED_REQUESTS {
+            let mut by_age: Vec<(u64, u64, String)> = self
+                .requests
+                .values()
+                .map(|r| (r.seq, r.at_ms, r.id.clone()))
+                .collect();
+            by_age.sort_unstable();
+            let over_soft = self.requests.len() - REMEMBERED_REQUESTS;
+            let over_hard = self
+                .requests
+                .len()
+                .saturating_sub(MAX_REMEMBERED_REQUESTS - 256);
+            for (i, (_, at_ms, old)) in by_age.into_iter().take(over_soft).enumerate() {
+                let old_enough = at.saturating_sub(at_ms) >= REMEMBER_REQUESTS_MS;
+                if !old_enough && i >= over_hard {
+                    break;
+                }
+                self.requests.remove(&old);
+                changes.insert(StateKey::Request(old));
+            }
+        }
+    }
+
+    fn apply_command(&mut self, req: &Request, changes: &mut ChangeSet) -> Response {
         let at = req.at_ms;
         match &req.command {
             Command::InitCluster {
@@ -504,6 +590,11 @@ impl State {
             if change != "unchanged" {
                 changes.insert(StateKey::Workload(spec.name.clone()));
                 self.sync_instances(at, &spec.name, changes);
+                let keys: Vec<InstanceKey> =
+                    self.instances_of(&spec.name).map(Instance::key).collect();
+                for key in keys {
+                    self.raise_fence(&key, spec.stop_after_ms(), changes);
+                }
                 self.event(
                     at,
                     "workload-applied",
@@ -560,6 +651,10 @@ impl State {
                             restarts: 0,
                             container_id: None,
                             stopping: false,
+                            stopped: false,
+                            fence_ms: None,
+                            fence_pending: None,
+                            container_generation: None,
                             created_ms: at,
                             updated_ms: at,
                             generation_since_ms: at,
@@ -619,8 +714,41 @@ impl State {
             instance.state = InstanceState::Pending;
             instance.reason = Some(reason);
             instance.container_id = None;
+            instance.container_generation = None;
             instance.stopping = false;
+            instance.stopped = false;
+            // `fence_ms` stays: it says how long the gateway it left may
+            // still run it, which the next placement of a singleton waits out.
             instance.updated_ms = at;
+            changes.insert(StateKey::Instance(key.clone()));
+        }
+    }
+
+    /// A spec change reached a placed instance: its isolation limit only
+    /// grows (a gateway with a stale replica may still stop by the longer
+    /// one), and one that had none gets it pending until its gateway says
+    /// it has seen it.
+    fn raise_fence(
+        &mut self,
+        key: &InstanceKey,
+        stop_after_ms: Option<u64>,
+        changes: &mut ChangeSet,
+    ) {
+        let Some(instance) = self.instances.get_mut(key) else {
+            return;
+        };
+        if instance.node.is_none() {
+            return;
+        }
+        let Some(new) = stop_after_ms else {
+            return;
+        };
+        let before = (instance.fence_ms, instance.fence_pending);
+        match instance.fence_ms {
+            Some(old) => instance.fence_ms = Some(old.max(new)),
+            None => instance.fence_pending = Some(instance.fence_pending.unwrap_or(0).max(new)),
+        }
+        if (instance.fence_ms, instance.fence_pending) != before {
             changes.insert(StateKey::Instance(key.clone()));
         }
     }
@@ -656,6 +784,13 @@ impl State {
             let Some(instance) = self.instances.get_mut(key) else {
                 continue;
             };
+            let fence = self
+                .workloads
+                .get(&key.workload)
+                .and_then(|w| w.spec_for(instance.generation).stop_after_ms());
+            let Some(instance) = self.instances.get_mut(key) else {
+                continue;
+            };
             if instance.node.is_some() {
                 instance.previous_node = instance.node;
             }
@@ -664,7 +799,12 @@ impl State {
             instance.exit_code = None;
             instance.reason = None;
             instance.container_id = None;
+            instance.container_generation = None;
             instance.stopping = false;
+            instance.stopped = false;
+            // The new gateway learns the fence with the placement itself.
+            instance.fence_ms = fence;
+            instance.fence_pending = None;
             instance.updated_ms = at;
             changes.insert(StateKey::Instance(key.clone()));
             let (kind, message) = match from.and_then(|f| self.nodes.get(&f)) {
@@ -690,6 +830,7 @@ impl State {
                 continue;
             };
             instance.stopping = true;
+            instance.stopped = false;
             instance.updated_ms = at;
             changes.insert(StateKey::Instance(key.clone()));
             let on = self
@@ -832,6 +973,7 @@ impl State {
             for key in keys {
                 if let Some(instance) = self.instances.get_mut(&key) {
                     instance.stopping = false;
+                    instance.stopped = false;
                     instance.updated_ms = at;
                     changes.insert(StateKey::Instance(key));
                 }
@@ -889,8 +1031,21 @@ impl State {
                 continue;
             };
             // Reports about a replica that moved away or was replaced are stale.
-            if instance.node != Some(node) || instance.generation != report.generation {
+            if instance.node != Some(node) || instance.container_generation() != report.generation {
                 continue;
+            }
+            // The gateway has seen the stop and will not start it again.
+            let confirmed = instance.stopping
+                && report.stopping_seen
+                && matches!(report.state, InstanceState::Exited | InstanceState::Failed);
+            if confirmed && !instance.stopped {
+                instance.stopped = true;
+                changes.insert(StateKey::Instance(report.instance.clone()));
+            }
+            // The gateway has seen the fence a spec change asked for.
+            if instance.fence_pending.is_some() && report.fence_seen == instance.fence_pending {
+                instance.fence_ms = instance.fence_pending.take();
+                changes.insert(StateKey::Instance(report.instance.clone()));
             }
             let updated = (
                 report.state,

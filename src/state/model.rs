@@ -155,9 +155,32 @@ pub struct Instance {
     #[serde(default)]
     pub container_id: Option<String>,
     /// The gateway must stop this copy (and not start it) before it moves:
-    /// a drained singleton waits for its old copy to be reported stopped.
+    /// a drained, preempted or runtime-stranded singleton waits for its old
+    /// copy to be reported stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopping: bool,
+    /// The gateway confirmed the `stopping` copy is down: it reported it
+    /// Exited or Failed after it had seen `stopping` (so it will not start
+    /// it again). Cleared with `stopping`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
+    /// How long (ms) the gateway this instance is placed on keeps running it
+    /// when cut off from the quorum, as that gateway is known to have seen
+    /// it: set with the placement, only ever raised while it stays, so the
+    /// leader's fence is never shorter than what an isolated gateway with a
+    /// stale replica stops by. None: it keeps running when isolated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_ms: Option<u64>,
+    /// A fence that a spec change asked for on a placement that had none
+    /// (`singleton: true` turned on), until the gateway reports that it has
+    /// seen it; the leader does not count on it before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_pending: Option<u64>,
+    /// The generation whose container this instance keeps running when a
+    /// rollback moved it to a newer generation with the same spec (so the
+    /// container is not replaced). None: its own generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_generation: Option<u64>,
     pub created_ms: u64,
     pub updated_ms: u64,
     /// When it was given its current generation (rollout progress deadline).
@@ -166,6 +189,17 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The generation its container was created from (and is labelled with).
+    pub fn container_generation(&self) -> u64 {
+        self.container_generation.unwrap_or(self.generation)
+    }
+
+    /// The isolation limit this gateway stops the instance by: what it has
+    /// seen, the pending fence included (it is in this replica).
+    pub fn stop_after_ms(&self) -> Option<u64> {
+        self.fence_ms.or(self.fence_pending)
+    }
+
     pub fn key(&self) -> InstanceKey {
         InstanceKey {
             workload: self.workload.clone(),

@@ -50,6 +50,7 @@ impl State {
             }
             let from = instance.generation;
             instance.generation = generation;
+            instance.container_generation = None;
             instance.generation_since_ms = at;
             instance.state = InstanceState::Pending;
             instance.exit_code = None;
@@ -102,6 +103,27 @@ impl State {
             reason: reason.to_string(),
         });
         let now_at = workload.generation;
+        let good_spec = workload.spec.clone();
+        // Replicas that run the good spec already (they never left it) are
+        // the new generation as they are: their containers stay.
+        let keep: Vec<InstanceKey> = self
+            .instances_of(name)
+            .filter(|i| {
+                self.workloads
+                    .get(name)
+                    .is_some_and(|w| *w.spec_for(i.generation) == good_spec)
+            })
+            .map(Instance::key)
+            .collect();
+        for key in keep {
+            if let Some(instance) = self.instances.get_mut(&key) {
+                instance.container_generation = Some(instance.container_generation());
+                instance.generation = now_at;
+                instance.generation_since_ms = at;
+                instance.updated_ms = at;
+                changes.insert(StateKey::Instance(key));
+            }
+        }
         changes.insert(StateKey::Workload(name.to_string()));
         self.event(
             at,

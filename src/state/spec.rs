@@ -261,6 +261,9 @@ pub fn is_dns_label(name: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
+/// `stop_after` of a singleton that does not set one.
+pub const DEFAULT_SINGLETON_STOP_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl WorkloadSpec {
     /// Checks what the types alone cannot; errors name the field.
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -343,6 +346,24 @@ impl WorkloadSpec {
             return fail("max_unavailable", "must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// How long a gateway cut off from the quorum keeps running an instance
+    /// of this spec before it stops it: `on_disconnect.stop_after`, or 30 s
+    /// for a singleton that sets none. None: however long the isolation.
+    pub fn stop_after(&self) -> Option<std::time::Duration> {
+        let set = self.on_disconnect.and_then(|d| d.stop_after).map(|d| d.0);
+        match set {
+            Some(d) => Some(d),
+            None if self.singleton => Some(DEFAULT_SINGLETON_STOP_AFTER),
+            None => None,
+        }
+    }
+
+    /// `stop_after` in milliseconds, as fences are recorded.
+    pub fn stop_after_ms(&self) -> Option<u64> {
+        self.stop_after()
+            .map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
     }
 
     pub fn cpu_millis(&self) -> u64 {

@@ -332,6 +332,8 @@ fn plans_place_and_stale_reports_are_ignored() {
         reason: None,
         restarts: 0,
         container_id: Some("c".into()),
+        stopping_seen: false,
+        fence_seen: None,
     };
     // From the wrong node, or for an old generation: ignored.
     state.apply(
@@ -422,4 +424,56 @@ fn apply_is_deterministic() {
     // What snapshots carry reads back as the same state.
     let back: State = serde_json::from_str(&first).unwrap();
     assert_eq!(serde_json::to_string(&back).unwrap(), first);
+}
+
+#[test]
+fn a_request_id_is_applied_once_and_its_retry_gets_the_first_answer() {
+    let mut state = initialised();
+    register(&mut state, "gw-a");
+    let workloads = parse_manifest("name: web\nimage: i\n").unwrap();
+    let mut first = req(
+        5,
+        Command::ApplyWorkloads {
+            workloads,
+            source: Source::Local,
+        },
+    );
+    first.id = Some("r1".into());
+    let answer = state.apply(&first, &mut ChangeSet::new());
+    assert!(matches!(answer, Response::Applied { .. }));
+    let after_first = state.clone();
+    // Another client changes the workload in between (A, then B, then A's retry).
+    let other = req(
+        6,
+        Command::ApplyWorkloads {
+            workloads: parse_manifest("name: web\nimage: j\n").unwrap(),
+            source: Source::Local,
+        },
+    );
+    state.apply(&other, &mut ChangeSet::new());
+    let after_other = state.clone();
+    assert_ne!(after_other, after_first);
+    let mut retry = first.clone();
+    retry.at_ms = 7;
+    assert_eq!(state.apply(&retry, &mut ChangeSet::new()), answer);
+    assert_eq!(state, after_other, "the retry changed nothing");
+    assert_eq!(state.workloads["web"].spec.image, "j");
+    // The memory is bounded: old ids go once there are too many, and
+    // young ones too past the hard cap.
+    for i in 0..(MAX_REMEMBERED_REQUESTS + 300) {
+        let mut r = req(
+            REMEMBER_REQUESTS_MS * 2 + i as u64,
+            Command::RecordEvent {
+                kind: "k".into(),
+                message: String::new(),
+            },
+        );
+        r.id = Some(format!("bulk-{i}"));
+        state.apply(&r, &mut ChangeSet::new());
+    }
+    assert!(state.requests.len() <= MAX_REMEMBERED_REQUESTS + 256);
+    assert!(!state.requests.contains_key("r1"));
+    assert!(state
+        .requests
+        .contains_key(&format!("bulk-{}", MAX_REMEMBERED_REQUESTS + 299)));
 }

@@ -166,6 +166,9 @@ fn spawn_with_env(args: &[&str], log: &Path, env: &[(String, String)]) -> Child 
 pub struct TestCluster {
     pub gateways: Vec<Gateway>,
     pub containerd: gantry_node::testing::PrivateContainerd,
+    /// Gateways with a containerd of their own (by gateway name), so a test
+    /// can take one gateway's runtime down alone.
+    pub own_containerd: Vec<(String, gantry_node::testing::PrivateContainerd)>,
     pub tokio: tokio::runtime::Runtime,
     pub tmp: tempfile::TempDir,
     /// Extra environment for gateways started by `init` and `join`.
@@ -235,6 +238,7 @@ impl TestCluster {
         Self {
             gateways: Vec::new(),
             containerd,
+            own_containerd: Vec::new(),
             tokio,
             tmp,
             env: Vec::new(),
@@ -330,21 +334,113 @@ impl TestCluster {
         self.hub_cli(&args)
     }
 
-    /// Flags that point a gateway at this test's containerd.
+    /// The containerd namespace of gateway `name`: unique to this test
+    /// cluster (tests run side by side, and the kernel's view is global).
+    pub fn namespace_of(&self, name: &str) -> String {
+        let tag = self
+            .tmp
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("{name}-{tag}")
+    }
+
+    /// The containerd gateway `name` uses.
+    pub fn containerd_of(&self, name: &str) -> &gantry_node::testing::PrivateContainerd {
+        self.own_containerd
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
+            .unwrap_or(&self.containerd)
+    }
+
+    /// Flags that point a gateway at this test's containerd. Every other
+    /// daemon flag keeps its default (the stop grace of 10 s included):
+    /// tests see what users get.
     fn runtime_flags(&self, name: &str) -> Vec<String> {
-        let socket = self.containerd.socket().to_string_lossy().into_owned();
+        let socket = self
+            .containerd_of(name)
+            .socket()
+            .to_string_lossy()
+            .into_owned();
+        let namespace = self.namespace_of(name);
         let flags = [
             "--containerd-socket",
             &socket,
             "--containerd-namespace",
-            name,
-            "--stop-grace",
-            "1s",
+            &namespace,
             // Nothing a test applies may ever be pulled from off this machine.
             "--allowed-registry",
             "127.0.0.1",
         ];
         flags.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// `join` for a gateway that gets a private containerd of its own.
+    pub fn join_with_own_containerd(&mut self, name: &str, extra: &[&str]) -> usize {
+        let dir = self.tmp.path().join(format!("ctd-{name}"));
+        let containerd = self
+            .tokio
+            .block_on(gantry_node::testing::PrivateContainerd::start(dir))
+            .expect("a second private containerd");
+        self.own_containerd.push((name.to_string(), containerd));
+        self.join(name, extra)
+    }
+
+    /// Containers of `workload` that have a live process, per the kernel
+    /// (`/proc/*/cgroup`), not per containerd or gantry: what really runs,
+    /// also while a containerd is down. Returns (gateway, container id).
+    pub fn kernel_copies(&self, workload: &str) -> Vec<(String, String)> {
+        let mut found = std::collections::BTreeSet::new();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        for entry in procs.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            // Zombies have exited; only live processes count.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
+            if matches!(state, Some("Z") | Some("X") | None) {
+                continue;
+            }
+            let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+                continue;
+            };
+            for gateway in &self.gateways {
+                let namespace = self.namespace_of(&gateway.name);
+                let prefix = format!("/{namespace}/{workload}-");
+                for line in cgroup.lines() {
+                    let Some(at) = line.find(&prefix) else {
+                        continue;
+                    };
+                    let id = line[at + namespace.len() + 2..]
+                        .split('/')
+                        .next()
+                        .unwrap_or_default();
+                    // `<workload>-<replica>-g<generation>` exactly.
+                    let rest = &id[workload.len() + 1..];
+                    let ok = rest.split_once("-g").is_some_and(|(r, g)| {
+                        !r.is_empty()
+                            && r.bytes().all(|b| b.is_ascii_digit())
+                            && !g.is_empty()
+                            && g.bytes().all(|b| b.is_ascii_digit())
+                    });
+                    if ok {
+                        found.insert((gateway.name.clone(), id.to_string()));
+                    }
+                }
+            }
+        }
+        found.into_iter().collect()
     }
 
     fn dirs(&self, name: &str) -> (PathBuf, PathBuf) {
@@ -584,8 +680,8 @@ impl TestCluster {
         workload: &str,
     ) -> Vec<(String, Option<u32>)> {
         let mut config = gantry_node::ContainerdConfig::new(self.tmp.path().join("unused-logs"));
-        config.socket = self.containerd.socket();
-        config.namespace = namespace.to_string();
+        config.socket = self.containerd_of(namespace).socket();
+        config.namespace = self.namespace_of(namespace);
         // The channel is made lazily and needs a reactor.
         let _entered = self.tokio.enter();
         let Ok(runtime) = gantry_node::ContainerdRuntime::new(config) else {
@@ -601,12 +697,10 @@ impl TestCluster {
             .collect()
     }
 
-    /// How many copies of `workload` run, over every gateway's namespace.
+    /// How many copies of `workload` run, over every gateway: containers
+    /// with a live process, as the kernel sees them (`kernel_copies`).
     pub fn copies(&self, workload: &str) -> usize {
-        self.gateways
-            .iter()
-            .map(|g| self.running_containers(&g.name, workload).len())
-            .sum()
+        self.kernel_copies(workload).len()
     }
 
     pub fn index_of(&self, name: &str) -> usize {

@@ -154,6 +154,11 @@ pub struct Agent<R: Runtime> {
     unavailable_delay: Duration,
     retry_runtime_at: Option<Instant>,
     subscribed_at: Option<Instant>,
+    /// False until the caller published a desired set, when it asked to be
+    /// waited for (`wait_for_desired`): until then nothing is removed, so
+    /// an agent that starts before its caller knows what should run does
+    /// not stop containers it is about to adopt.
+    desired_known: bool,
 }
 
 impl<R: Runtime> Agent<R> {
@@ -172,6 +177,7 @@ impl<R: Runtime> Agent<R> {
             runtime,
             config,
             desired,
+            desired_known: true,
             events,
             source: None,
             progress_tx,
@@ -187,6 +193,13 @@ impl<R: Runtime> Agent<R> {
             subscribed_at: None,
         };
         (agent, rx)
+    }
+
+    /// Removes nothing until the desired set has been sent once (the
+    /// channel's initial value is a placeholder, not knowledge).
+    pub fn wait_for_desired(mut self) -> Self {
+        self.desired_known = false;
+        self
     }
 
     /// Asks `source` (e.g. peer gateways) for missing images before the
@@ -213,6 +226,7 @@ impl<R: Runtime> Agent<R> {
                 changed = self.desired.changed(), if desired_open => {
                     // The caller went away: keep running what we last knew.
                     desired_open = changed.is_ok();
+                    self.desired_known |= desired_open;
                 }
                 event = recv_exit(&mut exits) => match event {
                     Some(e) => tracing::debug!(container = %e.container_id, exit_code = e.exit_code, "task exited"),
@@ -321,7 +335,12 @@ impl<R: Runtime> Agent<R> {
         let desired = self.desired.borrow().clone();
         self.observe(&desired, &actual).await;
         let now = Instant::now();
-        let plans = decide(&desired, &actual, &self.books, &self.busy, now);
+        let mut plans = decide(&desired, &actual, &self.books, &self.busy, now);
+        if !self.desired_known {
+            for plan in &mut plans {
+                plan.steps.retain(|s| !matches!(s, Step::Remove { .. }));
+            }
+        }
         for plan in plans {
             let mut ops = Vec::new();
             for step in plan.steps {

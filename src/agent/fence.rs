@@ -1,0 +1,435 @@
+//! The hard stop behind `stop_after`: a copy that must not outlive its
+//! gateway's isolation is killed by its deadline, whatever it does with
+//! SIGTERM, whether containerd answers, and whether the gantry daemon is
+//! still alive.
+//!
+//! The rule: an instance placed here with an isolation limit `L`
+//! (`Instance::stop_after_ms`: singletons, and workloads that set
+//! `on_disconnect.stop_after`) dies by `last contact + L`, where the last
+//! contact is the last heartbeat a leader with a quorum accepted (with this
+//! replica caught up), on the boot clock (`crate::clock`). The graceful path
+//! is the node agent: `desired::desired_for` drops the instance early enough
+//! that SIGTERM, the stop grace and SIGKILL fit before the deadline. This
+//! module is the one that cannot be talked out of it: every 100 ms it
+//! SIGKILLs, by pid, the container init of any entry whose deadline has
+//! passed (checking the process start time, so a reused pid is left alone).
+//! Killing a container's init ends its whole pid namespace.
+//!
+//! The same lease is handed to a separate guard process
+//! (`gantry fence-guard`, see `guard`), which keeps enforcing the last one
+//! it got if the daemon is killed, crashes or exits: the cluster moves a
+//! singleton `L` + a margin after its gateway went silent, and a dead daemon
+//! must not leave the old copy running.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{NodeId, State};
+
+/// How often deadlines are checked (the guard's reaction time).
+pub const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// One container that must be dead by `deadline_ms` (boot clock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub container_id: String,
+    pub pid: u32,
+    /// The process's start time (clock ticks since boot, /proc/PID/stat
+    /// field 22): a different process that got the same pid is not killed.
+    pub start_time: u64,
+    pub deadline_ms: u64,
+}
+
+/// A running container as the fence knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub pid: u32,
+    pub start_time: u64,
+    /// Whose replica it is, whatever its generation: an older generation
+    /// being replaced is fenced like the one replacing it.
+    pub workload: String,
+    pub replica: u32,
+}
+
+/// The pids of this gateway's running containers, from the agent's
+/// reports, with their start times.
+#[derive(Debug, Default, Clone)]
+pub struct Pids {
+    inner: Arc<Mutex<BTreeMap<String, Running>>>,
+}
+
+impl Pids {
+    /// A container of `workload`/`replica` runs as `pid` (None: it does not
+    /// run any more).
+    pub fn set(&self, container_id: &str, workload: &str, replica: u32, pid: Option<u32>) {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match pid.and_then(|p| start_time(p).map(|t| (p, t))) {
+            Some((pid, start_time)) => {
+                map.insert(
+                    container_id.to_string(),
+                    Running {
+                        pid,
+                        start_time,
+                        workload: workload.to_string(),
+                        replica,
+                    },
+                );
+            }
+            None => {
+                map.remove(container_id);
+            }
+        }
+    }
+
+    pub fn forget(&self, container_id: &str) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(container_id);
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, Running> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The pure rule: which of this gateway's containers must die by when.
+///
+/// `last_contact_ms` is the boot-clock time of the last accepted contact
+/// with a quorum (None: none since this boot, so every fenced copy is past
+/// its deadline). `runtime_down`: containerd does not answer, so a copy the
+/// leader asked to stop (`stopping`) cannot be stopped the graceful way and
+/// is killed at once, which the gateway then reports.
+pub fn lease(
+    state: &State,
+    node: NodeId,
+    last_contact_ms: Option<u64>,
+    runtime_down: bool,
+    now_ms: u64,
+    pids: &BTreeMap<String, Running>,
+) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for (container_id, running) in pids {
+        let key = crate::state::InstanceKey {
+            workload: running.workload.clone(),
+            replica: running.replica,
+        };
+        let Some(instance) = state.instances.get(&key).filter(|i| i.node == Some(node)) else {
+            continue;
+        };
+        let (pid, start_time, container_id) =
+            (running.pid, running.start_time, container_id.clone());
+        let by_isolation = instance
+            .stop_after_ms()
+            .map(|limit| last_contact_ms.map_or(0, |c| c.saturating_add(limit)));
+        let by_stop = (runtime_down && instance.stopping).then_some(now_ms);
+        let Some(deadline_ms) = [by_isolation, by_stop].into_iter().flatten().min() else {
+            continue;
+        };
+        entries.push(Entry {
+            container_id,
+            pid,
+            start_time,
+            deadline_ms,
+        });
+    }
+    entries
+}
+
+/// /proc/PID/stat field 22 (start time in clock ticks since boot).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count
+    // from the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What `kill_if_same` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Killed {
+    /// SIGKILL sent.
+    Now,
+    /// The process is gone already.
+    Gone,
+    /// The pid belongs to another process now: left alone.
+    Reused,
+}
+
+/// SIGKILL to `pid` if it is still the process that started at `start`.
+pub fn kill_if_same(pid: u32, start: u64) -> Killed {
+    match start_time(pid) {
+        None => Killed::Gone,
+        Some(t) if t != start => Killed::Reused,
+        Some(_) => {
+            let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+                return Killed::Gone;
+            };
+            match rustix::process::kill_process(pid, rustix::process::Signal::KILL) {
+                Ok(()) => Killed::Now,
+                Err(_) => Killed::Gone,
+            }
+        }
+    }
+}
+
+/// Kills what is due; returns the entries still to watch and what was
+/// killed now.
+pub fn enforce(entries: Vec<Entry>, now_ms: u64) -> (Vec<Entry>, Vec<Entry>) {
+    let mut keep = Vec::new();
+    let mut killed = Vec::new();
+    for entry in entries {
+        if entry.deadline_ms > now_ms {
+            keep.push(entry);
+            continue;
+        }
+        if kill_if_same(entry.pid, entry.start_time) == Killed::Now {
+            killed.push(entry);
+        }
+    }
+    (keep, killed)
+}
+
+/// The daemon's side: recomputes the lease every `CHECK_EVERY`, enforces
+/// it here, hands it to the guard, and reports a stop the leader is
+/// waiting for when the kill was the only way to do it (runtime down).
+pub async fn run(
+    cluster: crate::cluster::Cluster,
+    pids: Pids,
+    health: Arc<super::health::RuntimeHealth>,
+    mut guard: super::guard::GuardLink,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut sent: Option<(Vec<Entry>, u64)> = None;
+    let mut to_report: BTreeMap<crate::state::InstanceKey, crate::state::InstanceReport> =
+        BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+        let now = crate::clock::boot_ms();
+        let runtime_down = health.problem().is_some();
+        let entries = {
+            let applied = cluster.state().read();
+            lease(
+                &applied.state,
+                cluster.id(),
+                cluster.last_contact_ms(),
+                runtime_down,
+                now,
+                &pids.snapshot(),
+            )
+        };
+        let fresh = sent
+            .as_ref()
+            .is_none_or(|(last, at)| *last != entries || now.saturating_sub(*at) >= 1_000);
+        if fresh {
+            guard
+                .send(&super::guard::Lease {
+                    entries: entries.clone(),
+                })
+                .await;
+            sent = Some((entries.clone(), now));
+        }
+        let (_, killed) = enforce(entries, now);
+        for entry in killed {
+            tracing::warn!(container = %entry.container_id, pid = entry.pid, "fence deadline passed: container killed");
+            let running = pids.snapshot().remove(&entry.container_id);
+            pids.forget(&entry.container_id);
+            let applied = cluster.state().read();
+            let instance = running.and_then(|r| {
+                let key = crate::state::InstanceKey {
+                    workload: r.workload,
+                    replica: r.replica,
+                };
+                applied
+                    .state
+                    .instances
+                    .get(&key)
+                    .filter(|i| i.node == Some(cluster.id()))
+            });
+            if let Some(i) = instance.filter(|i| i.stopping) {
+                to_report.insert(
+                    i.key(),
+                    crate::state::InstanceReport {
+                        instance: i.key(),
+                        generation: i.container_generation(),
+                        state: crate::state::InstanceState::Exited,
+                        exit_code: Some(137),
+                        reason: Some(
+                            "killed: it had to stop and the container runtime is down".into(),
+                        ),
+                        restarts: i.restarts,
+                        container_id: Some(entry.container_id.clone()),
+                        stopping_seen: true,
+                        fence_seen: i.stop_after_ms(),
+                    },
+                );
+            }
+        }
+        if !to_report.is_empty() {
+            let reports: Vec<_> = to_report.values().cloned().collect();
+            let command = crate::state::Command::ReportInstances {
+                node: cluster.id(),
+                reports,
+            };
+            match tokio::time::timeout(super::REPORT_TIMEOUT, cluster.write(command)).await {
+                Ok(Ok(_)) => to_report.clear(),
+                _ => tracing::debug!("the kill report waits for the quorum"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::trust::fixtures;
+    use crate::state::{Capacity, ChangeSet, Command, PlanRecord, Request};
+
+    fn state_with(singleton: bool) -> State {
+        let mut state = State::default();
+        let mut apply = |command| {
+            let r = state.apply(&Request::new(1, command), &mut ChangeSet::new());
+            assert!(
+                !matches!(r, crate::state::Response::Rejected { .. }),
+                "{r:?}"
+            );
+        };
+        apply(Command::InitCluster {
+            cluster_id: "c".into(),
+            settings: Default::default(),
+            pki: fixtures::pki(),
+            join_token: fixtures::join_token("0a"),
+        });
+        apply(Command::RegisterNode {
+            name: "gw".into(),
+            address: "127.0.0.1:1".into(),
+            labels: Default::default(),
+            capacity: Capacity {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+            },
+            devices: Default::default(),
+            tls: Some(fixtures::tls()),
+            join_token: None,
+        });
+        let yaml = format!("name: cam\nimage: i\nsingleton: {singleton}\n");
+        apply(Command::ApplyWorkloads {
+            workloads: crate::state::spec::parse_manifest(&yaml).unwrap(),
+            source: crate::state::Source::Local,
+        });
+        let key = crate::state::InstanceKey {
+            workload: "cam".into(),
+            replica: 0,
+        };
+        apply(Command::ApplyPlan {
+            plan: PlanRecord {
+                placements: vec![(key, 1)],
+                ..Default::default()
+            },
+        });
+        state
+    }
+
+    fn running_cam(container_id: &str) -> BTreeMap<String, Running> {
+        BTreeMap::from([(
+            container_id.to_string(),
+            Running {
+                pid: 4242,
+                start_time: 7,
+                workload: "cam".into(),
+                replica: 0,
+            },
+        )])
+    }
+
+    #[test]
+    fn an_older_generation_being_replaced_is_fenced_too() {
+        let state = state_with(true);
+        // The replica moved to generation 2 in the state; generation 1 still runs.
+        let pids = running_cam("cam-0-g0");
+        let entries = lease(&state, 1, Some(10_000), false, 11_000, &pids);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].container_id, "cam-0-g0");
+        assert_eq!(entries[0].deadline_ms, 40_000);
+    }
+
+    #[test]
+    fn a_fenced_copy_dies_by_its_limit_after_the_last_contact() {
+        let state = state_with(true);
+        let pids = running_cam("cam-0-g1");
+        let entries = lease(&state, 1, Some(10_000), false, 11_000, &pids);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            entries[0].deadline_ms,
+            10_000 + 30_000,
+            "30 s default for a singleton"
+        );
+        // No contact since this boot: past due at once.
+        assert_eq!(
+            lease(&state, 1, None, false, 11_000, &pids)[0].deadline_ms,
+            0
+        );
+        // Another gateway's copy, or one without a known pid, is not ours.
+        assert!(lease(&state, 2, Some(0), false, 0, &pids).is_empty());
+        assert!(lease(&state, 1, Some(0), false, 0, &BTreeMap::new()).is_empty());
+        // A plain workload without stop_after keeps running when isolated.
+        let plain = state_with(false);
+        assert!(lease(&plain, 1, None, false, 0, &pids).is_empty());
+    }
+
+    #[test]
+    fn a_stopping_copy_dies_at_once_while_the_runtime_is_down() {
+        let mut state = state_with(true);
+        let key = crate::state::InstanceKey {
+            workload: "cam".into(),
+            replica: 0,
+        };
+        state.instances.get_mut(&key).unwrap().stopping = true;
+        let pids = running_cam("cam-0-g1");
+        assert_eq!(
+            lease(&state, 1, Some(10_000), true, 12_345, &pids)[0].deadline_ms,
+            12_345
+        );
+        assert_eq!(
+            lease(&state, 1, Some(10_000), false, 12_345, &pids)[0].deadline_ms,
+            40_000
+        );
+    }
+
+    #[test]
+    fn only_the_process_that_started_then_is_killed() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = start_time(pid).expect("a start time");
+        assert_eq!(
+            kill_if_same(pid, start + 1),
+            Killed::Reused,
+            "another process"
+        );
+        let (keep, killed) = enforce(
+            vec![Entry {
+                container_id: "c".into(),
+                pid,
+                start_time: start,
+                deadline_ms: 100,
+            }],
+            99,
+        );
+        assert_eq!((keep.len(), killed.len()), (1, 0), "not due yet");
+        let (keep, killed) = enforce(keep, 100);
+        assert_eq!((keep.len(), killed.len()), (0, 1));
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9));
+        assert_eq!(kill_if_same(pid, start), Killed::Gone);
+    }
+}
