@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
     StoredMembership,
 };
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
@@ -38,6 +38,32 @@ pub struct Applied {
     pub state: State,
     pub last_applied: Option<LogId<NodeId>>,
     pub last_membership: Membership,
+}
+
+/// Applies committed entries to `applied`: the one apply loop of every
+/// state-machine store (RocksDB here, memory in `mem_store`), so that they
+/// cannot drift apart. Returns openraft's responses, one per entry, and the
+/// records the entries touched (what a store must persist with
+/// `last_applied`). Pure: no I/O, no clock.
+pub fn apply_entries(
+    applied: &mut Applied,
+    entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+) -> (Vec<Response>, ChangeSet) {
+    let mut responses = Vec::new();
+    let mut changes = ChangeSet::new();
+    for entry in entries {
+        applied.last_applied = Some(entry.log_id);
+        let response = match entry.payload {
+            EntryPayload::Blank => Response::Ok,
+            EntryPayload::Normal(request) => applied.state.apply(&request, &mut changes),
+            EntryPayload::Membership(membership) => {
+                applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                Response::Ok
+            }
+        };
+        responses.push(response);
+    }
+    (responses, changes)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -283,27 +309,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut responses = Vec::new();
         let mut batch = WriteBatch::default();
-        let last_applied = {
+        let (responses, last_applied) = {
             let mut guard = self.write_guard();
-            let applied = &mut *guard;
-            let mut changes = ChangeSet::new();
-            for entry in entries {
-                applied.last_applied = Some(entry.log_id);
-                let response = match entry.payload {
-                    EntryPayload::Blank => Response::Ok,
-                    EntryPayload::Normal(request) => applied.state.apply(&request, &mut changes),
-                    EntryPayload::Membership(membership) => {
-                        applied.last_membership =
-                            StoredMembership::new(Some(entry.log_id), membership);
-                        Response::Ok
-                    }
-                };
-                responses.push(response);
-            }
-            Self::stage(&self.db, applied, &changes, &mut batch)?;
-            applied.last_applied
+            let (responses, changes) = apply_entries(&mut guard, entries);
+            Self::stage(&self.db, &guard, &changes, &mut batch)?;
+            (responses, guard.last_applied)
         };
         self.write_synced(batch).await?;
         self.notify(last_applied);
@@ -369,5 +380,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::{blank_ent, membership_ent};
+
+    use super::*;
+
+    #[test]
+    fn apply_entries_tracks_last_applied_and_membership() {
+        let mut applied = Applied::default();
+        let (responses, changes) = apply_entries(
+            &mut applied,
+            [
+                blank_ent::<TypeConfig>(1, 1, 1),
+                membership_ent::<TypeConfig>(1, 1, 2, vec![[1u64, 2].into()]),
+                blank_ent::<TypeConfig>(2, 1, 3),
+            ],
+        );
+        assert_eq!(responses, vec![Response::Ok, Response::Ok, Response::Ok]);
+        assert!(changes.is_empty());
+        assert_eq!(applied.last_applied.map(|l| l.index), Some(3));
+        assert_eq!(applied.last_membership.log_id().map(|l| l.index), Some(2));
     }
 }
