@@ -96,8 +96,19 @@ impl StateReader {
 pub struct StateMachineStore {
     db: Arc<DB>,
     inner: Arc<RwLock<Applied>>,
+    /// Held by `apply` and `install_snapshot` from the change in memory
+    /// until its synced write returns, and by `build_snapshot` throughout.
+    /// openraft builds snapshots in a spawned task while the next batch is
+    /// applied; without this a snapshot could hold state that is only in
+    /// memory, and the purge that follows it could delete logs that a
+    /// restart needs to re-apply (review M4). While it is held, memory and
+    /// disk may differ; whoever holds it sees them equal.
+    durable: Arc<tokio::sync::Mutex<()>>,
     applied_tx: Arc<watch::Sender<u64>>,
     applied_rx: watch::Receiver<u64>,
+    /// Holds `apply` between its change in memory and its synced write.
+    #[cfg(test)]
+    apply_gate: Option<Arc<tests::Gate>>,
 }
 
 fn record_key(key: &StateKey) -> Vec<u8> {
@@ -196,8 +207,11 @@ impl StateMachineStore {
         Ok(Self {
             db,
             inner: Arc::new(RwLock::new(applied)),
+            durable: Arc::new(tokio::sync::Mutex::new(())),
             applied_tx: Arc::new(applied_tx),
             applied_rx,
+            #[cfg(test)]
+            apply_gate: None,
         })
     }
 
@@ -264,6 +278,9 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        // Through the snapshot's own write too: an `install_snapshot` that
+        // ran in between would otherwise be overwritten by an older one.
+        let _durable = self.durable.lock().await;
         let (data, last_applied, last_membership) = {
             let applied = self.inner.read().unwrap_or_else(|p| p.into_inner());
             let data = serde_json::to_vec(&*applied)
@@ -309,6 +326,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let _durable = self.durable.lock().await;
         let mut batch = WriteBatch::default();
         let (responses, last_applied) = {
             let mut guard = self.write_guard();
@@ -316,6 +334,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Self::stage(&self.db, &guard, &changes, &mut batch)?;
             (responses, guard.last_applied)
         };
+        #[cfg(test)]
+        if let Some(gate) = &self.apply_gate {
+            gate.hold().await;
+        }
         self.write_synced(batch).await?;
         self.notify(last_applied);
         Ok(responses)
@@ -343,6 +365,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         let stored = serde_json::to_vec(&stored)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let _durable = self.durable.lock().await;
         let mut batch = WriteBatch::default();
         // Replace every record: the snapshot is the whole truth.
         batch.delete_range_cf(
@@ -385,9 +408,90 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use openraft::testing::{blank_ent, membership_ent};
+    use tokio::sync::{Notify, Semaphore};
 
     use super::*;
+    use crate::cluster::store;
+
+    /// Stops `apply` after its change in memory and before its synced
+    /// write, until the test releases it.
+    pub(super) struct Gate {
+        reached: Notify,
+        release: Semaphore,
+    }
+
+    impl Gate {
+        fn new() -> Self {
+            Self {
+                reached: Notify::new(),
+                release: Semaphore::new(0),
+            }
+        }
+
+        pub(super) async fn hold(&self) {
+            self.reached.notify_one();
+            if let Ok(permit) = self.release.acquire().await {
+                permit.forget();
+            }
+        }
+    }
+
+    /// What a restart would load as the last applied log id.
+    fn durable_applied(db: &DB) -> Option<LogId<NodeId>> {
+        let bytes = db
+            .get_cf(cf(db, CF_SM_META), KEY_APPLIED)
+            .expect("read sm_meta");
+        bytes.and_then(|b| serde_json::from_slice(&b).expect("applied id"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_never_holds_state_that_is_not_yet_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = store::open(dir.path(), "m4").expect("open");
+        let mut sm = StateMachineStore::open(db.clone()).expect("state machine");
+        let gate = Arc::new(Gate::new());
+        sm.apply_gate = Some(gate.clone());
+
+        let mut applier = sm.clone();
+        let apply = tokio::spawn(async move {
+            applier
+                .apply([
+                    blank_ent::<TypeConfig>(1, 1, 1),
+                    membership_ent::<TypeConfig>(1, 1, 2, vec![[1u64].into()]),
+                    blank_ent::<TypeConfig>(1, 1, 3),
+                ])
+                .await
+        });
+        // `apply` has changed memory; its synced write is held back.
+        gate.reached.notified().await;
+        assert_eq!(sm.reader().read().last_applied.map(|l| l.index), Some(3));
+        assert_eq!(durable_applied(&db), None);
+
+        // openraft spawns the builder concurrently with apply; the write
+        // completes a little later.
+        let release = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                gate.release.add_permits(1);
+            })
+        };
+        let mut builder = sm.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.expect("build");
+        let on_disk = durable_applied(&db);
+        assert!(
+            snapshot.meta.last_log_id <= on_disk,
+            "the snapshot reaches {:?} while the disk holds only {:?}",
+            snapshot.meta.last_log_id,
+            on_disk
+        );
+        release.await.expect("release");
+        apply.await.expect("apply task").expect("apply");
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(3));
+    }
 
     #[test]
     fn apply_entries_tracks_last_applied_and_membership() {
