@@ -1,6 +1,8 @@
 //! openraft's storage conformance suite (`openraft::testing::Suite`) on
 //! gantry's stores: the RocksDB `LogStore` + `StateMachineStore` the
-//! daemon runs on, each case on a fresh database in its own temp dir.
+//! daemon runs on, each case on a fresh database in its own temp dir, and
+//! the in-memory `MemLogStore` + `MemStateMachine` of the simulation, each
+//! case on a fresh `MemDisk` whose fsyncs take 1 ms.
 //!
 //! The suite applies only blank and membership entries (openraft cannot
 //! build an application `Request`), so it checks the log, vote, purge,
@@ -12,7 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::time::Duration;
+
 use gantry::cluster::log_store::LogStore;
+use gantry::cluster::mem_store::{MemDisk, MemLogStore, MemStateMachine};
 use gantry::cluster::state_machine::StateMachineStore;
 use gantry::cluster::{store, NodeId, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
@@ -61,6 +66,43 @@ fn rocksdb_stores_pass_openraft_suite() {
     assert!(n >= 35, "openraft 0.9.25's suite has 35 cases; ran {n}");
     println!(
         "storage: suite_cases={n} passed (rocksdb, {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A fresh `MemDisk` per case, with a real (1 ms) wait in every fsync.
+#[derive(Default)]
+struct MemBuilder {
+    builds: Arc<AtomicUsize>,
+}
+
+impl StoreBuilder<TypeConfig, MemLogStore, MemStateMachine> for MemBuilder {
+    async fn build(&self) -> Result<((), MemLogStore, MemStateMachine), StorageError<NodeId>> {
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        let disk = MemDisk::shared();
+        disk.lock()
+            .map_err(build_error)?
+            .set_fsync_delay(Duration::from_millis(1));
+        Ok((
+            (),
+            MemLogStore::new(disk.clone()),
+            MemStateMachine::new(disk),
+        ))
+    }
+}
+
+#[test]
+fn memory_stores_pass_openraft_suite() {
+    let builder = MemBuilder::default();
+    let builds = builder.builds.clone();
+    let started = Instant::now();
+    if let Err(e) = Suite::test_all(builder) {
+        panic!("openraft's storage suite failed on the memory stores: {e}");
+    }
+    let n = cases(builds.load(Ordering::Relaxed));
+    assert!(n >= 35, "openraft 0.9.25's suite has 35 cases; ran {n}");
+    println!(
+        "storage: suite_cases={n} passed (memory, {:.1} s)",
         started.elapsed().as_secs_f64()
     );
 }

@@ -67,9 +67,9 @@ pub fn apply_entries(
 }
 
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
-    data: Vec<u8>,
+pub(super) struct StoredSnapshot {
+    pub(super) meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    pub(super) data: Vec<u8>,
 }
 
 /// Read access to the applied state for the API and the control loops.
@@ -80,6 +80,11 @@ pub struct StateReader {
 }
 
 impl StateReader {
+    /// For the other stores of this module (`mem_store`).
+    pub(super) fn new(inner: Arc<RwLock<Applied>>, applied_rx: watch::Receiver<u64>) -> Self {
+        Self { inner, applied_rx }
+    }
+
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.inner
             .read()
@@ -216,10 +221,7 @@ impl StateMachineStore {
     }
 
     pub fn reader(&self) -> StateReader {
-        StateReader {
-            inner: self.inner.clone(),
-            applied_rx: self.applied_rx.clone(),
-        }
+        StateReader::new(self.inner.clone(), self.applied_rx.clone())
     }
 
     fn write_guard(&self) -> RwLockWriteGuard<'_, Applied> {
