@@ -52,17 +52,13 @@ impl LogStore {
             .transpose()
     }
 
-    fn put_meta<T: Serialize>(&self, key: &[u8], value: &T, sync: bool) -> StorageResult<()> {
+    /// Not synced: only for what may be lost in a crash.
+    fn put_meta_unsynced<T: Serialize>(&self, key: &[u8], value: &T) -> StorageResult<()> {
         let bytes = serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e))?;
-        let opts = if sync {
-            synced()
-        } else {
-            WriteOptions::default()
-        };
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_META), key, bytes);
         self.db
-            .write_opt(batch, &opts)
+            .write(batch)
             .map_err(|e| StorageIOError::write(&e).into())
     }
 
@@ -160,7 +156,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
         // Not synced: losing it only means re-applying from the last applied id.
-        self.put_meta(KEY_COMMITTED, &committed, false)
+        self.put_meta_unsynced(KEY_COMMITTED, &committed)
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
@@ -212,18 +208,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        // Record the purge point first: a crash in between leaves entries
-        // that are merely redundant, never a hole the state cannot explain.
-        self.put_meta(KEY_LAST_PURGED, &log_id, true)?;
+        let marker = serde_json::to_vec(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
         let upto = log_id.index;
+        // One synced batch: the purge point and the deletion land together
+        // (no restart sees entries at or below the purge point), and the
+        // fsync runs off the async workers like every other synced write.
         self.blocking(move |db| {
             let mut batch = WriteBatch::default();
+            batch.put_cf(cf(db, CF_META), KEY_LAST_PURGED, marker);
             batch.delete_range_cf(
                 cf(db, CF_LOGS),
                 index_key(0),
                 index_key(upto.saturating_add(1)),
             );
-            db.write(batch)
+            db.write_opt(batch, &synced())
         })
         .await
     }

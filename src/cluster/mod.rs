@@ -9,6 +9,7 @@
 
 pub mod fault;
 pub mod log_store;
+pub mod mem_store;
 pub mod membership;
 pub mod network;
 pub mod node;

@@ -14,7 +14,8 @@ use gantry_pki::{Credentials, Fingerprint};
 use gantry_proto::v1::cluster_client::ClusterClient;
 use gantry_proto::v1::RaftMessage;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -22,6 +23,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+use prost::Message as _;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -208,8 +210,32 @@ pub struct PeerClient {
 #[derive(Clone, Copy)]
 enum Rpc {
     Vote,
-    Append,
+    /// With the number of entries it carries.
+    Append(usize),
     Snapshot,
+}
+
+/// An AppendEntries message over the transport's cap is refused before it
+/// is sent, with a hint of how many entries fit: openraft then retries at
+/// once with fewer (`update_hint` in its `replication/mod.rs`), where a
+/// network error would resend the same batch forever (review L4). Snapshot
+/// chunks are sized by `snapshot_max_chunk_size`, votes are small, and a
+/// single entry cannot be split, so those go out and fail as before.
+fn too_large<E: std::error::Error>(
+    rpc: Rpc,
+    encoded_len: usize,
+) -> Option<RPCError<NodeId, BasicNode, E>> {
+    let Rpc::Append(entries) = rpc else {
+        return None;
+    };
+    if encoded_len <= MAX_MESSAGE_BYTES || entries <= 1 {
+        return None;
+    }
+    // Proportional, rounded down: entries of one burst are of similar size.
+    let fit = (entries as u128 * MAX_MESSAGE_BYTES as u128 / encoded_len as u128) as u64;
+    Some(RPCError::PayloadTooLarge(
+        PayloadTooLarge::new_entries_hint(fit.clamp(1, entries as u64 - 1)),
+    ))
 }
 
 impl PeerClient {
@@ -230,6 +256,9 @@ impl PeerClient {
             cluster_id: self.cluster_id.clone(),
             payload,
         };
+        if let Some(too_large) = too_large(rpc, message.encoded_len()) {
+            return Err(too_large);
+        }
         let mut client = self
             .peers
             .member(self.target, &self.addr)
@@ -237,7 +266,7 @@ impl PeerClient {
         let call = async {
             match rpc {
                 Rpc::Vote => client.vote(message).await,
-                Rpc::Append => client.append_entries(message).await,
+                Rpc::Append(_) => client.append_entries(message).await,
                 Rpc::Snapshot => client.install_snapshot(message).await,
             }
         };
@@ -261,7 +290,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, option.hard_ttl()).await
+        let entries = rpc.entries.len();
+        self.call(Rpc::Append(entries), &rpc, option.hard_ttl())
+            .await
     }
 
     async fn install_snapshot(
@@ -287,5 +318,41 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     /// LANs a gateway that restarts is back within a second.
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(Duration::from_millis(250)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::RPCTypes;
+
+    use super::*;
+
+    fn hint(rpc: Rpc, encoded_len: usize) -> Option<PayloadTooLarge> {
+        match too_large::<RaftError<NodeId>>(rpc, encoded_len)? {
+            RPCError::PayloadTooLarge(hint) => Some(hint),
+            other => panic!("expected PayloadTooLarge, got {other}"),
+        }
+    }
+
+    #[test]
+    fn an_append_over_the_cap_asks_openraft_for_fewer_entries() {
+        let three_times = hint(Rpc::Append(300), 3 * MAX_MESSAGE_BYTES).expect("too large");
+        assert_eq!(three_times.action(), RPCTypes::AppendEntries);
+        assert_eq!(three_times.entries_hint(), 100);
+        // Just over the cap: one entry fewer at least.
+        let just_over = hint(Rpc::Append(300), MAX_MESSAGE_BYTES + 1).expect("too large");
+        assert_eq!(just_over.entries_hint(), 299);
+        // Far over: never zero entries.
+        let far_over = hint(Rpc::Append(2), 1000 * MAX_MESSAGE_BYTES).expect("too large");
+        assert_eq!(far_over.entries_hint(), 1);
+    }
+
+    #[test]
+    fn what_fits_or_cannot_shrink_is_sent_as_before() {
+        assert!(hint(Rpc::Append(300), MAX_MESSAGE_BYTES).is_none());
+        assert!(hint(Rpc::Append(1), 2 * MAX_MESSAGE_BYTES).is_none());
+        assert!(hint(Rpc::Append(0), 2 * MAX_MESSAGE_BYTES).is_none());
+        assert!(hint(Rpc::Snapshot, 2 * MAX_MESSAGE_BYTES).is_none());
+        assert!(hint(Rpc::Vote, 2 * MAX_MESSAGE_BYTES).is_none());
     }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
     StoredMembership,
 };
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
@@ -40,10 +40,36 @@ pub struct Applied {
     pub last_membership: Membership,
 }
 
+/// Applies committed entries to `applied`: the one apply loop of every
+/// state-machine store (RocksDB here, memory in `mem_store`), so that they
+/// cannot drift apart. Returns openraft's responses, one per entry, and the
+/// records the entries touched (what a store must persist with
+/// `last_applied`). Pure: no I/O, no clock.
+pub fn apply_entries(
+    applied: &mut Applied,
+    entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+) -> (Vec<Response>, ChangeSet) {
+    let mut responses = Vec::new();
+    let mut changes = ChangeSet::new();
+    for entry in entries {
+        applied.last_applied = Some(entry.log_id);
+        let response = match entry.payload {
+            EntryPayload::Blank => Response::Ok,
+            EntryPayload::Normal(request) => applied.state.apply(&request, &mut changes),
+            EntryPayload::Membership(membership) => {
+                applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                Response::Ok
+            }
+        };
+        responses.push(response);
+    }
+    (responses, changes)
+}
+
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
-    data: Vec<u8>,
+pub(super) struct StoredSnapshot {
+    pub(super) meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    pub(super) data: Vec<u8>,
 }
 
 /// Read access to the applied state for the API and the control loops.
@@ -54,6 +80,11 @@ pub struct StateReader {
 }
 
 impl StateReader {
+    /// For the other stores of this module (`mem_store`).
+    pub(super) fn new(inner: Arc<RwLock<Applied>>, applied_rx: watch::Receiver<u64>) -> Self {
+        Self { inner, applied_rx }
+    }
+
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.inner
             .read()
@@ -70,8 +101,19 @@ impl StateReader {
 pub struct StateMachineStore {
     db: Arc<DB>,
     inner: Arc<RwLock<Applied>>,
+    /// Held by `apply` and `install_snapshot` from the change in memory
+    /// until its synced write returns, and by `build_snapshot` throughout.
+    /// openraft builds snapshots in a spawned task while the next batch is
+    /// applied; without this a snapshot could hold state that is only in
+    /// memory, and the purge that follows it could delete logs that a
+    /// restart needs to re-apply (review M4). While it is held, memory and
+    /// disk may differ; whoever holds it sees them equal.
+    durable: Arc<tokio::sync::Mutex<()>>,
     applied_tx: Arc<watch::Sender<u64>>,
     applied_rx: watch::Receiver<u64>,
+    /// Holds `apply` between its change in memory and its synced write.
+    #[cfg(test)]
+    apply_gate: Option<Arc<tests::Gate>>,
 }
 
 fn record_key(key: &StateKey) -> Vec<u8> {
@@ -181,16 +223,16 @@ impl StateMachineStore {
         Ok(Self {
             db,
             inner: Arc::new(RwLock::new(applied)),
+            durable: Arc::new(tokio::sync::Mutex::new(())),
             applied_tx: Arc::new(applied_tx),
             applied_rx,
+            #[cfg(test)]
+            apply_gate: None,
         })
     }
 
     pub fn reader(&self) -> StateReader {
-        StateReader {
-            inner: self.inner.clone(),
-            applied_rx: self.applied_rx.clone(),
-        }
+        StateReader::new(self.inner.clone(), self.applied_rx.clone())
     }
 
     fn write_guard(&self) -> RwLockWriteGuard<'_, Applied> {
@@ -249,6 +291,9 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        // Through the snapshot's own write too: an `install_snapshot` that
+        // ran in between would otherwise be overwritten by an older one.
+        let _durable = self.durable.lock().await;
         let (data, last_applied, last_membership) = {
             let applied = self.inner.read().unwrap_or_else(|p| p.into_inner());
             let data = serde_json::to_vec(&*applied)
@@ -294,28 +339,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut responses = Vec::new();
+        let _durable = self.durable.lock().await;
         let mut batch = WriteBatch::default();
-        let last_applied = {
+        let (responses, last_applied) = {
             let mut guard = self.write_guard();
-            let applied = &mut *guard;
-            let mut changes = ChangeSet::new();
-            for entry in entries {
-                applied.last_applied = Some(entry.log_id);
-                let response = match entry.payload {
-                    EntryPayload::Blank => Response::Ok,
-                    EntryPayload::Normal(request) => applied.state.apply(&request, &mut changes),
-                    EntryPayload::Membership(membership) => {
-                        applied.last_membership =
-                            StoredMembership::new(Some(entry.log_id), membership);
-                        Response::Ok
-                    }
-                };
-                responses.push(response);
-            }
-            Self::stage(&self.db, applied, &changes, &mut batch)?;
-            applied.last_applied
+            let (responses, changes) = apply_entries(&mut guard, entries);
+            Self::stage(&self.db, &guard, &changes, &mut batch)?;
+            (responses, guard.last_applied)
         };
+        #[cfg(test)]
+        if let Some(gate) = &self.apply_gate {
+            gate.hold().await;
+        }
         self.write_synced(batch).await?;
         self.notify(last_applied);
         Ok(responses)
@@ -343,6 +378,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         let stored = serde_json::to_vec(&stored)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let _durable = self.durable.lock().await;
         let mut batch = WriteBatch::default();
         // Replace every record: the snapshot is the whole truth.
         batch.delete_range_cf(
@@ -380,5 +416,110 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::testing::{blank_ent, membership_ent};
+    use tokio::sync::{Notify, Semaphore};
+
+    use super::*;
+    use crate::cluster::store;
+
+    /// Stops `apply` after its change in memory and before its synced
+    /// write, until the test releases it.
+    pub(super) struct Gate {
+        reached: Notify,
+        release: Semaphore,
+    }
+
+    impl Gate {
+        fn new() -> Self {
+            Self {
+                reached: Notify::new(),
+                release: Semaphore::new(0),
+            }
+        }
+
+        pub(super) async fn hold(&self) {
+            self.reached.notify_one();
+            if let Ok(permit) = self.release.acquire().await {
+                permit.forget();
+            }
+        }
+    }
+
+    /// What a restart would load as the last applied log id.
+    fn durable_applied(db: &DB) -> Option<LogId<NodeId>> {
+        let bytes = db
+            .get_cf(cf(db, CF_SM_META), KEY_APPLIED)
+            .expect("read sm_meta");
+        bytes.and_then(|b| serde_json::from_slice(&b).expect("applied id"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_never_holds_state_that_is_not_yet_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = store::open(dir.path(), "m4").expect("open");
+        let mut sm = StateMachineStore::open(db.clone()).expect("state machine");
+        let gate = Arc::new(Gate::new());
+        sm.apply_gate = Some(gate.clone());
+
+        let mut applier = sm.clone();
+        let apply = tokio::spawn(async move {
+            applier
+                .apply([
+                    blank_ent::<TypeConfig>(1, 1, 1),
+                    membership_ent::<TypeConfig>(1, 1, 2, vec![[1u64].into()]),
+                    blank_ent::<TypeConfig>(1, 1, 3),
+                ])
+                .await
+        });
+        // `apply` has changed memory; its synced write is held back.
+        gate.reached.notified().await;
+        assert_eq!(sm.reader().read().last_applied.map(|l| l.index), Some(3));
+        assert_eq!(durable_applied(&db), None);
+
+        // openraft spawns the builder concurrently with apply; the write
+        // completes a little later.
+        let release = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                gate.release.add_permits(1);
+            })
+        };
+        let mut builder = sm.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.expect("build");
+        let on_disk = durable_applied(&db);
+        assert!(
+            snapshot.meta.last_log_id <= on_disk,
+            "the snapshot reaches {:?} while the disk holds only {:?}",
+            snapshot.meta.last_log_id,
+            on_disk
+        );
+        release.await.expect("release");
+        apply.await.expect("apply task").expect("apply");
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(3));
+    }
+
+    #[test]
+    fn apply_entries_tracks_last_applied_and_membership() {
+        let mut applied = Applied::default();
+        let (responses, changes) = apply_entries(
+            &mut applied,
+            [
+                blank_ent::<TypeConfig>(1, 1, 1),
+                membership_ent::<TypeConfig>(1, 1, 2, vec![[1u64, 2].into()]),
+                blank_ent::<TypeConfig>(2, 1, 3),
+            ],
+        );
+        assert_eq!(responses, vec![Response::Ok, Response::Ok, Response::Ok]);
+        assert!(changes.is_empty());
+        assert_eq!(applied.last_applied.map(|l| l.index), Some(3));
+        assert_eq!(applied.last_membership.log_id().map(|l| l.index), Some(2));
     }
 }

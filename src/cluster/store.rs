@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, ErrorKind, Options, DB};
 
 pub const CF_META: &str = "meta";
 pub const CF_LOGS: &str = "logs";
@@ -24,6 +24,21 @@ const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 pub enum StoreError {
     #[error("cannot open the Raft database at {path}: {source}")]
     Open {
+        path: String,
+        source: rocksdb::Error,
+    },
+    /// RocksDB found a record that fails its checksum before the end of its
+    /// write-ahead log (or a damaged table file). What follows it may hold
+    /// votes and entries this gateway acknowledged, so starting on what
+    /// precedes it could vote twice in a term or lose a committed entry.
+    #[error(
+        "the Raft database at {path} is damaged, so this gateway will not start on it: {source}. \
+         Votes or log entries it acknowledged to the cluster may be lost, which is why it does not \
+         skip the damage. Move the directory aside (keep it for diagnosis) and bring the gateway \
+         back with an empty data dir: `gantry leave` it from a healthy gateway, then `gantry join` \
+         again"
+    )]
+    Corrupted {
         path: String,
         source: rocksdb::Error,
     },
@@ -46,12 +61,21 @@ pub fn open(path: &Path, cluster_id: &str) -> Result<Arc<DB>, StoreError> {
     opts.set_write_buffer_size(8 << 20);
     opts.set_max_write_buffer_number(2);
     opts.set_keep_log_file_num(4);
+    // A torn record at the very end of the WAL is a write that was cut by
+    // a crash and never acknowledged: dropping it is right. Damage before
+    // the end is not; RocksDB's default (point-in-time recovery) would stop
+    // there silently and drop the synced votes and appends after it
+    // (review L1). This mode refuses to open instead.
+    opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
     let cfs = [CF_META, CF_LOGS, CF_SM, CF_SM_META]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-    let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
-        path: path.display().to_string(),
-        source,
+    let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
+        let path = path.display().to_string();
+        match source.kind() {
+            ErrorKind::Corruption => StoreError::Corrupted { path, source },
+            _ => StoreError::Open { path, source },
+        }
     })?;
     let meta = cf(&db, CF_META);
     match db.get_cf(meta, KEY_CLUSTER_ID)? {
@@ -88,4 +112,94 @@ pub fn index_key(index: u64) -> [u8; 8] {
 pub fn key_index(key: &[u8]) -> Option<u64> {
     let bytes: [u8; 8] = key.try_into().ok()?;
     Some(u64::from_be_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use rocksdb::{WriteBatch, WriteOptions};
+
+    use super::*;
+
+    const RECORDS: u64 = 200;
+
+    /// A closed database whose WAL holds `RECORDS` synced writes (RocksDB
+    /// does not flush memtables on close while the WAL is on, so they are
+    /// only in the WAL). Returns the WAL file.
+    fn closed_db_with_wal(path: &Path) -> PathBuf {
+        let db = open(path, "wal-test").expect("open");
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        for index in 0..RECORDS {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_LOGS), index_key(index), vec![b'x'; 200]);
+            db.write_opt(batch, &sync).expect("write");
+        }
+        drop(db);
+        let mut wals: Vec<(u64, PathBuf)> = std::fs::read_dir(path)
+            .expect("read dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .map(|p| (std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0), p))
+            .collect();
+        wals.sort();
+        let (len, wal) = wals.pop().expect("a WAL file");
+        assert!(
+            len > RECORDS * 200,
+            "the writes are in {wal:?} ({len} bytes)"
+        );
+        wal
+    }
+
+    #[test]
+    fn damage_in_the_middle_of_the_wal_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = closed_db_with_wal(dir.path());
+        let mut bytes = std::fs::read(&wal).expect("read WAL");
+        let middle = bytes.len() / 2;
+        for byte in &mut bytes[middle..middle + 64] {
+            *byte ^= 0x5a;
+        }
+        std::fs::write(&wal, bytes).expect("write WAL");
+
+        let err = match open(dir.path(), "wal-test") {
+            Ok(_) => panic!("a WAL damaged in the middle must not open"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, StoreError::Corrupted { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("is damaged"), "{message}");
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_of_the_wal_is_dropped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = closed_db_with_wal(dir.path());
+        let len = std::fs::metadata(&wal).expect("WAL size").len();
+        // Cut the last record in half, as a crash during its write would.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wal)
+            .expect("open WAL");
+        file.set_len(len - 100).expect("truncate WAL");
+        drop(file);
+
+        let db = open(dir.path(), "wal-test").expect("a torn tail opens");
+        let logs = cf(&db, CF_LOGS);
+        assert!(db.get_cf(logs, index_key(0)).expect("read first").is_some());
+        assert!(db
+            .get_cf(logs, index_key(RECORDS - 2))
+            .expect("read second to last")
+            .is_some());
+        assert!(db
+            .get_cf(logs, index_key(RECORDS - 1))
+            .expect("read last")
+            .is_none());
+    }
 }

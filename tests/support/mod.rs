@@ -17,8 +17,12 @@ use serde_json::Value;
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-pub fn gantry_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gantry")
+/// The binary under test: Cargo's, unless `GANTRY_TEST_BIN` names another.
+/// Two checkouts sharing one target dir share `target/debug/gantry`, and
+/// the last build wins; a run that must test its own checkout's code
+/// points this at a private copy.
+pub fn gantry_bin() -> String {
+    std::env::var("GANTRY_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_gantry").to_string())
 }
 
 /// Polls `check` until it returns Some, or panics with `what` after `limit`.
