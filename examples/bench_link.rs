@@ -1,7 +1,10 @@
 //! Link traffic benchmark: a real hub and a real one-gateway site in one
-//! process on loopback. Counts gRPC message bytes on the edge link in both
-//! directions (protobuf encoded length + the 5-byte gRPC frame prefix, as
-//! the hub meters them) for:
+//! process on loopback. Counts the bytes on the edge link in both
+//! directions twice: as gRPC message bytes (protobuf encoded length + the
+//! 5-byte gRPC frame prefix, as the hub meters them), and on the wire, as
+//! TCP payload through a counting proxy between site and hub (TLS records,
+//! the TLS handshake and HTTP/2 framing included; TCP/IP headers are not),
+//! for:
 //!
 //! 1. an idle site over a simulated hour: time is accelerated 300 times
 //!    (digest interval 200 ms instead of 60 s, ceiling 3.2 s instead of
@@ -11,6 +14,8 @@
 //! Run: `cargo run --example bench_link` (about 40 s).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -102,6 +107,64 @@ fn manifest(count: usize, changed: Option<usize>) -> String {
         .join("---\n")
 }
 
+/// A TCP proxy on loopback that counts the bytes it carries each way.
+struct CountingProxy {
+    addr: String,
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+}
+
+impl CountingProxy {
+    async fn start(to: String) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (u, d) = (up.clone(), down.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&to).await else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(copy_counted(cr, sw, u.clone()));
+                tokio::spawn(copy_counted(sr, cw, d.clone()));
+            }
+        });
+        Ok(Self { addr, up, down })
+    }
+
+    fn bytes(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn copy_counted(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    counter: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
 fn human(bytes: f64) -> String {
     if bytes >= 1024.0 * 1024.0 {
         format!("{:.2} MiB", bytes / 1024.0 / 1024.0)
@@ -150,21 +213,27 @@ async fn main() -> Result<()> {
         &tmp.path().join("bench-gw"),
     )
     .await?;
+    // The site reaches the hub through the counting proxy (the admin
+    // client above goes direct, so its traffic is not counted).
+    let proxy = CountingProxy::start(hub_addr.clone()).await?;
     admin
         .cloud_attach(CloudAttachRequest {
-            hub: hub_addr.clone(),
+            hub: proxy.addr.clone(),
             site: SITE.into(),
             token,
         })
         .await?;
     wait_until(&mut hub, "the link", |s| s["connected"] == true).await?;
     let connect = settle(&mut hub).await?;
+    let wire_connect = proxy.bytes();
 
     // 1. Idle site: two simulated hours (the first one after a change,
     // while the digest interval grows, then a steady one).
     let hour = Duration::from_millis(3600 * 1000 * DIGEST_MS / 60_000);
     let mut hours = Vec::new();
+    let mut wire_hours = Vec::new();
     for _ in 0..2 {
+        let wire_start = proxy.bytes();
         let start = all_bytes(&site_status(&mut hub).await?);
         let digests_before = site_status(&mut hub).await?["link_bytes"]["digest_in"]
             .as_u64()
@@ -174,7 +243,11 @@ async fn main() -> Result<()> {
         let end = all_bytes(&site);
         let digests = (site["link_bytes"]["digest_in"].as_u64().unwrap_or(0) - digests_before) / 16;
         hours.push((end.0 - start.0 + end.1 - start.1, digests));
+        let wire_end = proxy.bytes();
+        wire_hours.push(wire_end.0 - wire_start.0 + wire_end.1 - wire_start.1);
     }
+    let wire_month = wire_hours[1] as f64 * 24.0 * 30.0;
+    let wire_after_idle = proxy.bytes();
     let (steady, steady_messages) = hours[1];
     let per_month = steady as f64 * 24.0 * 30.0;
     let framed_month = (steady + steady_messages * H2_FRAME) as f64 * 24.0 * 30.0;
@@ -193,6 +266,11 @@ async fn main() -> Result<()> {
     .await?;
     let before_100 = settle(&mut hub).await?;
     let first_delivery = (before_100.0 - connect.0, before_100.1 - connect.1);
+    let wire_before_100 = proxy.bytes();
+    let wire_first = (
+        wire_before_100.0 - wire_after_idle.0,
+        wire_before_100.1 - wire_after_idle.1,
+    );
     hub.apply(ApplyRequest {
         site: SITE.into(),
         manifest: manifest(100, Some(42)),
@@ -208,6 +286,11 @@ async fn main() -> Result<()> {
     .await?;
     let after = settle(&mut hub).await?;
     let change = (after.0 - before_100.0, after.1 - before_100.1);
+    let wire_after = proxy.bytes();
+    let wire_change = (
+        wire_after.0 - wire_before_100.0,
+        wire_after.1 - wire_before_100.1,
+    );
 
     println!(
         "gantry edge link traffic (gRPC message bytes: protobuf + 5-byte prefix, both directions)"
@@ -235,6 +318,27 @@ async fn main() -> Result<()> {
         change.0,
         change.1,
         change.0 + change.1
+    );
+    println!("on the wire (TCP payload through a counting proxy: TLS records and handshake, HTTP/2 framing; TCP/IP headers not counted)");
+    println!(
+        "  connect (TLS handshake, HTTP/2 setup, Hello, Welcome, full status): site->hub {} B, hub->site {} B",
+        wire_connect.0, wire_connect.1
+    );
+    println!(
+        "  a steady idle hour: {} B; per 30-day month: {}",
+        wire_hours[1],
+        human(wire_month)
+    );
+    println!(
+        "  first delivery of 100 workloads: up {}, down {}",
+        human(wire_first.0 as f64),
+        human(wire_first.1 as f64)
+    );
+    println!(
+        "  one changed workload among 100: up {} B, down {} B, total {} B",
+        wire_change.0,
+        wire_change.1,
+        wire_change.0 + wire_change.1
     );
 
     gateway.shutdown_token().cancel();

@@ -52,7 +52,11 @@ impl Gateway {
         timers: &RaftTimers,
     ) -> Result<Self> {
         let local_addr = listener.local_addr().context("listener address")?;
-        // The database first: a data dir of another cluster says so.
+        // A data dir without a TLS identity is refused before anything in it
+        // is opened (or created); then the database, so that a data dir of
+        // another cluster says so.
+        crate::trust::files::read_credentials(data_dir)
+            .context("cannot load this gateway's TLS identity")?;
         let db = store::open(&data_dir.join(RAFT_DIR), &config.cluster_id)?;
         let trust = Arc::new(
             NodeTrust::load(data_dir, &config.cluster_id, config.node_id)

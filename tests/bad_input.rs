@@ -306,3 +306,33 @@ fn bad_flags_are_refused_before_anything_is_written() {
     let unreachable = run(&["--server", "127.0.0.1:1", "status", "--token", &token]);
     assert!(stderr(&unreachable).contains("cannot reach a gateway at 127.0.0.1:1"));
 }
+
+#[test]
+fn a_data_dir_made_before_tls_refuses_to_start_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("old");
+    std::fs::create_dir_all(&dir).unwrap();
+    // What a gateway without TLS wrote: the join token in its config.
+    std::fs::write(
+        dir.join("gantry.json"),
+        r#"{"cluster_id":"0011223344556677","node_id":1,"name":"gw-a","listen":"127.0.0.1:0","advertise":"127.0.0.1:1","token":"gantry-join-v1.0011223344556677.00","member":true}"#,
+    )
+    .unwrap();
+    let out = run(&["run", "--data-dir", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("without TLS"), "{}", stderr(&out));
+    // A config without the token but with no TLS identity either.
+    std::fs::write(
+        dir.join("gantry.json"),
+        r#"{"cluster_id":"0011223344556677","node_id":1,"name":"gw-a","listen":"127.0.0.1:0","advertise":"127.0.0.1:1","member":true}"#,
+    )
+    .unwrap();
+    let out = run(&["run", "--data-dir", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds no TLS identity"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.join("raft").exists(), "nothing was created");
+}

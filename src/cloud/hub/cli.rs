@@ -103,8 +103,6 @@ pub async fn serve_on(
     };
     tonic::transport::Server::builder()
         .http2_max_header_list_size(16 << 10)
-        .http2_keepalive_interval(Some(Duration::from_secs(60)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(policy)
         .add_service(HubServer::new(service))
         .serve_with_incoming_shutdown(incoming, stop)
