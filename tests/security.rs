@@ -722,3 +722,38 @@ fn no_secret_at_rest_in_logs_or_in_output_and_modes_are_tight() {
     );
     assert!(!init_out.contains(&secret_of(&admin)));
 }
+
+#[test]
+fn a_site_token_rotated_with_a_grace_works_until_the_grace_ends_then_the_link_closes() {
+    let mut cluster = TestCluster::new();
+    cluster.start_hub();
+    cluster.init("gw-a", &[]);
+    let addr = cluster.addr(0);
+    let old = cluster.site_token("site-1");
+    let hub = cluster.hub_addr();
+    let out = cluster.cli(
+        &addr,
+        &[
+            "cloud", "attach", "--hub", &hub, "--site", "site-1", "--token", &old,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let connected = |cluster: &TestCluster| {
+        cluster
+            .try_json(&addr, &["status"])
+            .is_some_and(|s| s["cloud"]["connected"] == true)
+    };
+    wait_for("the link", DEADLINE, || connected(&cluster).then_some(()));
+    // A new token with a grace: the link on the old one stays up meanwhile.
+    let out = cluster.hub_cli(&["site-token", "--site", "site-1", "--grace", "4s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(connected(&cluster), "the old token works within its grace");
+    // Past the grace the hub closes the link, and the old token opens nothing.
+    let status = wait_for("the old token refused", DEADLINE, || {
+        let s = cluster.try_json(&addr, &["status"])?;
+        let error = s["cloud"]["last_error"].as_str()?.to_string();
+        (s["cloud"]["connected"] == false && error.contains("wrong token")).then_some(s)
+    });
+    assert_eq!(status["cloud"]["connected"], false);
+}

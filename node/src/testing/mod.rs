@@ -199,6 +199,24 @@ impl Drop for PrivateContainerd {
     /// Removes every gantry container in every namespace first, so that no
     /// shim or container outlives a test, even a failed one.
     fn drop(&mut self) {
+        if self.child.is_none() {
+            // A test killed the daemon and ended before restarting it: its
+            // containers still run under their shims, so bring it back to
+            // remove them.
+            std::thread::scope(|scope| {
+                let _ = scope
+                    .spawn(|| {
+                        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        else {
+                            return;
+                        };
+                        let _ = rt.block_on(self.spawn());
+                    })
+                    .join();
+            });
+        }
         if self.child.is_some() {
             let socket = self.socket();
             let dir = self.dir.clone();

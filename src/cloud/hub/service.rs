@@ -82,6 +82,9 @@ impl Hub for HubService {
             Some(crate::api::auth::Principal::Site(site)) => site.clone(),
             _ => return Err(Status::unauthenticated("no site token")),
         };
+        let token = crate::api::auth::bearer(request.metadata().as_ref())
+            .unwrap_or_default()
+            .to_string();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -115,6 +118,7 @@ impl Hub for HubService {
             inbound,
             outbound: tx,
             closing: self.closing.clone(),
+            token,
         };
         tokio::spawn(session.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -29,6 +29,9 @@ pub struct Session {
     pub outbound: mpsc::Sender<Result<HubMessage, Status>>,
     /// Cancelled when the hub stops, so links do not hold its shutdown.
     pub closing: tokio_util::sync::CancellationToken,
+    /// The site token the link opened with: a rotation with a grace lets
+    /// the link run until the grace ends; without one it ends at once.
+    pub token: String,
 }
 
 impl Session {
@@ -62,6 +65,10 @@ impl Session {
             if !self.sites.is_live(&site, session) {
                 return Err("superseded by a newer link or a new token".into());
             }
+            let valid_until_ms = match self.sites.token_validity(&site, &self.token) {
+                Some(until) => until,
+                None => return Err("the token this link opened with was replaced".into()),
+            };
             if in_flight.is_none() {
                 if let Some(delta) = self.sites.next_delivery(&site, session, from) {
                     let desired = Desired {
@@ -81,8 +88,18 @@ impl Session {
                     }
                 }
             }
+            let expiry = async {
+                match valid_until_ms {
+                    Some(until) => {
+                        let left = until.saturating_sub(crate::clock::wall_ms());
+                        tokio::time::sleep(std::time::Duration::from_millis(left)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.closing.cancelled() => return Err("hub stopping".into()),
+                _ = expiry => return Err("the token this link opened with is past its grace".into()),
                 changed = self.opened.wake.changed() => {
                     if changed.is_err() {
                         return Err("hub stopping".into());

@@ -240,6 +240,27 @@ impl Sites {
         Ok(json!({"site": name, "deleted": workload, "revision": revision}))
     }
 
+    /// Whether `text` still opens site `name`'s link: `Some(None)` as its
+    /// current token, `Some(Some(until))` as the previous one within its
+    /// grace, None not any more.
+    pub fn token_validity(&self, name: &str, text: &str) -> Option<Option<u64>> {
+        let token = SiteToken::parse(text).ok()?;
+        let sites = self.lock();
+        let record = &sites.get(name)?.record;
+        let current = record
+            .token_sha256
+            .as_deref()
+            .is_some_and(|h| secret_matches(&token.secret, h));
+        if current {
+            return Some(None);
+        }
+        record
+            .previous_token
+            .as_ref()
+            .filter(|p| now_ms() < p.until_ms && secret_matches(&token.secret, &p.sha256))
+            .map(|p| Some(p.until_ms))
+    }
+
     /// Gives the site a new random token, creating the site if needed; only
     /// its hash is kept. With a `grace`, the previous token stays valid
     /// that long beside the new one (and its open link stays up); without,
@@ -267,11 +288,9 @@ impl Sites {
             site.record = before;
             return Err(e);
         }
-        if grace.is_zero() {
-            // An open link authenticated with the old token must not stay.
-            site.session = None;
-            site.wake.send_modify(|n| *n += 1);
-        }
+        // An open link checks its token again when woken: without a grace
+        // it ends now, with one when the grace does.
+        site.wake.send_modify(|n| *n += 1);
         Ok(token)
     }
 
