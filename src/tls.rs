@@ -288,15 +288,20 @@ impl tower::Service<http::Uri> for TlsConnector {
     }
 }
 
+/// The endpoint for `address` (the connector does the TLS; tonic sees an
+/// `http` URI over it).
+fn endpoint(address: &str) -> Result<tonic::transport::Endpoint, String> {
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("'{address}' is not HOST:PORT: {e}"))
+}
+
 /// A channel to `address` over TLS, connected on first use.
 pub fn lazy_channel(
     address: &str,
     connector: TlsConnector,
     configure: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
 ) -> Result<tonic::transport::Channel, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("'{address}' is not HOST:PORT: {e}"))?;
-    Ok(configure(endpoint).connect_with_connector_lazy(connector))
+    Ok(configure(endpoint(address)?).connect_with_connector_lazy(connector))
 }
 
 /// A channel to `address` over TLS, connected now (clients report a failure
@@ -306,9 +311,7 @@ pub async fn connect_channel(
     connector: TlsConnector,
     configure: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
 ) -> Result<tonic::transport::Channel, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("'{address}' is not HOST:PORT: {e}"))?;
-    configure(endpoint)
+    configure(endpoint(address)?)
         .connect_with_connector(connector)
         .await
         .map_err(|e| describe_connect_error(&e))

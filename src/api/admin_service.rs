@@ -73,6 +73,29 @@ impl AdminService {
         }
     }
 
+    /// Commits a new token's record and answers with its text (the only
+    /// time it is shown), its id, expiry and `fields`.
+    async fn commit_token(
+        &self,
+        record: crate::state::TokenRecord,
+        token: String,
+        fields: serde_json::Value,
+    ) -> Reply {
+        let mut answer = fields;
+        answer["id"] = json!(record.id);
+        answer["expires"] = json!(record.expires_ms.map(views::timestamp));
+        answer["token"] = json!(token);
+        match self
+            .cluster
+            .write(Command::CreateToken { record })
+            .await
+            .map_err(status_from)?
+        {
+            Answer::Ok => reply(answer),
+            other => Err(refused(other)),
+        }
+    }
+
     fn describe(&self, name: &str) -> Reply {
         match views::describe_node(&self.cluster, name, now_ms()) {
             Some(value) => reply(value),
@@ -314,23 +337,8 @@ impl Admin for AdminService {
             now_ms(),
         )
         .map_err(internal)?;
-        let id = record.id.clone();
-        let expires = record.expires_ms.map(views::timestamp);
-        match self
-            .cluster
-            .write(Command::CreateToken { record })
-            .await
-            .map_err(status_from)?
-        {
-            Answer::Ok => reply(json!({
-                "id": id,
-                "name": req.name,
-                "role": role.to_string(),
-                "expires": expires,
-                "token": token.to_string(),
-            })),
-            other => Err(refused(other)),
-        }
+        let fields = json!({ "name": req.name, "role": role.to_string() });
+        self.commit_token(record, token.to_string(), fields).await
     }
 
     async fn list_tokens(&self, _: Request<GetRequest>) -> Reply {
@@ -367,23 +375,8 @@ impl Admin for AdminService {
             now_ms(),
         )
         .map_err(internal)?;
-        let id = record.id.clone();
-        let expires = record.expires_ms.map(views::timestamp);
-        match self
-            .cluster
-            .write(Command::CreateToken { record })
-            .await
-            .map_err(status_from)?
-        {
-            Answer::Ok => reply(json!({
-                "id": id,
-                "name": req.name,
-                "expires": expires,
-                "uses": uses,
-                "token": token.to_string(),
-            })),
-            other => Err(refused(other)),
-        }
+        let fields = json!({ "name": req.name, "uses": uses });
+        self.commit_token(record, token.to_string(), fields).await
     }
 
     async fn list_join_tokens(&self, _: Request<GetRequest>) -> Reply {

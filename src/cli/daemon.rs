@@ -225,6 +225,19 @@ async fn commit(gateway: &Gateway, command: Command, what: &str) -> Result<Respo
     }
 }
 
+/// A new default join token: no expiry, any number of uses.
+fn default_join_token(
+    trust: &crate::trust::NodeTrust,
+) -> Result<(JoinToken, crate::state::TokenRecord)> {
+    Ok(crate::trust::tokens::new_join(
+        trust.ca_pin(),
+        "default",
+        None,
+        None,
+        crate::cluster::node::now_ms(),
+    )?)
+}
+
 /// Commits the cluster identity, its CA and default join token, registers
 /// the first gateway and gives it its admin token. Safe to repeat: `run`
 /// calls it when `init` died half-way. Returns the join token when it made
@@ -248,13 +261,7 @@ async fn finish_init(
                 pending_key.display()
             )
         })?;
-        let (token, record) = crate::trust::tokens::new_join(
-            trust.ca_pin(),
-            "default",
-            None,
-            None,
-            crate::cluster::node::now_ms(),
-        )?;
+        let (token, record) = default_join_token(&trust)?;
         let pki = Pki {
             ca_certs_pem: gantry_pki::certs_to_pem(trust.ca_bundle()),
             ca_sha256: trust.ca_pin().to_hex(),
@@ -273,13 +280,7 @@ async fn finish_init(
     files::remove_file(&pending_key);
     if !dir.join(TOKEN_FILE).exists() {
         // Resumed after the commit but before the file: a new default.
-        let (token, record) = crate::trust::tokens::new_join(
-            trust.ca_pin(),
-            "default",
-            None,
-            None,
-            crate::cluster::node::now_ms(),
-        )?;
+        let (token, record) = default_join_token(&trust)?;
         commit(
             gateway,
             Command::RotateJoinToken { record },
