@@ -226,6 +226,7 @@ fn exit_if_hooked(revision: u64) {
 fn site_token(cluster: &Cluster, link: &CloudLink) -> Result<String, String> {
     let plain = cluster
         .trust()
+        .map_err(|e| e.to_string())?
         .open_sealed(super::SITE_TOKEN_FIELD, &link.token_sealed)
         .map_err(|e| format!("cannot open the sealed site token: {e}"))?;
     String::from_utf8(plain).map_err(|_| "the sealed site token is not text".to_string())
