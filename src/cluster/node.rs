@@ -761,9 +761,23 @@ impl Cluster {
                     .inner
                     .raft
                     .wait(Some(remaining.min(Duration::from_millis(500))));
-                let _ = wait
-                    .metrics(|m| m.current_leader.is_some(), "a leader")
+                // A leader this replica has no address for (its membership
+                // lags) counts as none: waiting for `current_leader` alone
+                // would return at once and spin. So would a Raft member that
+                // is shutting down, whose metrics can no longer change.
+                let waited = wait
+                    .metrics(
+                        |m| {
+                            m.current_leader.is_some_and(|l| {
+                                m.membership_config.membership().get_node(&l).is_some()
+                            })
+                        },
+                        "a leader with an address",
+                    )
                     .await;
+                if let Err(openraft::metrics::WaitError::ShuttingDown) = waited {
+                    return Err(ClusterError::Raft("this gateway is shutting down".into()));
+                }
                 continue;
             };
             let outcome = if leader == self.inner.id {
