@@ -12,8 +12,52 @@
 //!   this boot (`/proc/sys/kernel/random/boot_id`).
 //! - `wall_ms`: the wall clock, for timestamps people read and for
 //!   `Request::at_ms`, stamped by the leader; never for a safety decision.
+//!
+//! The code that makes safety decisions reads them through a [`Clock`]
+//! handle (`Cluster::clock`): [`SystemClock`] reads the functions below; the
+//! deterministic simulation gives each simulated gateway its own clock on
+//! simulated time, with a wall clock it can skew and a boot clock that
+//! restarts at a power cut.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The three clocks of one machine.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the epoch (wall clock).
+    fn wall_ms(&self) -> u64;
+    /// Milliseconds of the boot clock (monotonic, shared by the machine's
+    /// processes, restarts at a reboot).
+    fn boot_ms(&self) -> u64;
+    /// This boot's id.
+    fn boot_id(&self) -> Option<String>;
+}
+
+/// A shared clock handle.
+pub type ClockRef = Arc<dyn Clock>;
+
+/// The machine's real clocks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn wall_ms(&self) -> u64 {
+        wall_ms()
+    }
+
+    fn boot_ms(&self) -> u64 {
+        boot_ms()
+    }
+
+    fn boot_id(&self) -> Option<String> {
+        boot_id()
+    }
+}
+
+/// The real clocks as a handle.
+pub fn system() -> ClockRef {
+    Arc::new(SystemClock)
+}
 
 /// Milliseconds since the epoch (wall clock).
 pub fn wall_ms() -> u64 {

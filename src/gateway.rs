@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::admin_service::AdminService;
 use crate::api::auth::{AuthLayer, GatewayPolicy};
-use crate::api::cluster_service::{BootstrapService, ClusterService, MAX_JOIN_BYTES};
+use crate::api::cluster_service::{
+    BootstrapService, ClusterHandlers, ClusterService, MAX_JOIN_BYTES,
+};
 use crate::cluster::network::MAX_MESSAGE_BYTES;
 use crate::cluster::{store, Cluster, RaftTimers};
 use crate::config::{GatewayConfig, RAFT_DIR};
@@ -83,8 +85,10 @@ impl Gateway {
         )?;
 
         let cluster_service = ClusterServer::new(ClusterService {
-            cluster: cluster.clone(),
-            liveness: liveness.clone(),
+            handlers: ClusterHandlers {
+                cluster: cluster.clone(),
+                liveness: liveness.clone(),
+            },
             node: node.clone(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -130,33 +134,16 @@ impl Gateway {
                 stop.cancel();
             }
         });
-        tasks.spawn(liveness::run_leader(
-            cluster.clone(),
-            liveness.clone(),
-            node.health.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(liveness::run_heartbeats(
-            cluster.clone(),
+        spawn_control_loops(
+            &cluster,
             liveness,
             node.health.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(crate::control::scheduling::run(
-            cluster.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(crate::control::rollout::run(
-            cluster.clone(),
-            shutdown.clone(),
-        ));
+            &mut tasks,
+            &shutdown,
+        );
         tasks.spawn(crate::cloud::link::run(
             cluster.clone(),
             link,
-            shutdown.clone(),
-        ));
-        tasks.spawn(crate::control::voters::run(
-            cluster.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(crate::trust::renewal::run(
@@ -250,6 +237,115 @@ impl Gateway {
             self.tasks.abort_all();
         }
         self.cluster.shutdown().await;
+    }
+}
+
+/// The loops every gateway runs (each acts only while this gateway leads,
+/// except the heartbeats): liveness, scheduling, rollouts, voters. Shared
+/// by `Gateway::start` and `InProcessGateway::start`, so the simulation runs
+/// exactly the production set.
+fn spawn_control_loops(
+    cluster: &Cluster,
+    liveness: Arc<Liveness>,
+    health: Arc<crate::agent::RuntimeHealth>,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) {
+    tasks.spawn(liveness::run_leader(
+        cluster.clone(),
+        liveness.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(liveness::run_heartbeats(
+        cluster.clone(),
+        liveness,
+        health,
+        shutdown.clone(),
+    ));
+    tasks.spawn(crate::control::scheduling::run(
+        cluster.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(crate::control::rollout::run(
+        cluster.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(crate::control::voters::run(
+        cluster.clone(),
+        shutdown.clone(),
+    ));
+}
+
+/// A gateway without sockets, TLS or a cloud link, for the deterministic
+/// simulation (`gantry-sim`): the same Raft member (`Cluster::start_with`
+/// on the storage, transport and clock it is given), the same control
+/// loops and the same node agent with its feed, reporter and fence as
+/// `Gateway::start`, on any `gantry_node::Runtime`. Its Cluster calls are
+/// answered by `handlers`, which the caller's in-memory network invokes.
+pub struct InProcessGateway {
+    pub cluster: Cluster,
+    pub handlers: ClusterHandlers,
+    pub health: Arc<crate::agent::RuntimeHealth>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl InProcessGateway {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start<L, S, R>(
+        id: crate::cluster::NodeId,
+        cluster_id: &str,
+        log: L,
+        sm: S,
+        state: crate::cluster::state_machine::StateReader,
+        timers: &RaftTimers,
+        deps: crate::cluster::ClusterDeps,
+        node: crate::agent::NodeParts<R>,
+    ) -> Result<Self, crate::cluster::ClusterError>
+    where
+        L: openraft::storage::RaftLogStorage<crate::cluster::TypeConfig>,
+        S: openraft::storage::RaftStateMachine<crate::cluster::TypeConfig>,
+        R: gantry_node::Runtime,
+    {
+        let cluster = Cluster::start_with(id, cluster_id, log, sm, state, timers, deps).await?;
+        let liveness = Arc::new(Liveness::default());
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let health = crate::agent::start_node(&cluster, node, &mut tasks, &shutdown);
+        spawn_control_loops(
+            &cluster,
+            liveness.clone(),
+            health.clone(),
+            &mut tasks,
+            &shutdown,
+        );
+        let handlers = ClusterHandlers {
+            cluster: cluster.clone(),
+            liveness,
+        };
+        Ok(Self {
+            cluster,
+            handlers,
+            health,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The daemon dies: every loop stops where it is (no graceful path),
+    /// then the Raft core is stopped without further ado. What it wrote
+    /// stays on its disk as the caller's disk model says.
+    pub async fn kill(mut self) {
+        self.shutdown.cancel();
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        if tokio::time::timeout(Duration::from_secs(5), self.cluster.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("raft did not stop within 5 s of a simulated crash");
+        }
     }
 }
 

@@ -92,7 +92,9 @@ pub fn desired_for(
             if instance.stopping {
                 return None;
             }
-            let limit = instance.stop_after_ms().map(Duration::from_millis);
+            let limit = instance
+                .stop_after_ms()
+                .map(|ms| Duration::from_millis(fencing::node_limit_ms(ms)));
             let stop_now = match (isolated_for, limit) {
                 (Some(isolated), Some(limit)) => {
                     isolated >= fencing::stop_begins(limit, stop_grace)

@@ -54,19 +54,67 @@ pub struct Running {
     pub replica: u32,
 }
 
+/// How the fence tells a container's process apart from a later one with
+/// the same pid, and kills it: by pid and `/proc` start time on a real
+/// machine ([`ProcessKiller`]); the simulation's fake runtime kills the
+/// container by id.
+pub trait Killer: Send + Sync + 'static {
+    /// The start time of `pid`, the init of `container_id`; None when no
+    /// such process runs.
+    fn start_time(&self, container_id: &str, pid: u32) -> Option<u64>;
+
+    /// SIGKILL to the entry's process if it is still the one that started
+    /// at `entry.start_time`.
+    fn kill(&self, entry: &Entry) -> Killed;
+}
+
+/// Real processes: `/proc/PID/stat` and kill(2).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessKiller;
+
+impl Killer for ProcessKiller {
+    fn start_time(&self, _container_id: &str, pid: u32) -> Option<u64> {
+        start_time(pid)
+    }
+
+    fn kill(&self, entry: &Entry) -> Killed {
+        kill_if_same(entry.pid, entry.start_time)
+    }
+}
+
 /// The pids of this gateway's running containers, from the agent's
 /// reports, with their start times.
-#[derive(Debug, Default, Clone)]
+#[derive(Clone)]
 pub struct Pids {
     inner: Arc<Mutex<BTreeMap<String, Running>>>,
+    killer: Arc<dyn Killer>,
+}
+
+impl Default for Pids {
+    fn default() -> Self {
+        Self::with_killer(Arc::new(ProcessKiller))
+    }
 }
 
 impl Pids {
+    /// Pids whose start times (and kills) go through `killer`.
+    pub fn with_killer(killer: Arc<dyn Killer>) -> Self {
+        Self {
+            inner: Arc::default(),
+            killer,
+        }
+    }
+
+    pub fn killer(&self) -> &Arc<dyn Killer> {
+        &self.killer
+    }
+
     /// A container of `workload`/`replica` runs as `pid` (None: it does not
     /// run any more).
     pub fn set(&self, container_id: &str, workload: &str, replica: u32, pid: Option<u32>) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        match pid.and_then(|p| start_time(p).map(|t| (p, t))) {
+        let killer = &self.killer;
+        match pid.and_then(|p| killer.start_time(container_id, p).map(|t| (p, t))) {
             Some((pid, start_time)) => {
                 map.insert(
                     container_id.to_string(),
@@ -124,6 +172,7 @@ pub fn lease(
             (running.pid, running.start_time, container_id.clone());
         let by_isolation = instance
             .stop_after_ms()
+            .map(crate::control::fencing::node_limit_ms)
             .map(|limit| last_contact_ms.map_or(0, |c| c.saturating_add(limit)));
         let by_stop = (runtime_down && instance.stopping).then_some(now_ms);
         let Some(deadline_ms) = [by_isolation, by_stop].into_iter().flatten().min() else {
@@ -179,6 +228,15 @@ pub fn kill_if_same(pid: u32, start: u64) -> Killed {
 /// Kills what is due; returns the entries still to watch and what was
 /// killed now.
 pub fn enforce(entries: Vec<Entry>, now_ms: u64) -> (Vec<Entry>, Vec<Entry>) {
+    enforce_with(&ProcessKiller, entries, now_ms)
+}
+
+/// `enforce` through any `Killer`.
+pub fn enforce_with(
+    killer: &dyn Killer,
+    entries: Vec<Entry>,
+    now_ms: u64,
+) -> (Vec<Entry>, Vec<Entry>) {
     let mut keep = Vec::new();
     let mut killed = Vec::new();
     for entry in entries {
@@ -186,11 +244,25 @@ pub fn enforce(entries: Vec<Entry>, now_ms: u64) -> (Vec<Entry>, Vec<Entry>) {
             keep.push(entry);
             continue;
         }
-        if kill_if_same(entry.pid, entry.start_time) == Killed::Now {
+        if killer.kill(&entry) == Killed::Now {
             killed.push(entry);
         }
     }
     (keep, killed)
+}
+
+/// Where the daemon hands each lease so that it outlives the daemon: the
+/// guard process (`guard::GuardLink`), or the simulation's guard actor.
+#[async_trait::async_trait]
+pub trait LeaseSink: Send + 'static {
+    async fn send(&mut self, lease: &super::guard::Lease);
+}
+
+#[async_trait::async_trait]
+impl LeaseSink for super::guard::GuardLink {
+    async fn send(&mut self, lease: &super::guard::Lease) {
+        super::guard::GuardLink::send(self, lease).await
+    }
 }
 
 /// The daemon's side: recomputes the lease every `CHECK_EVERY`, enforces
@@ -200,7 +272,7 @@ pub async fn run(
     cluster: crate::cluster::Cluster,
     pids: Pids,
     health: Arc<super::health::RuntimeHealth>,
-    mut guard: super::guard::GuardLink,
+    mut guard: Box<dyn LeaseSink>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut sent: Option<(Vec<Entry>, u64)> = None;
@@ -211,7 +283,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(CHECK_EVERY) => {}
         }
-        let now = crate::clock::boot_ms();
+        let now = cluster.clock().boot_ms();
         let runtime_down = health.problem().is_some();
         let entries = {
             let applied = cluster.state().read();
@@ -235,7 +307,7 @@ pub async fn run(
                 .await;
             sent = Some((entries.clone(), now));
         }
-        let (_, killed) = enforce(entries, now);
+        let (_, killed) = enforce_with(pids.killer().as_ref(), entries, now);
         for entry in killed {
             tracing::warn!(container = %entry.container_id, pid = entry.pid, "fence deadline passed: container killed");
             let running = pids.snapshot().remove(&entry.container_id);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gantry_node::{Agent, AgentConfig, ContainerdConfig, ContainerdRuntime};
+use gantry_node::{Agent, AgentConfig, ContainerdConfig, ContainerdRuntime, ImageSource, Runtime};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +54,6 @@ pub fn start(
     containerd.socket = PathBuf::from(&config.containerd_socket);
     containerd.namespace = config.containerd_namespace.clone();
     let runtime = Arc::new(ContainerdRuntime::new(containerd).context("containerd runtime")?);
-    let health = Arc::new(RuntimeHealth::default());
 
     let agent_config = AgentConfig {
         stop_grace: config.stop_grace.0,
@@ -62,21 +61,69 @@ pub fn start(
         scratch_dir: scratch_dir.clone(),
         ..AgentConfig::default()
     };
-    let (desired_tx, desired_rx) = watch::channel(Vec::new());
-    let (agent, events) = Agent::new(runtime.clone(), agent_config, desired_rx);
     let peers = images::PeerImages {
         cluster: cluster.clone(),
     };
-    let agent = agent.with_image_source(Arc::new(peers)).wait_for_desired();
+    let health = start_node(
+        cluster,
+        NodeParts {
+            runtime: runtime.clone(),
+            config: agent_config,
+            image_source: Some(Arc::new(peers)),
+            killer: Arc::new(fence::ProcessKiller),
+            guard: Box::new(guard::GuardLink::new(data_dir, external_guard)),
+        },
+        tasks,
+        shutdown,
+    );
+    Ok(NodeRuntime {
+        runtime,
+        health,
+        log_dir,
+        scratch_dir,
+    })
+}
+
+/// What the node agent and its loops run on.
+pub struct NodeParts<R: Runtime> {
+    pub runtime: Arc<R>,
+    pub config: AgentConfig,
+    /// Where missing images come from before the registry (peer gateways).
+    pub image_source: Option<Arc<dyn ImageSource>>,
+    /// How the fence kills a container that outlived its deadline.
+    pub killer: Arc<dyn fence::Killer>,
+    /// Who keeps enforcing the fence lease if the daemon dies.
+    pub guard: Box<dyn fence::LeaseSink>,
+}
+
+/// Starts gantry-node's agent on `parts.runtime` and the loops that tie it
+/// to the replica: the desired-set feed, the reporter and the fence. The
+/// production gateway runs it on containerd (`start`); the simulation on
+/// its fake runtime. Returns the runtime's health, which heartbeats carry.
+pub fn start_node<R: Runtime>(
+    cluster: &Cluster,
+    parts: NodeParts<R>,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> Arc<RuntimeHealth> {
+    let health = Arc::new(RuntimeHealth::default());
+    let stop_grace = parts.config.stop_grace;
+    let (desired_tx, desired_rx) = watch::channel(Vec::new());
+    let (agent, events) = Agent::new(parts.runtime, parts.config, desired_rx);
+    let agent = match parts.image_source {
+        Some(source) => agent.with_image_source(source),
+        None => agent,
+    };
+    let agent = agent.wait_for_desired();
     let stop = shutdown.clone();
     tasks.spawn(async move { agent.run(stop.cancelled_owned()).await });
     tasks.spawn(desired::feed(
         cluster.clone(),
         desired_tx,
-        config.stop_grace.0,
+        stop_grace,
         shutdown.clone(),
     ));
-    let pids = fence::Pids::default();
+    let pids = fence::Pids::with_killer(parts.killer);
     tasks.spawn(reporter::run(
         cluster.clone(),
         events,
@@ -88,15 +135,10 @@ pub fn start(
         cluster.clone(),
         pids,
         health.clone(),
-        guard::GuardLink::new(data_dir, external_guard),
+        parts.guard,
         shutdown.clone(),
     ));
-    Ok(NodeRuntime {
-        runtime,
-        health,
-        log_dir,
-        scratch_dir,
-    })
+    health
 }
 
 /// How long a write may wait before the reporter keeps its reports for later.

@@ -172,6 +172,7 @@ impl Admin for AdminService {
         let token_sealed = self
             .cluster
             .trust()
+            .map_err(status_from)?
             .seal(
                 crate::cloud::link::SITE_TOKEN_FIELD,
                 token.to_string().as_bytes(),
@@ -329,7 +330,7 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let role = Role::parse(&req.role).map_err(Status::invalid_argument)?;
         let (token, record) = crate::trust::tokens::new_admin(
-            self.cluster.trust().ca_pin(),
+            self.cluster.trust().map_err(status_from)?.ca_pin(),
             role,
             &req.name,
             ttl(req.ttl_ms),
@@ -368,7 +369,7 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let uses = (req.uses > 0).then_some(req.uses);
         let (token, record) = crate::trust::tokens::new_join(
-            self.cluster.trust().ca_pin(),
+            self.cluster.trust().map_err(status_from)?.ca_pin(),
             &req.name,
             ttl(req.ttl_ms),
             uses,
@@ -389,7 +390,7 @@ impl Admin for AdminService {
 
     async fn rotate_join_token(&self, _: Request<GetRequest>) -> Reply {
         let (token, record) = crate::trust::tokens::new_join(
-            self.cluster.trust().ca_pin(),
+            self.cluster.trust().map_err(status_from)?.ca_pin(),
             "default",
             None,
             None,
@@ -408,6 +409,7 @@ impl Admin for AdminService {
                 let file = self
                     .cluster
                     .trust()
+                    .map_err(status_from)?
                     .data_dir
                     .join(crate::config::TOKEN_FILE);
                 if file.exists() {

@@ -25,7 +25,7 @@ use super::status_from;
 use crate::agent::logs::LogStream;
 use crate::agent::{images, logs, NodeRuntime};
 use crate::cluster::node::{JoinArgs, LeaderOp, LeaderReply};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, NodeId};
 use crate::control::liveness::Liveness;
 use crate::state::Capacity;
 use crate::trust::Sensitive;
@@ -82,44 +82,54 @@ impl Bootstrap for BootstrapService {
 }
 
 pub struct ClusterService {
-    pub cluster: Cluster,
-    pub liveness: Arc<Liveness>,
+    pub handlers: ClusterHandlers,
     pub node: NodeRuntime,
 }
 
-fn decode<T: DeserializeOwned>(cluster: &Cluster, message: &RaftMessage) -> Result<T, Status> {
-    if message.cluster_id != cluster.cluster_id() {
-        return Err(Status::failed_precondition(format!(
-            "this gateway belongs to cluster {}, the message is for cluster {}",
-            cluster.cluster_id(),
-            message.cluster_id
-        )));
+/// A member whose identity was checked by the transport that carried its
+/// call: from its certificate on the tonic path (`caller_node`), or by an
+/// in-process transport that knows which gateway it carries calls for.
+/// Nothing a peer sends can make one: a heartbeat's claimed node id is
+/// compared with it, never trusted on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller(NodeId);
+
+impl Caller {
+    /// From the TLS principal of a tonic request.
+    fn of_request<T>(request: &Request<T>) -> Result<Self, Status> {
+        caller_node(request).map(Caller)
     }
-    serde_json::from_slice(&message.payload)
-        .map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
+
+    /// For an in-process transport (the deterministic simulation), which
+    /// hands each gateway a client bound to its own id.
+    pub fn in_process(node: NodeId) -> Self {
+        Caller(node)
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.0
+    }
 }
 
-fn encode<T: Serialize>(cluster: &Cluster, value: &T) -> Result<Response<RaftMessage>, Status> {
-    let payload = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftMessage {
-        cluster_id: cluster.cluster_id().to_string(),
-        payload,
-    }))
+/// The control-plane half of the Cluster service, independent of tonic:
+/// the tonic service below and the simulation's in-memory network both
+/// call these, so a simulated message goes through the same decode and
+/// execute code as a real one.
+#[derive(Clone)]
+pub struct ClusterHandlers {
+    pub cluster: Cluster,
+    pub liveness: Arc<Liveness>,
 }
 
-#[tonic::async_trait]
-impl ClusterRpc for ClusterService {
-    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let req = decode(&self.cluster, request.get_ref())?;
+impl ClusterHandlers {
+    pub async fn vote(&self, message: &RaftMessage) -> Result<RaftMessage, Status> {
+        let req = decode(&self.cluster, message)?;
         let result = self.cluster.raft().vote(req).await;
         encode(&self.cluster, &result)
     }
 
-    async fn append_entries(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        let req = decode(&self.cluster, request.get_ref())?;
+    pub async fn append_entries(&self, message: &RaftMessage) -> Result<RaftMessage, Status> {
+        let req = decode(&self.cluster, message)?;
         let result = self.cluster.raft().append_entries(req).await;
         if result.as_ref().is_ok_and(|r| r.is_success()) {
             self.cluster.note_leader_contact();
@@ -127,79 +137,25 @@ impl ClusterRpc for ClusterService {
         encode(&self.cluster, &result)
     }
 
-    async fn install_snapshot(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        let req = decode(&self.cluster, request.get_ref())?;
+    pub async fn install_snapshot(&self, message: &RaftMessage) -> Result<RaftMessage, Status> {
+        let req = decode(&self.cluster, message)?;
         let result = self.cluster.raft().install_snapshot(req).await;
         self.cluster.note_leader_contact();
         encode(&self.cluster, &result)
     }
 
-    async fn add_member(
-        &self,
-        request: Request<AddMemberRequest>,
-    ) -> Result<Response<AddMemberReply>, Status> {
-        let node = caller_node(&request)?;
-        if request.get_ref().cluster_id != self.cluster.cluster_id() {
-            return Err(Status::failed_precondition(
-                "the gateway belongs to another cluster",
-            ));
-        }
-        let op = LeaderOp::AddMember { node };
-        match self.cluster.on_leader(op).await.map_err(status_from)? {
-            LeaderReply::Member {
-                role,
-                cluster_key,
-                admin_token,
-            } => Ok(Response::new(AddMemberReply {
-                role,
-                cluster_key: cluster_key.0,
-                admin_token: admin_token.0,
-            })),
-            _ => Err(Status::internal("unexpected reply from the leader")),
-        }
-    }
-
-    async fn renew_certificate(
-        &self,
-        request: Request<RenewCertificateRequest>,
-    ) -> Result<Response<RenewCertificateReply>, Status> {
-        let node = caller_node(&request)?;
-        let csr_der = request.into_inner().csr_der;
-        match self
-            .cluster
-            .on_leader(LeaderOp::Renew { node, csr_der })
-            .await
-            .map_err(status_from)?
-        {
-            LeaderReply::Renewed {
-                cert_der,
-                ca_certs_der,
-            } => Ok(Response::new(RenewCertificateReply {
-                node_cert_der: cert_der,
-                ca_certs_der,
-            })),
-            _ => Err(Status::internal("unexpected reply from the leader")),
-        }
-    }
-
-    async fn forward(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        let op: LeaderOp = decode(&self.cluster, request.get_ref())?;
+    pub async fn forward(&self, message: &RaftMessage) -> Result<RaftMessage, Status> {
+        let op: LeaderOp = decode(&self.cluster, message)?;
         let result = self.cluster.execute_as_leader(op).await;
         encode(&self.cluster, &result)
     }
 
-    async fn heartbeat(
+    pub fn heartbeat(
         &self,
-        request: Request<HeartbeatRequest>,
-    ) -> Result<Response<HeartbeatReply>, Status> {
-        let caller = caller_node(&request)?;
-        let req = request.into_inner();
+        caller: Caller,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatReply, Status> {
+        let caller = caller.node();
         if req.cluster_id != self.cluster.cluster_id() {
             return Err(Status::failed_precondition(
                 "the gateway belongs to another cluster",
@@ -229,10 +185,135 @@ impl ClusterRpc for ClusterService {
             .last_applied
             .map(|l| l.index)
             .unwrap_or(0);
-        Ok(Response::new(HeartbeatReply {
+        Ok(HeartbeatReply {
             accepted,
             applied_index,
-        }))
+        })
+    }
+}
+
+fn decode<T: DeserializeOwned>(cluster: &Cluster, message: &RaftMessage) -> Result<T, Status> {
+    if message.cluster_id != cluster.cluster_id() {
+        return Err(Status::failed_precondition(format!(
+            "this gateway belongs to cluster {}, the message is for cluster {}",
+            cluster.cluster_id(),
+            message.cluster_id
+        )));
+    }
+    serde_json::from_slice(&message.payload)
+        .map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
+}
+
+fn encode<T: Serialize>(cluster: &Cluster, value: &T) -> Result<RaftMessage, Status> {
+    let payload = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(RaftMessage {
+        cluster_id: cluster.cluster_id().to_string(),
+        payload,
+    })
+}
+
+#[tonic::async_trait]
+impl ClusterRpc for ClusterService {
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.handlers
+            .vote(request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.handlers
+            .append_entries(request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.handlers
+            .install_snapshot(request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<AddMemberRequest>,
+    ) -> Result<Response<AddMemberReply>, Status> {
+        let node = caller_node(&request)?;
+        if request.get_ref().cluster_id != self.handlers.cluster.cluster_id() {
+            return Err(Status::failed_precondition(
+                "the gateway belongs to another cluster",
+            ));
+        }
+        let op = LeaderOp::AddMember { node };
+        match self
+            .handlers
+            .cluster
+            .on_leader(op)
+            .await
+            .map_err(status_from)?
+        {
+            LeaderReply::Member {
+                role,
+                cluster_key,
+                admin_token,
+            } => Ok(Response::new(AddMemberReply {
+                role,
+                cluster_key: cluster_key.0,
+                admin_token: admin_token.0,
+            })),
+            _ => Err(Status::internal("unexpected reply from the leader")),
+        }
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<RenewCertificateRequest>,
+    ) -> Result<Response<RenewCertificateReply>, Status> {
+        let node = caller_node(&request)?;
+        let csr_der = request.into_inner().csr_der;
+        match self
+            .handlers
+            .cluster
+            .on_leader(LeaderOp::Renew { node, csr_der })
+            .await
+            .map_err(status_from)?
+        {
+            LeaderReply::Renewed {
+                cert_der,
+                ca_certs_der,
+            } => Ok(Response::new(RenewCertificateReply {
+                node_cert_der: cert_der,
+                ca_certs_der,
+            })),
+            _ => Err(Status::internal("unexpected reply from the leader")),
+        }
+    }
+
+    async fn forward(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.handlers
+            .forward(request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        let caller = Caller::of_request(&request)?;
+        self.handlers
+            .heartbeat(caller, request.into_inner())
+            .map(Response::new)
     }
 
     async fn push_image(
@@ -241,7 +322,7 @@ impl ClusterRpc for ClusterService {
     ) -> Result<Response<JsonDocument>, Status> {
         let mut stream = request.into_inner();
         let (file, meta) = images::receive(&mut stream, &self.node.scratch_dir).await?;
-        if meta.cluster_id != self.cluster.cluster_id() {
+        if meta.cluster_id != self.handlers.cluster.cluster_id() {
             return Err(Status::failed_precondition(
                 "the archive comes from another cluster",
             ));
@@ -258,7 +339,7 @@ impl ClusterRpc for ClusterService {
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogStream>, Status> {
         let req = request.into_inner();
-        if req.cluster_id != self.cluster.cluster_id() {
+        if req.cluster_id != self.handlers.cluster.cluster_id() {
             return Err(Status::failed_precondition(
                 "the gateway belongs to another cluster",
             ));
@@ -278,7 +359,7 @@ impl ClusterRpc for ClusterService {
         request: Request<gantry_proto::v1::ExportImageRequest>,
     ) -> Result<Response<Self::ExportImageStream>, Status> {
         let req = request.into_inner();
-        if req.cluster_id != self.cluster.cluster_id() {
+        if req.cluster_id != self.handlers.cluster.cluster_id() {
             return Err(Status::failed_precondition(
                 "the gateway belongs to another cluster",
             ));

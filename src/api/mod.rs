@@ -19,6 +19,7 @@ pub fn status_from(error: ClusterError) -> Status {
         }
         ClusterError::Refused(_) => Code::FailedPrecondition,
         ClusterError::Raft(_) | ClusterError::Start(_) => Code::Internal,
+        ClusterError::NoIdentity => Code::Unimplemented,
     };
     Status::new(code, error.to_string())
 }

@@ -175,7 +175,9 @@ fn mentions(message: &str, name: &str) -> bool {
 /// `gantry pki status`: this gateway's certificate and the cluster CA
 /// (public facts only).
 pub fn pki(cluster: &Cluster) -> Value {
-    let trust = cluster.trust();
+    let Ok(trust) = cluster.trust() else {
+        return json!({ "error": "this gateway has no TLS identity" });
+    };
     let creds = trust.credentials();
     let leaf = gantry_pki::cert_info(creds.leaf_der()).ok();
     let ca = trust

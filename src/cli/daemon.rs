@@ -249,7 +249,7 @@ async fn finish_init(
     settings: ClusterSettings,
 ) -> Result<Option<String>> {
     let cluster = &gateway.cluster;
-    let trust = cluster.trust().clone();
+    let trust = cluster.trust()?.clone();
     let dir = &gateway.data_dir;
     let pending_key = dir.join(files::PENDING_CA_KEY_FILE);
     let mut join_token = None;
@@ -430,7 +430,7 @@ async fn become_member(gateway: &Gateway, config: &mut GatewayConfig) -> Result<
     loop {
         let mut last = String::new();
         for peer in &config.peers {
-            let mut client = match gateway.cluster.peers().any_member(peer) {
+            let mut client = match gateway.cluster.peers()?.any_member(peer) {
                 Ok(client) => client,
                 Err(e) => {
                     last = format!("{peer}: {e}");
@@ -442,7 +442,7 @@ async fn become_member(gateway: &Gateway, config: &mut GatewayConfig) -> Result<
                     let reply = reply.into_inner();
                     let key = ClusterKey::from_hex(&reply.cluster_key)
                         .context("the cluster sent a malformed cluster key")?;
-                    gateway.cluster.trust().set_cluster_key(key)?;
+                    gateway.cluster.trust()?.set_cluster_key(key)?;
                     files::write_secret_file(
                         &gateway.data_dir.join(files::ADMIN_TOKEN_FILE),
                         &reply.admin_token,

@@ -15,7 +15,9 @@
 //! config in one call; we never return between the two.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use openraft::{BasicNode, ChangeMembers};
 
@@ -78,7 +80,7 @@ impl Cluster {
             join_token: Some(token_id),
         };
         let node = match self
-            .propose(crate::state::Request::new(super::node::now_ms(), command))
+            .propose(crate::state::Request::new(self.now_ms(), command))
             .await?
         {
             Response::NodeRegistered { node } => node,
@@ -88,7 +90,7 @@ impl Cluster {
         let (issued, ca_certs_der) = {
             let state = self.state().read();
             let issued = crate::trust::issuer::sign_node(
-                self.trust(),
+                self.trust().map_err(failed)?,
                 &state.state,
                 node,
                 &args.address,
@@ -99,9 +101,9 @@ impl Cluster {
             (issued, cas)
         };
         // The pin with the certificate's serial and expiry.
-        let tls = crate::trust::issuer::node_tls(&issued, None, super::node::now_ms());
+        let tls = crate::trust::issuer::node_tls(&issued, None, self.now_ms());
         self.propose(crate::state::Request::new(
-            super::node::now_ms(),
+            self.now_ms(),
             Command::SetNodeKey { node, tls },
         ))
         .await?;
@@ -125,7 +127,7 @@ impl Cluster {
         if !self.is_leader() {
             return Err(LeaderFailure::NotLeader);
         }
-        let now = super::node::now_ms();
+        let now = self.now_ms();
         let (issued, ca_certs_der, tls) = {
             let state = self.state().read();
             let gateway = state
@@ -137,7 +139,7 @@ impl Cluster {
                     LeaderFailure::Refused(format!("no current gateway with id {node}"))
                 })?;
             let issued = crate::trust::issuer::sign_node(
-                self.trust(),
+                self.trust().map_err(failed)?,
                 &state.state,
                 node,
                 &gateway.address,
@@ -202,21 +204,22 @@ impl Cluster {
         };
         let cluster_key = self
             .trust()
+            .map_err(failed)?
             .cluster_key()
             .ok_or_else(|| failed("the leader holds no cluster key"))?;
         // Its own admin token (DATA_DIR/admin-token), replacing any earlier one.
         let (admin_token, record) = crate::trust::tokens::new_admin(
-            self.trust().ca_pin(),
+            self.trust().map_err(failed)?.ca_pin(),
             crate::state::Role::Admin,
             &format!("{name} (local)"),
             None,
             Some(id),
-            super::node::now_ms(),
+            self.now_ms(),
         )
         .map_err(failed)?;
         match self
             .propose(crate::state::Request::new(
-                super::node::now_ms(),
+                self.now_ms(),
                 Command::CreateToken { record },
             ))
             .await?
@@ -353,7 +356,9 @@ impl Cluster {
                 .map_err(failed)?;
         }
         drop(guard);
-        self.peers().forget(id);
+        if let Ok(peers) = self.peers() {
+            peers.forget(id);
+        }
         tracing::info!(node = id, %name, "removed from the Raft membership");
         if self.is_leader() {
             self.promote_learners().await;

@@ -13,9 +13,11 @@ pub mod mem_store;
 pub mod membership;
 pub mod network;
 pub mod node;
+pub mod rt;
 pub mod state_machine;
 pub mod store;
 pub mod token;
+pub mod transport;
 
 use std::io::Cursor;
 
@@ -30,11 +32,11 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = rt::GantryRuntime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type NodeId = u64;
 pub type StorageResult<T> = Result<T, openraft::StorageError<NodeId>>;
 
-pub use node::{Cluster, ClusterError, RaftTimers};
+pub use node::{Cluster, ClusterDeps, ClusterError, ContactRecord, RaftTimers};

@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use super::transport::{RaftRpc, Transport, TransportError};
 use super::{NodeId, TypeConfig};
 use crate::tls::{ClientTls, TlsConnector};
 use crate::trust::{NodeTrust, TrustError};
@@ -184,7 +185,7 @@ impl PeerChannels {
 #[derive(Clone)]
 pub struct Network {
     pub cluster_id: String,
-    pub peers: PeerChannels,
+    pub transport: Arc<dyn Transport>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -195,7 +196,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             cluster_id: self.cluster_id.clone(),
-            peers: self.peers.clone(),
+            transport: self.transport.clone(),
         }
     }
 }
@@ -204,7 +205,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     cluster_id: String,
-    peers: PeerChannels,
+    transport: Arc<dyn Transport>,
 }
 
 #[derive(Clone, Copy)]
@@ -259,24 +260,25 @@ impl PeerClient {
         if let Some(too_large) = too_large(rpc, message.encoded_len()) {
             return Err(too_large);
         }
-        let mut client = self
-            .peers
-            .member(self.target, &self.addr)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
-        let call = async {
-            match rpc {
-                Rpc::Vote => client.vote(message).await,
-                Rpc::Append(_) => client.append_entries(message).await,
-                Rpc::Snapshot => client.install_snapshot(message).await,
-            }
+        let kind = match rpc {
+            Rpc::Vote => RaftRpc::Vote,
+            Rpc::Append(_) => RaftRpc::Append,
+            Rpc::Snapshot => RaftRpc::Snapshot,
         };
+        let call = self.transport.raft(self.target, &self.addr, kind, message);
         let reply = match tokio::time::timeout(ttl, call).await {
             Err(elapsed) => return Err(RPCError::Network(NetworkError::new(&elapsed))),
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&status)))
+            Ok(Err(TransportError::Unreachable(message))) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(message),
+                )))
             }
-            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(TransportError::Failed(message))) => {
+                return Err(RPCError::Network(NetworkError::new(
+                    &std::io::Error::other(message),
+                )))
+            }
+            Ok(Ok(reply)) => reply,
         };
         let result: Result<Resp, E> = serde_json::from_slice(&reply.payload)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

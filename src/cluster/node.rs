@@ -4,19 +4,24 @@
 //! questions the API asks (who leads, am I current, who votes).
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gantry_proto::v1::RaftMessage;
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{BasicNode, RaftMetrics, SnapshotPolicy};
 use rocksdb::DB;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::log_store::LogStore;
 use super::network::{Network, PeerChannels, PinSource};
 use super::state_machine::{StateMachineStore, StateReader};
-use super::{NodeId, Raft};
+use super::transport::{RaftRpc, TonicTransport, Transport};
+use super::{NodeId, Raft, TypeConfig};
+use crate::clock::ClockRef;
 use crate::state::{Command, Request, Response};
 use crate::trust::{NodeTrust, Sensitive};
 
@@ -57,6 +62,11 @@ pub enum ClusterError {
     Raft(String),
     #[error("cannot start the Raft member: {0}")]
     Start(String),
+    /// A gateway started without a TLS identity (the in-process gateways
+    /// of the deterministic simulation) cannot sign, renew or dial peers
+    /// over TLS.
+    #[error("this gateway has no TLS identity")]
+    NoIdentity,
 }
 
 /// Operations only the leader may carry out; followers forward them.
@@ -153,12 +163,63 @@ struct QuorumSync {
 /// the file worthless anyway (its boot id no longer matches).
 pub const LAST_CONTACT_FILE: &str = "last-contact";
 
-fn read_last_contact(data_dir: &std::path::Path) -> Option<u64> {
-    let text = std::fs::read_to_string(data_dir.join(LAST_CONTACT_FILE)).ok()?;
+/// Where the last contact is kept across daemon restarts.
+#[derive(Clone)]
+pub enum ContactRecord {
+    /// `DATA_DIR/last-contact` (`LAST_CONTACT_FILE`).
+    File(PathBuf),
+    /// Kept by the caller: the simulation holds it for a simulated gateway
+    /// across its daemon restarts, as the file would be.
+    Memory(Arc<Mutex<Option<String>>>),
+}
+
+impl ContactRecord {
+    /// The file in `data_dir`.
+    pub fn in_dir(data_dir: &std::path::Path) -> Self {
+        Self::File(data_dir.join(LAST_CONTACT_FILE))
+    }
+
+    fn read(&self) -> Option<String> {
+        match self {
+            Self::File(path) => std::fs::read_to_string(path).ok(),
+            Self::Memory(text) => text.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    fn write(&self, text: String) -> std::io::Result<()> {
+        match self {
+            Self::File(path) => std::fs::write(path, text),
+            Self::Memory(slot) => {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn read_last_contact(record: &ContactRecord, clock: &ClockRef) -> Option<u64> {
+    let text = record.read()?;
     let (boot, ms) = text.trim().split_once(' ')?;
-    (Some(boot) == crate::clock::boot_id().as_deref())
+    (Some(boot) == clock.boot_id().as_deref())
         .then(|| ms.parse().ok())
         .flatten()
+}
+
+/// What a production gateway has and a simulated one does not: its TLS
+/// identity and the channels dialled with it (images, logs, joins).
+pub(crate) struct Identity {
+    pub(crate) peers: PeerChannels,
+    pub(crate) trust: Arc<NodeTrust>,
+}
+
+/// What `Cluster::start_with` is built on besides the Raft storage.
+pub struct ClusterDeps {
+    /// Gateway-to-gateway calls.
+    pub transport: Arc<dyn Transport>,
+    /// The clocks every time read of the cluster and its loops goes through.
+    pub clock: ClockRef,
+    /// Where the last quorum contact survives a daemon restart.
+    pub contact: ContactRecord,
 }
 
 pub(crate) struct Inner {
@@ -166,8 +227,10 @@ pub(crate) struct Inner {
     pub(crate) cluster_id: String,
     pub(crate) raft: Raft,
     pub(crate) state: StateReader,
-    pub(crate) peers: PeerChannels,
-    pub(crate) trust: Arc<NodeTrust>,
+    pub(crate) identity: Option<Identity>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) clock: ClockRef,
+    contact: ContactRecord,
     /// Leader: how far each gateway said (in its heartbeats) it has applied.
     member_applied: Mutex<std::collections::BTreeMap<NodeId, u64>>,
     leader_contact: Mutex<Option<Instant>>,
@@ -185,17 +248,11 @@ pub struct Cluster {
 
 /// A write on behalf of a client: its id stays the same on every retry
 /// (`on_leader` resends it after a broken connection), so the state machine
-/// applies it once.
-fn client_request(command: Command) -> Request {
-    let mut request = Request::new(now_ms(), command);
-    request.id = Some(hex::encode(rand::random::<[u8; 16]>()));
-    request
-}
-
-/// The leader stamps its own clock on what it proposes: the gateway a write
-/// came in through may be off, and times drive rollouts.
-fn stamped(mut request: Request) -> Request {
-    request.at_ms = now_ms();
+/// applies it once. The id comes from `rt::random_bytes`, which the
+/// simulation seeds.
+fn client_request(now_ms: u64, command: Command) -> Request {
+    let mut request = Request::new(now_ms, command);
+    request.id = Some(hex::encode(super::rt::random_bytes::<16>()));
     request
 }
 
@@ -227,7 +284,26 @@ pub fn now_ms() -> u64 {
     crate::clock::wall_ms()
 }
 
+fn raft_config(cluster_id: &str, timers: &RaftTimers) -> Result<openraft::Config, ClusterError> {
+    openraft::Config {
+        cluster_name: cluster_id.to_string(),
+        heartbeat_interval: timers.heartbeat_ms,
+        election_timeout_min: timers.election_min_ms,
+        election_timeout_max: timers.election_max_ms,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(timers.snapshot_after_logs),
+        max_in_snapshot_log_to_keep: timers.keep_logs,
+        purge_batch_size: 64,
+        snapshot_max_chunk_size: 256 << 10,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ClusterError::Start(e.to_string()))
+}
+
 impl Cluster {
+    /// A production gateway: RocksDB storage, tonic over mutual TLS, the
+    /// machine's clocks, the last contact in the data dir.
     pub async fn start(
         id: NodeId,
         cluster_id: &str,
@@ -235,45 +311,81 @@ impl Cluster {
         timers: &RaftTimers,
         trust: Arc<NodeTrust>,
     ) -> Result<Self, ClusterError> {
-        let config = openraft::Config {
-            cluster_name: cluster_id.to_string(),
-            heartbeat_interval: timers.heartbeat_ms,
-            election_timeout_min: timers.election_min_ms,
-            election_timeout_max: timers.election_max_ms,
-            install_snapshot_timeout: 10_000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(timers.snapshot_after_logs),
-            max_in_snapshot_log_to_keep: timers.keep_logs,
-            purge_batch_size: 64,
-            snapshot_max_chunk_size: 256 << 10,
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| ClusterError::Start(e.to_string()))?;
         let log = LogStore::new(db.clone());
         let sm = StateMachineStore::open(db).map_err(ClusterError::Start)?;
         let state = sm.reader();
         let data_dir = trust.data_dir.clone();
         let peers = PeerChannels::new(trust.clone(), pin_source(state.clone(), cluster_id))
             .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let deps = ClusterDeps {
+            transport: Arc::new(TonicTransport {
+                peers: peers.clone(),
+            }),
+            clock: crate::clock::system(),
+            contact: ContactRecord::in_dir(&data_dir),
+        };
+        let identity = Identity { peers, trust };
+        Self::start_inner(id, cluster_id, log, sm, state, timers, deps, Some(identity)).await
+    }
+
+    /// A gateway on any openraft storage, transport and clock, without a
+    /// TLS identity: the deterministic simulation's in-process gateways
+    /// (memory stores from `mem_store`, an in-memory network, simulated
+    /// clocks). `state` must read `sm`'s applied state.
+    pub async fn start_with<L, S>(
+        id: NodeId,
+        cluster_id: &str,
+        log: L,
+        sm: S,
+        state: StateReader,
+        timers: &RaftTimers,
+        deps: ClusterDeps,
+    ) -> Result<Self, ClusterError>
+    where
+        L: RaftLogStorage<TypeConfig>,
+        S: RaftStateMachine<TypeConfig>,
+    {
+        Self::start_inner(id, cluster_id, log, sm, state, timers, deps, None).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_inner<L, S>(
+        id: NodeId,
+        cluster_id: &str,
+        log: L,
+        sm: S,
+        state: StateReader,
+        timers: &RaftTimers,
+        deps: ClusterDeps,
+        identity: Option<Identity>,
+    ) -> Result<Self, ClusterError>
+    where
+        L: RaftLogStorage<TypeConfig>,
+        S: RaftStateMachine<TypeConfig>,
+    {
+        let config = raft_config(cluster_id, timers)?;
         let network = Network {
             cluster_id: cluster_id.to_string(),
-            peers: peers.clone(),
+            transport: deps.transport.clone(),
         };
         let raft = Raft::new(id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let last_synced = read_last_contact(&deps.contact, &deps.clock);
         Ok(Self {
             inner: Arc::new(Inner {
                 id,
                 cluster_id: cluster_id.to_string(),
                 raft,
                 state,
-                peers,
-                trust,
+                identity,
+                transport: deps.transport,
+                clock: deps.clock,
+                contact: deps.contact,
                 member_applied: Mutex::new(Default::default()),
                 leader_contact: Mutex::new(None),
                 quorum_contact: Mutex::new(QuorumSync {
-                    last_synced: read_last_contact(&data_dir),
+                    last_synced,
                     pending: None,
                     persisted: None,
                 }),
@@ -293,6 +405,24 @@ impl Cluster {
         }
     }
 
+    /// Makes these gateways the voters of a new cluster (each with its Raft
+    /// address). `bootstrap` with more than one member: the simulation
+    /// starts its clusters whole, where production ones grow by joins.
+    pub async fn initialize(
+        &self,
+        members: std::collections::BTreeMap<NodeId, String>,
+    ) -> Result<(), ClusterError> {
+        let members: std::collections::BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode::new(addr)))
+            .collect();
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(ClusterError::Raft(e.to_string())),
+        }
+    }
+
     pub fn id(&self) -> NodeId {
         self.inner.id
     }
@@ -305,12 +435,37 @@ impl Cluster {
         &self.inner.state
     }
 
-    pub fn peers(&self) -> &PeerChannels {
-        &self.inner.peers
+    /// The TLS channels to peers (images, logs, joins, renewals).
+    pub fn peers(&self) -> Result<&PeerChannels, ClusterError> {
+        self.inner
+            .identity
+            .as_ref()
+            .map(|i| &i.peers)
+            .ok_or(ClusterError::NoIdentity)
     }
 
-    pub fn trust(&self) -> &Arc<NodeTrust> {
-        &self.inner.trust
+    /// This gateway's keys and certificates.
+    pub fn trust(&self) -> Result<&Arc<NodeTrust>, ClusterError> {
+        self.inner
+            .identity
+            .as_ref()
+            .map(|i| &i.trust)
+            .ok_or(ClusterError::NoIdentity)
+    }
+
+    /// The gateway-to-gateway transport of the control plane.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.inner.transport
+    }
+
+    /// The clocks this gateway's decisions read.
+    pub fn clock(&self) -> &ClockRef {
+        &self.inner.clock
+    }
+
+    /// The wall clock in ms, through this gateway's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.wall_ms()
     }
 
     /// A client for member `node`, at the address the state knows for it.
@@ -327,7 +482,9 @@ impl Cluster {
             .get(&node)
             .map(|n| n.address.clone())
             .ok_or_else(|| format!("no gateway with id {node}"))?;
-        self.inner.peers.member(node, &address)
+        self.peers()
+            .map_err(|e| e.to_string())?
+            .member(node, &address)
     }
 
     /// Leader: a gateway's heartbeat said how far it has applied.
@@ -459,7 +616,7 @@ impl Cluster {
             .last_applied
             .map(|l| l.index)
             .unwrap_or(0);
-        let now = crate::clock::boot_ms();
+        let now = self.inner.clock.boot_ms();
         let mut sync = self
             .inner
             .quorum_contact
@@ -477,10 +634,10 @@ impl Cluster {
         let due = sync
             .persisted
             .is_none_or(|at| now.saturating_sub(at) >= 2_000);
-        if let (Some(last), true, Some(boot)) = (sync.last_synced, due, crate::clock::boot_id()) {
+        if let (Some(last), true, Some(boot)) = (sync.last_synced, due, self.inner.clock.boot_id())
+        {
             sync.persisted = Some(now);
-            let path = self.inner.trust.data_dir.join(LAST_CONTACT_FILE);
-            if let Err(e) = std::fs::write(&path, format!("{boot} {last}\n")) {
+            if let Err(e) = self.inner.contact.write(format!("{boot} {last}\n")) {
                 tracing::debug!(error = %e, "cannot record the last contact");
             }
         }
@@ -514,7 +671,7 @@ impl Cluster {
         let Some(last) = self.last_contact_ms() else {
             return Some(Duration::MAX);
         };
-        let age = Duration::from_millis(crate::clock::boot_ms().saturating_sub(last));
+        let age = Duration::from_millis(self.inner.clock.boot_ms().saturating_sub(last));
         (age > grace).then_some(age)
     }
 
@@ -538,7 +695,7 @@ impl Cluster {
 
     /// Proposes a state-machine command wherever the leader is.
     pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
-        self.write_op(LeaderOp::Write(client_request(command)))
+        self.write_op(LeaderOp::Write(client_request(self.now_ms(), command)))
             .await
     }
 
@@ -546,8 +703,11 @@ impl Cluster {
     /// (or a few seconds passed): for changes that must hold everywhere at
     /// once, like a revoked token.
     pub async fn write_everywhere(&self, command: Command) -> Result<Response, ClusterError> {
-        self.write_op(LeaderOp::WriteEverywhere(client_request(command)))
-            .await
+        self.write_op(LeaderOp::WriteEverywhere(client_request(
+            self.now_ms(),
+            command,
+        )))
+        .await
     }
 
     async fn write_op(&self, op: LeaderOp) -> Result<Response, ClusterError> {
@@ -572,7 +732,7 @@ impl Cluster {
         if !self.is_leader() {
             return Err(ClusterError::Refused("not the leader".into()));
         }
-        let request = Request::new(now_ms(), command);
+        let request = Request::new(self.now_ms(), command);
         match tokio::time::timeout(self.inner.write_timeout, self.propose(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(LeaderFailure::NotLeader)) => {
@@ -601,9 +761,23 @@ impl Cluster {
                     .inner
                     .raft
                     .wait(Some(remaining.min(Duration::from_millis(500))));
-                let _ = wait
-                    .metrics(|m| m.current_leader.is_some(), "a leader")
+                // A leader this replica has no address for (its membership
+                // lags) counts as none: waiting for `current_leader` alone
+                // would return at once and spin. So would a Raft member that
+                // is shutting down, whose metrics can no longer change.
+                let waited = wait
+                    .metrics(
+                        |m| {
+                            m.current_leader.is_some_and(|l| {
+                                m.membership_config.membership().get_node(&l).is_some()
+                            })
+                        },
+                        "a leader with an address",
+                    )
                     .await;
+                if let Err(openraft::metrics::WaitError::ShuttingDown) = waited {
+                    return Err(ClusterError::Raft("this gateway is shutting down".into()));
+                }
                 continue;
             };
             let outcome = if leader == self.inner.id {
@@ -650,28 +824,28 @@ impl Cluster {
         op: &LeaderOp,
     ) -> Result<Result<LeaderReply, LeaderFailure>, String> {
         let payload = serde_json::to_vec(op).map_err(|e| e.to_string())?;
-        let mut client = self.inner.peers.member(leader, addr)?;
         let message = RaftMessage {
             cluster_id: self.inner.cluster_id.clone(),
             payload,
         };
-        let reply = client
-            .forward(message)
+        let reply = self
+            .inner
+            .transport
+            .raft(leader, addr, RaftRpc::Forward, message)
             .await
-            .map_err(|status| status.message().to_string())?;
-        serde_json::from_slice(&reply.into_inner().payload)
-            .map_err(|e| format!("undecodable reply: {e}"))
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&reply.payload).map_err(|e| format!("undecodable reply: {e}"))
     }
 
     /// Carries out `op` here, refusing with `NotLeader` when we do not lead.
     pub async fn execute_as_leader(&self, op: LeaderOp) -> Result<LeaderReply, LeaderFailure> {
         match op {
             LeaderOp::Write(request) => {
-                let (response, index) = self.propose_indexed(stamped(request)).await?;
+                let (response, index) = self.propose_indexed(self.stamped(request)).await?;
                 Ok(LeaderReply::Written { response, index })
             }
             LeaderOp::WriteEverywhere(request) => {
-                let (response, index) = self.propose_indexed(stamped(request)).await?;
+                let (response, index) = self.propose_indexed(self.stamped(request)).await?;
                 let lagging = self
                     .wait_applied_everywhere(index, Duration::from_secs(5))
                     .await;
@@ -685,6 +859,13 @@ impl Cluster {
             LeaderOp::Renew { node, csr_der } => self.renew_as_leader(node, &csr_der).await,
             LeaderOp::Leave { name } => self.leave_as_leader(&name).await,
         }
+    }
+
+    /// The leader stamps its own clock on what it proposes: the gateway a
+    /// write came in through may be off, and times drive rollouts.
+    fn stamped(&self, mut request: Request) -> Request {
+        request.at_ms = self.now_ms();
+        request
     }
 
     pub(crate) async fn propose(&self, request: Request) -> Result<Response, LeaderFailure> {

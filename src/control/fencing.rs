@@ -54,7 +54,51 @@ pub fn singleton_fence_ms(stop_after_ms: u64, settings: &ClusterSettings) -> Dur
 }
 
 fn fence_after(stop: Duration, settings: &ClusterSettings) -> Duration {
+    if mutation::zero_margin() {
+        return stop;
+    }
     stop + settings.node_grace.0 * 2 + Duration::from_secs(1)
+}
+
+/// Node side: the isolation limit (ms) an agent stops an instance by,
+/// given the limit the instance carries. The identity, unless a mutation
+/// check made the node stop late.
+pub fn node_limit_ms(limit_ms: u64) -> u64 {
+    limit_ms.saturating_add(mutation::node_stop_delay_ms())
+}
+
+/// Deliberate breakage of the fence rules, for the deterministic
+/// simulation's mutation checks only: it must find an overlap of singleton
+/// copies when the fence is wrong, or its silence means nothing. The
+/// switches are per thread (a simulation runs on one thread, and others may
+/// run meanwhile in the same test binary), off unless a simulation turns
+/// them on; no configuration, flag or environment variable reaches them.
+pub mod mutation {
+    use std::cell::Cell;
+
+    thread_local! {
+        static ZERO_MARGIN: Cell<bool> = const { Cell::new(false) };
+        static NODE_STOP_DELAY_MS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// The leader's fence is `stop_after` alone, without its margin.
+    pub fn set_zero_margin(on: bool) {
+        ZERO_MARGIN.with(|c| c.set(on));
+    }
+
+    /// Isolated gateways stop (and fence) their copies this much later
+    /// than their limit says.
+    pub fn set_node_stop_delay_ms(ms: u64) {
+        NODE_STOP_DELAY_MS.with(|c| c.set(ms));
+    }
+
+    pub(super) fn zero_margin() -> bool {
+        ZERO_MARGIN.with(|c| c.get())
+    }
+
+    pub(super) fn node_stop_delay_ms() -> u64 {
+        NODE_STOP_DELAY_MS.with(|c| c.get())
+    }
 }
 
 /// `on_disconnect.reschedule_after` (default 0).

@@ -6,11 +6,12 @@
 //! instances are not duplicated at once. A new leader starts with an empty
 //! table and gives every gateway a full grace period.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gantry_proto::v1::HeartbeatRequest;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::RuntimeHealth;
@@ -22,7 +23,7 @@ use crate::state::{Command, Node, NodeStatus};
 /// runtime said then.
 #[derive(Default)]
 pub struct Liveness {
-    seen: Mutex<HashMap<NodeId, (Instant, Option<String>)>>,
+    seen: Mutex<BTreeMap<NodeId, (Instant, Option<String>)>>,
 }
 
 impl Liveness {
@@ -171,9 +172,6 @@ pub async fn run_heartbeats(
             }
             continue;
         }
-        let Ok(mut client) = cluster.peers().member(leader, &addr) else {
-            continue;
-        };
         let applied_index = cluster
             .state()
             .read()
@@ -188,18 +186,17 @@ pub async fn run_heartbeats(
         };
         match tokio::time::timeout(
             crate::control::fencing::HEARTBEAT_TIMEOUT,
-            client.heartbeat(request),
+            cluster.transport().heartbeat(leader, &addr, request),
         )
         .await
         {
             Ok(Ok(reply)) => {
-                let reply = reply.into_inner();
                 if reply.accepted {
                     cluster.note_quorum_contact(reply.applied_index);
                 }
             }
-            Ok(Err(status)) => {
-                tracing::debug!(%addr, error = %status.message(), "heartbeat refused")
+            Ok(Err(error)) => {
+                tracing::debug!(%addr, %error, "heartbeat refused")
             }
             Err(_) => tracing::debug!(%addr, "heartbeat timed out"),
         }

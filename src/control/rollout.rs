@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::node::now_ms;
 use crate::cluster::Cluster;
 use crate::state::quantity::format_duration;
 use crate::state::{Command, Instance, InstanceState, State, Workload};
@@ -112,7 +111,7 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
         }
         let commands = {
             let guard = cluster.state().read();
-            steps(&guard.state, now_ms())
+            steps(&guard.state, cluster.now_ms())
         };
         for command in commands {
             tracing::info!(?command, "rollout step");

@@ -13,7 +13,6 @@ use gantry_scheduler as sched;
 use tokio_util::sync::CancellationToken;
 
 use super::fencing;
-use crate::cluster::node::now_ms;
 use crate::cluster::Cluster;
 use crate::state::quantity::format_duration;
 use crate::state::spec::{PlacementStrategy, Spread};
@@ -462,11 +461,11 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
             continue;
         }
         let (since, since_instant) =
-            *leading_since.get_or_insert_with(|| (now_ms(), tokio::time::Instant::now()));
+            *leading_since.get_or_insert_with(|| (cluster.now_ms(), tokio::time::Instant::now()));
         let record = {
             let guard = cluster.state().read();
             let timing = Timing {
-                now_ms: now_ms(),
+                now_ms: cluster.now_ms(),
                 leading_since_ms: since,
                 lost_for: Some(clock.observe(&guard.state, since_instant)),
             };

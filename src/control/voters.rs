@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::fencing;
 use crate::cluster::membership::MembershipRepair;
-use crate::cluster::node::now_ms;
 use crate::cluster::{Cluster, NodeId};
 use crate::state::{Command, NodeStatus, State};
 
@@ -103,7 +102,7 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
             leading_since = None;
             continue;
         }
-        let since = *leading_since.get_or_insert_with(now_ms);
+        let since = *leading_since.get_or_insert_with(|| cluster.now_ms());
         match cluster.repair_membership().await {
             Ok(Some(MembershipRepair::FinishedJoint)) => {
                 record(&cluster, "finished a cut-short membership change".into()).await;
@@ -130,7 +129,7 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
                 cluster.id(),
                 &cluster.voters(),
                 &cluster.learners(),
-                now_ms(),
+                cluster.now_ms(),
                 since,
             )
         };

@@ -46,8 +46,12 @@ const WARN_BEFORE: i64 = 30 * 24 * 3600;
 pub async fn run(cluster: Cluster, renewals: Renewals, shutdown: CancellationToken) {
     let mut jitter: Option<(String, f64)> = None;
     let mut warned_for: Option<String> = None;
+    let Ok(trust) = cluster.trust().cloned() else {
+        // No TLS identity (a simulated gateway): nothing to renew.
+        return;
+    };
     loop {
-        let creds = cluster.trust().credentials();
+        let creds = trust.credentials();
         let wait = match gantry_pki::cert_info(creds.leaf_der()) {
             Ok(info) => {
                 let j = match &jitter {
@@ -144,11 +148,11 @@ pub async fn renew(cluster: &Cluster, renewals: &Renewals) -> Result<String, Clu
     chain.extend(ca_certs_der);
     let creds = Credentials { key, chain };
     let creds = cluster
-        .trust()
+        .trust()?
         .install(creds)
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
     cluster
-        .peers()
+        .peers()?
         .set_identity(&creds)
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
     Ok(info.serial_hex)

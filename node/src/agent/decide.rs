@@ -4,7 +4,8 @@
 use crate::runtime::{ActualContainer, TaskState};
 use crate::spec::{ContainerSpec, PullPolicy, RestartPolicy};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Instant;
+// tokio's clock, so that a paused or simulated runtime drives back-off.
+use tokio::time::Instant;
 
 /// One instance that should run here.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,9 +22,12 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock (the same as std's outside a paused runtime): back-off and
+// retries must follow simulated time in the deterministic simulation.
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// Timing knobs and image access; the defaults suit a gateway, tests
 /// shorten them.
@@ -220,7 +223,7 @@ impl<R: Runtime> Agent<R> {
         let mut tick = tokio::time::interval(self.config.resync_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let wake = self.next_wake().map(tokio::time::Instant::from_std);
+            let wake = self.next_wake();
             tokio::select! {
                 _ = &mut shutdown => break,
                 changed = self.desired.changed(), if desired_open => {

@@ -11,6 +11,7 @@
 //! - this file: the supervisor loop and the soft connection state.
 
 pub mod backoff;
+pub mod deliver;
 pub mod session;
 
 use std::sync::{Arc, Mutex};
@@ -64,7 +65,7 @@ impl LinkHandle {
 /// Proposes `command` here, only while this gateway leads: the link must
 /// never act through a leader it does not know to be itself.
 async fn write_as_leader(cluster: &Cluster, command: Command) -> Result<Response, SessionEnd> {
-    let op = LeaderOp::Write(Request::new(now_ms(), command));
+    let op = LeaderOp::Write(Request::new(cluster.now_ms(), command));
     match cluster.execute_as_leader(op).await {
         Ok(LeaderReply::Write(response)) | Ok(LeaderReply::Written { response, .. }) => {
             Ok(response)

@@ -9,17 +9,16 @@ use std::time::Duration;
 use gantry_proto::hub::v1::hub_client::HubClient;
 use gantry_proto::hub::v1::hub_message::Msg as In;
 use gantry_proto::hub::v1::site_message::Msg as Out;
-use gantry_proto::hub::v1::{Ack, Desired, Digest, Hello, Reject, SiteMessage};
+use gantry_proto::hub::v1::{Digest, Hello, SiteMessage};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{record_connection, write_as_leader, LinkHandle};
+use super::{deliver, record_connection, LinkHandle};
 use crate::cloud::site_view::SiteView;
 use crate::cluster::Cluster;
-use crate::state::spec::WorkloadSpec;
-use crate::state::{CloudLink, Command, Response};
+use crate::state::CloudLink;
 
 /// Test hook: exit the process right after committing this revision and
 /// before acknowledging it (a leader crash at the worst moment).
@@ -91,27 +90,6 @@ impl SessionEnd {
     }
 }
 
-/// Decodes a delivery into specs, refusing it as a whole on any error.
-fn decode(desired: &Desired) -> Result<Vec<WorkloadSpec>, String> {
-    desired
-        .upserts
-        .iter()
-        .map(|doc| {
-            let spec: WorkloadSpec = serde_json::from_str(&doc.spec_json)
-                .map_err(|e| format!("workload '{}': {e}", doc.name))?;
-            if spec.name != doc.name {
-                return Err(format!(
-                    "workload '{}': the spec is named '{}'",
-                    doc.name, spec.name
-                ));
-            }
-            spec.validate()
-                .map_err(|e| format!("workload '{}': {}", doc.name, e.0))?;
-            Ok(spec)
-        })
-        .collect()
-}
-
 struct Link<'a> {
     cluster: &'a Cluster,
     link: &'a CloudLink,
@@ -163,56 +141,16 @@ impl Link<'_> {
             _ => Err(SessionEnd::LinkChanged),
         }
     }
+}
 
-    async fn deliver(&mut self, desired: Desired) -> Result<(), SessionEnd> {
-        let revision = desired.revision;
-        let upserts = match decode(&desired) {
-            Ok(specs) => specs,
-            Err(error) => {
-                tracing::warn!(revision, error = %error, "refusing a malformed cloud revision as a whole");
-                return self.send(Out::Reject(Reject { revision, error })).await;
-            }
-        };
-        let command = Command::ApplyCloudRevision {
-            revision,
-            full: desired.full,
-            upserts,
-            deletes: desired.deletes,
-        };
-        match write_as_leader(self.cluster, command).await? {
-            Response::CloudRevision {
-                applied, refused, ..
-            } => {
-                if applied {
-                    tracing::info!(
-                        revision,
-                        full = desired.full,
-                        refused = refused.len(),
-                        "committed cloud revision"
-                    );
-                    exit_if_hooked(revision);
-                } else {
-                    tracing::info!(
-                        revision,
-                        "cloud revision already committed; acknowledging it again"
-                    );
-                }
-                self.send(Out::Ack(Ack { revision })).await
-            }
-            Response::Rejected { reason } => {
-                tracing::warn!(revision, reason = %reason, "the state machine refused a cloud revision");
-                self.send(Out::Reject(Reject {
-                    revision,
-                    error: reason,
-                }))
-                .await
-            }
-            other => Err(SessionEnd::Failed(format!("unexpected answer {other:?}"))),
-        }
+#[async_trait::async_trait]
+impl deliver::Upstream for Link<'_> {
+    async fn send(&mut self, msg: Out) -> Result<(), SessionEnd> {
+        Link::send(self, msg).await
     }
 }
 
-fn exit_if_hooked(revision: u64) {
+pub(super) fn exit_if_hooked(revision: u64) {
     let hooked = std::env::var(EXIT_BEFORE_ACK_ENV)
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
@@ -226,6 +164,7 @@ fn exit_if_hooked(revision: u64) {
 fn site_token(cluster: &Cluster, link: &CloudLink) -> Result<String, String> {
     let plain = cluster
         .trust()
+        .map_err(|e| e.to_string())?
         .open_sealed(super::SITE_TOKEN_FIELD, &link.token_sealed)
         .map_err(|e| format!("cannot open the sealed site token: {e}"))?;
     String::from_utf8(plain).map_err(|_| "the sealed site token is not text".to_string())
@@ -382,7 +321,8 @@ async fn serve(
                 match message.msg {
                     Some(In::Desired(desired)) => {
                         link.still_wanted()?;
-                        link.deliver(desired).await?;
+                        let cluster = link.cluster;
+                        deliver::deliver(cluster, link, desired).await?;
                     }
                     Some(In::Resync(_)) => link.send_full_report().await?,
                     Some(In::Welcome(_)) | None => {}
