@@ -132,12 +132,18 @@ impl Observer {
         }
     }
 
-    /// Client request ids applied at two or more indexes with different
-    /// answers: applied twice (a retry that was not deduplicated).
+    /// Client request ids that took effect at two or more indexes with
+    /// different answers: applied twice (a retry that was not
+    /// deduplicated). A refusal changes nothing, so a retry after one is
+    /// a first application, not a second; the same answer again is the
+    /// state machine replaying its remembered answer.
     pub fn duplicates(&self) -> Vec<String> {
         self.with(|r| {
             let mut by_id: BTreeMap<&str, Vec<(u64, &AppliedClient)>> = BTreeMap::new();
             for (index, a) in &r.by_index {
+                if a.response.starts_with("{\"rejected\"") {
+                    continue;
+                }
                 by_id.entry(&a.request_id).or_default().push((*index, a));
             }
             by_id

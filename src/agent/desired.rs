@@ -82,15 +82,32 @@ pub fn desired_for(
     {
         return Vec::new();
     }
-    state
+    // Copies of deleted singletons still placed here: stop them and say so.
+    let retired = state
+        .meta
+        .retired
+        .iter()
+        .filter(|r| r.node == Some(node))
+        .map(|r| {
+            let spec = ContainerSpec::new(
+                container_id(r),
+                r.workload.clone(),
+                r.replica,
+                r.container_generation(),
+                String::new(),
+            );
+            must_stop(spec)
+        });
+    let live = state
         .instances
         .values()
         .filter(|i| i.node == Some(node))
         .filter_map(|instance| {
             let workload = state.workloads.get(&instance.workload)?;
-            // Moving away (drain of a singleton): stop it here first.
+            // Moving away (drain, preemption of a singleton): stop it here
+            // first, and say when nothing is left.
             if instance.stopping {
-                return None;
+                return Some(must_stop(container_spec(instance, workload)));
             }
             let limit = instance
                 .stop_after_ms()
@@ -114,8 +131,15 @@ pub fn desired_for(
                 ImagePull::Never => PullPolicy::Never,
             };
             Some(desired)
-        })
-        .collect()
+        });
+    retired.chain(live).collect()
+}
+
+fn must_stop(spec: ContainerSpec) -> DesiredInstance {
+    DesiredInstance {
+        stop: true,
+        ..DesiredInstance::new(spec, RestartPolicy::Never)
+    }
 }
 
 /// Keeps the agent's desired set equal to `desired_for` as the replica

@@ -165,7 +165,7 @@ pub fn lease(
             workload: running.workload.clone(),
             replica: running.replica,
         };
-        let Some(instance) = state.instances.get(&key).filter(|i| i.node == Some(node)) else {
+        let Some(instance) = state.placed_copy(&key, node) else {
             continue;
         };
         let (pid, start_time, container_id) =
@@ -318,11 +318,7 @@ pub async fn run(
                     workload: r.workload,
                     replica: r.replica,
                 };
-                applied
-                    .state
-                    .instances
-                    .get(&key)
-                    .filter(|i| i.node == Some(cluster.id()))
+                applied.state.placed_copy(&key, cluster.id()).cloned()
             });
             if let Some(i) = instance.filter(|i| i.stopping) {
                 to_report.insert(

@@ -51,11 +51,7 @@ pub fn convert(report: &AgentReport) -> Option<InstanceReport> {
 /// whether it is to stop here (so an Exited report confirms the stop) and
 /// the isolation limit it holds (acknowledging a pending fence).
 fn stamp(state: &State, node: u64, report: &mut InstanceReport) {
-    if let Some(instance) = state
-        .instances
-        .get(&report.instance)
-        .filter(|i| i.node == Some(node))
-    {
+    if let Some(instance) = state.placed_copy(&report.instance, node) {
         report.stopping_seen = instance.stopping;
         report.fence_seen = instance.stop_after_ms();
     }
@@ -63,10 +59,10 @@ fn stamp(state: &State, node: u64, report: &mut InstanceReport) {
 
 /// Whether the replicated state still lacks what `report` says.
 fn disagrees(state: &State, node: u64, report: &InstanceReport) -> bool {
-    let Some(instance) = state.instances.get(&report.instance) else {
+    let Some(instance) = state.placed_copy(&report.instance, node) else {
         return false;
     };
-    if instance.node != Some(node) || instance.container_generation() != report.generation {
+    if instance.container_generation() != report.generation {
         return false;
     }
     let unconfirmed_stop = instance.stopping
@@ -87,8 +83,8 @@ fn stopped_for_move(state: &State, node: u64, removed: &AgentReport) -> Option<I
         workload: removed.workload.clone(),
         replica: removed.replica,
     };
-    let instance = state.instances.get(&key)?;
-    let ours = instance.node == Some(node) && instance.container_generation() == removed.generation;
+    let instance = state.placed_copy(&key, node)?;
+    let ours = instance.container_generation() == removed.generation;
     (ours && instance.stopping).then(|| InstanceReport {
         instance: key,
         generation: removed.generation,

@@ -17,7 +17,7 @@ use crate::cluster::Cluster;
 use crate::state::quantity::format_duration;
 use crate::state::spec::{PlacementStrategy, Spread};
 use crate::state::{
-    Command, Instance, InstanceKey, InstanceState, NodeId, NodeStatus, PlanRecord, State, Workload,
+    Command, Instance, InstanceKey, NodeId, NodeStatus, PlanRecord, State, Workload,
 };
 
 /// Even with no change, look again this often (time-based rules such as
@@ -97,14 +97,34 @@ fn waited(state: &State, node: &crate::state::Node, wait: Duration, timing: &Tim
     lost_for(state, node, timing).is_some_and(|d| d >= wait)
 }
 
-/// Whether the gateway may still run (or be about to run) this copy. A
-/// Pending instance without a container was never started there.
-fn may_be_running(instance: &Instance) -> bool {
-    match instance.state {
-        InstanceState::Exited | InstanceState::Failed => false,
-        InstanceState::Pending => instance.container_id.is_some(),
-        _ => true,
+/// Whether `key` may be placed, as far as copies of a deleted singleton of
+/// that name go: Ok with the retired copies that have surely stopped (their
+/// gateway is gone, or was silent for the copy's fence), or Err with why it
+/// waits: a copy whose gateway has not confirmed its stop yet.
+fn retired_copies(
+    state: &State,
+    key: &InstanceKey,
+    timing: &Timing,
+) -> Result<Vec<(InstanceKey, NodeId, u64)>, String> {
+    let mut gone = Vec::new();
+    for copy in state.retired_copies(key) {
+        let Some(id) = copy.node else { continue };
+        let Some(node) = state.nodes.get(&id) else {
+            gone.push((key.clone(), id, copy.updated_ms));
+            continue;
+        };
+        let silent = is_lost(node.status) && !node.runtime_down;
+        let fenced_out =
+            silent && fence_of(copy, state).is_some_and(|fence| waited(state, node, fence, timing));
+        if !fenced_out {
+            return Err(format!(
+                "singleton: waits for gateway {} to report the copy of the deleted workload stopped",
+                node.name
+            ));
+        }
+        gone.push((key.clone(), id, copy.updated_ms));
     }
+    Ok(gone)
 }
 
 /// What the driver does with one instance this round.
@@ -158,7 +178,7 @@ fn fate(state: &State, instance: &Instance, workload: &Workload, timing: &Timing
     // it never started there); a gateway that went silent meanwhile is
     // fenced like any lost one.
     if instance.stopping {
-        if instance.stopped || !may_be_running(instance) {
+        if instance.stopped || !instance.may_be_running() {
             return Fate::Pending { moving: true };
         }
         let silent = is_lost(node.status) && !node.runtime_down;
@@ -180,7 +200,7 @@ fn fate(state: &State, instance: &Instance, workload: &Workload, timing: &Timing
             let grace = Duration::from_millis(RUNTIME_OUTAGE_GRACE_MS);
             if !waited(state, node, grace.max(reschedule), timing) {
                 Fate::Stays(node.id)
-            } else if spec.singleton && may_be_running(instance) {
+            } else if spec.singleton && instance.may_be_running() {
                 Fate::Stop(format!(
                     "singleton: gateway {}'s container runtime is down; waits for it to kill its copy and report it",
                     node.name
@@ -198,7 +218,7 @@ fn fate(state: &State, instance: &Instance, workload: &Workload, timing: &Timing
                 };
             }
             match fence_of(instance, state) {
-                None if may_be_running(instance) => Fate::Waits(format!(
+                None if instance.may_be_running() => Fate::Waits(format!(
                     "singleton: gateway {} may run its copy with no isolation limit (placed before singleton was set); waits for it to come back",
                     node.name
                 )),
@@ -210,7 +230,7 @@ fn fate(state: &State, instance: &Instance, workload: &Workload, timing: &Timing
             }
         }
         _ if node.draining => {
-            if spec.singleton && may_be_running(instance) {
+            if spec.singleton && instance.may_be_running() {
                 Fate::Stop(format!(
                     "singleton: waits for gateway {} to report its copy stopped",
                     node.name
@@ -245,7 +265,8 @@ fn worth_committing(record: &PlanRecord) -> bool {
         && record.evictions.is_empty()
         && record.unplaceable.is_empty()
         && record.stop.is_empty()
-        && record.drained.is_empty())
+        && record.drained.is_empty()
+        && record.retired_gone.is_empty())
 }
 
 /// Why each instance still on `node` cannot leave it yet (drain progress),
@@ -300,6 +321,17 @@ pub fn round(state: &State, timing: &Timing) -> Round {
         ) else {
             continue;
         };
+        if instance.node.is_none() {
+            match retired_copies(state, &instance.key(), timing) {
+                Ok(gone) => out.record.retired_gone.extend(gone),
+                Err(reason) => {
+                    if instance.reason.as_deref() != Some(reason.as_str()) {
+                        out.record.unplaceable.push((instance.key(), reason));
+                    }
+                    continue;
+                }
+            }
+        }
         match fate(state, instance, workload, timing) {
             Fate::Pending { moving: m } => {
                 if m {
@@ -356,7 +388,7 @@ pub fn round(state: &State, timing: &Timing) -> Round {
             .workloads
             .get(&k.workload)
             .is_some_and(|w| w.spec.singleton);
-        if singleton && victim.is_some_and(may_be_running) {
+        if singleton && victim.is_some_and(Instance::may_be_running) {
             // A preempted singleton leaves the drain way: its gateway stops
             // it and confirms before it is placed again.
             if victim.is_some_and(|v| !v.stopping) {
@@ -494,7 +526,7 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
 mod tests {
     use super::*;
     use crate::state::spec::parse_manifest;
-    use crate::state::{Capacity, ChangeSet, ClusterSettings, Request, Source};
+    use crate::state::{Capacity, ChangeSet, ClusterSettings, InstanceState, Request, Source};
 
     fn cluster_state() -> State {
         let mut state = State::default();
@@ -840,5 +872,103 @@ mod tests {
         assert_eq!(plan.placements.len(), 1);
         apply_plan(&mut state, plan);
         assert!(!state.instances[&k].stopping);
+    }
+
+    /// Found by the simulation (seeds 25 and 46): a singleton deleted and
+    /// applied again was placed at once while its old copy, one that
+    /// ignores SIGTERM, ran out its stop grace.
+    #[test]
+    fn a_recreated_singleton_waits_for_the_deleted_copy() {
+        let manifest = "name: cam\nimage: i\nsingleton: true\n";
+        let mut state = with_manifest(manifest);
+        let k = key("cam", 0);
+        let n = node_of(&state, &k).unwrap();
+        let report = |s: InstanceState, seen: bool| Command::ReportInstances {
+            node: n,
+            reports: vec![crate::state::InstanceReport {
+                instance: key("cam", 0),
+                generation: 1,
+                state: s,
+                exit_code: None,
+                reason: None,
+                restarts: 0,
+                container_id: Some("c1".into()),
+                stopping_seen: seen,
+                fence_seen: None,
+            }],
+        };
+        set(&mut state, 5, report(InstanceState::Running, false));
+        set(
+            &mut state,
+            10,
+            Command::DeleteWorkload {
+                name: "cam".into(),
+                source: Source::Local,
+            },
+        );
+        assert_eq!(state.meta.retired.len(), 1);
+        assert!(state.placed_copy(&k, n).is_some_and(|c| c.stopping));
+        set(
+            &mut state,
+            11,
+            Command::ApplyWorkloads {
+                workloads: parse_manifest(manifest).unwrap(),
+                source: Source::Local,
+            },
+        );
+        let plan = plan_for(&state, 12).unwrap();
+        assert!(plan.placements.is_empty(), "{plan:?}");
+        assert!(
+            plan.unplaceable[0]
+                .1
+                .contains("copy of the deleted workload"),
+            "{plan:?}"
+        );
+        // A placement decided elsewhere is refused by the state machine too.
+        let mut forced = plan.clone();
+        forced.placements.push((k.clone(), n));
+        apply_plan(&mut state, forced);
+        assert_eq!(node_of(&state, &k), None);
+        // Exited without having seen the stop confirms nothing.
+        set(&mut state, 13, report(InstanceState::Exited, false));
+        assert_eq!(state.meta.retired.len(), 1);
+        set(&mut state, 14, report(InstanceState::Exited, true));
+        assert!(state.meta.retired.is_empty());
+        let plan = plan_for(&state, 15).unwrap();
+        assert_eq!(plan.placements.len(), 1);
+        apply_plan(&mut state, plan);
+        assert!(node_of(&state, &k).is_some());
+
+        // A gateway that went silent is fenced out instead.
+        let mut state = with_manifest(manifest);
+        let n = node_of(&state, &k).unwrap();
+        set(&mut state, 5, report(InstanceState::Running, false));
+        set(
+            &mut state,
+            10,
+            Command::DeleteWorkload {
+                name: "cam".into(),
+                source: Source::Local,
+            },
+        );
+        set(
+            &mut state,
+            11,
+            Command::ApplyWorkloads {
+                workloads: parse_manifest(manifest).unwrap(),
+                source: Source::Local,
+            },
+        );
+        set(&mut state, 1_000, down(n));
+        // Fence of the default 30 s: 30 s + 2 x 1 s + 1 s after NotReady.
+        let waiting = plan_for(&state, 33_999).unwrap();
+        assert!(waiting.placements.is_empty());
+        apply_plan(&mut state, waiting);
+        let plan = plan_for(&state, 34_000).unwrap();
+        assert_eq!(plan.retired_gone.len(), 1);
+        assert_eq!(plan.placements.len(), 1);
+        apply_plan(&mut state, plan);
+        assert!(state.meta.retired.is_empty());
+        assert!(node_of(&state, &k).is_some_and(|p| p != n));
     }
 }

@@ -187,6 +187,10 @@ pub struct PlanRecord {
     /// Draining gateways that have nothing left on them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drained: Vec<NodeId>,
+    /// Retired singleton copies (key, gateway, retired at) that have surely
+    /// stopped: their gateway was fenced out or is gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_gone: Vec<(InstanceKey, NodeId, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

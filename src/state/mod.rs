@@ -61,6 +61,13 @@ pub struct Meta {
     /// Orders the remembered request ids (oldest go first).
     #[serde(default)]
     pub next_request_seq: u64,
+    /// Copies of deleted singletons that may still run where they were
+    /// placed (`stopping`; `updated_ms` is when the workload was deleted).
+    /// A singleton of the same name and replica is placed only once each is
+    /// confirmed stopped or its gateway fenced out, so deleting and
+    /// re-creating a singleton never runs two copies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<Instance>,
 }
 
 /// A client request id the state machine has applied, and its answer: a
@@ -336,6 +343,30 @@ impl State {
         self.nodes
             .values()
             .find(|n| n.name == name && n.status != NodeStatus::Left)
+    }
+
+    /// The copy of `key` placed on `node`: the live instance, or a retired
+    /// copy of a deleted singleton that may still run there.
+    pub fn placed_copy(&self, key: &InstanceKey, node: NodeId) -> Option<&Instance> {
+        self.instances
+            .get(key)
+            .filter(|i| i.node == Some(node))
+            .or_else(|| {
+                self.meta.retired.iter().find(|r| {
+                    r.node == Some(node) && r.workload == key.workload && r.replica == key.replica
+                })
+            })
+    }
+
+    /// Retired copies of `key` (see `Meta::retired`).
+    pub fn retired_copies<'a>(
+        &'a self,
+        key: &'a InstanceKey,
+    ) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.meta
+            .retired
+            .iter()
+            .filter(move |r| r.workload == key.workload && r.replica == key.replica)
     }
 
     pub fn instances_of<'a>(
@@ -690,12 +721,29 @@ impl State {
 
     /// Removes a workload and its instances, whoever owns it.
     fn remove_workload(&mut self, at: u64, name: &str, changes: &mut ChangeSet) {
-        self.workloads.remove(name);
+        let singleton = self
+            .workloads
+            .remove(name)
+            .is_some_and(|w| w.spec.singleton);
         changes.insert(StateKey::Workload(name.to_string()));
         let keys: Vec<InstanceKey> = self.instances_of(name).map(Instance::key).collect();
         for key in keys {
-            self.instances.remove(&key);
+            let Some(mut instance) = self.instances.remove(&key) else {
+                continue;
+            };
             changes.insert(StateKey::Instance(key));
+            // Its gateway stops it now; until it says so (or is fenced out),
+            // a singleton of this name waits.
+            if singleton
+                && instance.node.is_some()
+                && instance.may_be_running()
+                && !instance.stopped
+            {
+                instance.stopping = true;
+                instance.updated_ms = at;
+                self.meta.retired.push(instance);
+                changes.insert(StateKey::Meta);
+            }
         }
         self.event(
             at,
@@ -754,6 +802,18 @@ impl State {
     }
 
     fn apply_plan(&mut self, at: u64, plan: &PlanRecord, changes: &mut ChangeSet) -> Response {
+        let before = self.meta.retired.len();
+        self.meta.retired.retain(|r| {
+            !plan.retired_gone.iter().any(|(key, node, since)| {
+                r.workload == key.workload
+                    && r.replica == key.replica
+                    && r.node == Some(*node)
+                    && r.updated_ms == *since
+            })
+        });
+        if self.meta.retired.len() != before {
+            changes.insert(StateKey::Meta);
+        }
         for (key, reason) in &plan.evictions {
             if self.instances.contains_key(key) {
                 self.unassign(at, key, reason.clone(), changes);
@@ -777,6 +837,10 @@ impl State {
                 continue;
             };
             if instance.node == Some(*node_id) {
+                continue;
+            }
+            // A copy of a deleted singleton of this name may still run.
+            if self.retired_copies(key).next().is_some() {
                 continue;
             }
             let from = instance.node.or(instance.previous_node);
@@ -1027,6 +1091,31 @@ impl State {
         changes: &mut ChangeSet,
     ) -> Response {
         for report in reports {
+            // The copy of a deleted singleton, confirmed stopped here.
+            let retired = self.meta.retired.iter().position(|r| {
+                r.node == Some(node)
+                    && r.workload == report.instance.workload
+                    && r.replica == report.instance.replica
+                    && r.container_generation() == report.generation
+            });
+            if let Some(index) = retired {
+                if report.stopping_seen
+                    && matches!(report.state, InstanceState::Exited | InstanceState::Failed)
+                {
+                    self.meta.retired.remove(index);
+                    changes.insert(StateKey::Meta);
+                    self.event(
+                        at,
+                        "retired-copy-stopped",
+                        format!(
+                            "the copy of deleted singleton {} on gateway {node} stopped",
+                            report.instance
+                        ),
+                        changes,
+                    );
+                }
+                continue;
+            }
             let Some(instance) = self.instances.get_mut(&report.instance) else {
                 continue;
             };

@@ -189,6 +189,19 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Whether its gateway may still run (or be about to run) this copy.
+    /// Pending counts while it is placed: the gateway may be starting it
+    /// before its first report is committed (the simulation found a drained
+    /// singleton moved while its start was under way). Only an unplaced
+    /// instance without a container was never started anywhere.
+    pub fn may_be_running(&self) -> bool {
+        match self.state {
+            InstanceState::Exited | InstanceState::Failed => false,
+            InstanceState::Pending => self.container_id.is_some() || self.node.is_some(),
+            _ => true,
+        }
+    }
+
     /// The generation its container was created from (and is labelled with).
     pub fn container_generation(&self) -> u64 {
         self.container_generation.unwrap_or(self.generation)

@@ -14,6 +14,11 @@ pub struct DesiredInstance {
     pub restart: RestartPolicy,
     /// When to fetch the image; `if-not-present` by default.
     pub pull: PullPolicy,
+    /// Must not run here (a singleton moving away, or a copy of a deleted
+    /// one): removed if present, never started, and reported Exited once
+    /// the slot is empty and idle, which is what lets the leader place it
+    /// elsewhere. Only `spec`'s id, workload, replica and generation count.
+    pub stop: bool,
 }
 
 impl DesiredInstance {
@@ -23,6 +28,7 @@ impl DesiredInstance {
             spec,
             restart,
             pull: PullPolicy::default(),
+            stop: false,
         }
     }
 }
@@ -78,7 +84,7 @@ pub fn decide(
     now: Instant,
 ) -> Vec<SlotPlan> {
     let mut wanted: BTreeMap<InstanceKey, &DesiredInstance> = BTreeMap::new();
-    for d in desired {
+    for d in desired.iter().filter(|d| !d.stop) {
         wanted.insert(key_of(&d.spec), d);
     }
     let mut present: BTreeMap<InstanceKey, Vec<&ActualContainer>> = BTreeMap::new();

@@ -457,6 +457,20 @@ impl<R: Runtime> Agent<R> {
             self.report(report).await;
         }
         for d in desired {
+            let slot = (d.spec.workload.clone(), d.spec.replica);
+            if d.stop {
+                // Nothing here and nothing under way: it is not running and
+                // will not be started (this same pass decided so).
+                let any = actual
+                    .iter()
+                    .any(|c| c.workload == d.spec.workload && c.replica == d.spec.replica);
+                if !any && !self.busy.contains(&slot) {
+                    let mut report = Ident::of_spec(&d.spec).report(InstanceState::Exited, 0);
+                    report.reason = Some("not running here".into());
+                    self.report(report).await;
+                }
+                continue;
+            }
             let present = actual
                 .iter()
                 .any(|c| c.id == d.spec.id && c.generation == d.spec.generation);
