@@ -98,10 +98,14 @@ impl Default for Config {
 
 /// Convergence must come within this long after the last heal: one
 /// leader with a quorum, equal replicas, every gateway Ready. Every placed
-/// instance must be Running within this plus the stop grace: a rollout step
-/// that the faults held up replaces a container that may ignore SIGTERM,
-/// and that takes the whole grace whatever the faults did.
+/// instance must be Running within this plus `ROLLOUT_STEPS` stop graces:
+/// a rolling update that the faults held up replaces one replica at a time
+/// (up to 3 replicas), and a container that ignores SIGTERM takes the whole
+/// grace to go, whatever the faults did.
 pub const CONVERGE_WITHIN_MS: u64 = 10_000;
+
+/// See `CONVERGE_WITHIN_MS`.
+pub const ROLLOUT_STEPS: u64 = 3;
 
 /// Clients stop writing this long before the end of the fault phase.
 pub const CLIENTS_QUIET_MS: u64 = 12_000;
@@ -583,7 +587,7 @@ async fn simulate(seed: u64, config: Config) -> RunReport {
                 reason = why
             }
         }
-        if sim_ms() - healed_at > CONVERGE_WITHIN_MS + 30_000 {
+        if sim_ms() - healed_at > CONVERGE_WITHIN_MS + 60_000 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -596,7 +600,7 @@ async fn simulate(seed: u64, config: Config) -> RunReport {
                 "one leader, equal replicas and every gateway Ready only {control} ms after the last heal"
             )));
         }
-        (Some(Ok(took)), _) if took > CONVERGE_WITHIN_MS + stop_grace => {
+        (Some(Ok(took)), _) if took > CONVERGE_WITHIN_MS + ROLLOUT_STEPS * stop_grace => {
             report.converge = Some(Err(format!(
                 "every placed instance Running only {took} ms after the last heal"
             )));

@@ -836,7 +836,10 @@ impl State {
             let Some(instance) = self.instances.get(key) else {
                 continue;
             };
-            if instance.node == Some(*node_id) {
+            // Placed again where it is: nothing to do, unless it was stopped
+            // there to move and the scheduler found no better home (a
+            // preemption that did not happen after all): it starts afresh.
+            if instance.node == Some(*node_id) && !instance.stopping {
                 continue;
             }
             // A copy of a deleted singleton of this name may still run.

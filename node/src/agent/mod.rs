@@ -43,7 +43,11 @@ pub struct AgentConfig {
     /// A container that ran this long before exiting restarts with the
     /// initial delay again.
     pub backoff_reset_after: Duration,
-    /// Cap for the retry delay while the runtime is unreachable.
+    /// Cap for the retry delay while the runtime is unreachable. Short: a
+    /// refused connect to a local socket costs nothing, and every second
+    /// of it after containerd is back is a second the gateway stays
+    /// NotReady and its instances wait (the simulation measured 14 s of
+    /// convergence after a 17 s outage with a 30 s cap).
     pub runtime_retry_max: Duration,
     /// Registries' insecure list and credentials, for pulls.
     pub registry: RegistryConfig,
@@ -60,7 +64,7 @@ impl Default for AgentConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             backoff_reset_after: Duration::from_secs(600),
-            runtime_retry_max: Duration::from_secs(30),
+            runtime_retry_max: Duration::from_secs(5),
             registry: RegistryConfig::default(),
             scratch_dir: std::env::temp_dir(),
         }
