@@ -13,7 +13,7 @@ use gantry_sim::{run_seed, summary, Config, Mutation};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: gantry-sim [--seeds N] [--from S] [--seed S] [--trace] [--fault-ms MS] [--gateways N] [--rerun-every K] [--mutation none|fence-margin-zero|node-stops-late|skip-fsync|cloud-ack-before-commit]"
+        "usage: gantry-sim [--seeds N] [--from S] [--seed S] [--trace] [--fault-ms MS] [--gateways N] [--rerun-every K] [--mutation none|fence-margin-zero|fence-zero|node-stops-late|skip-fsync|cloud-ack-before-commit]"
     );
     ExitCode::from(2)
 }

@@ -1,7 +1,7 @@
 //! The seeded fault schedule: crashes and power cuts (of leaders and
 //! followers), partitions (one gateway or a minority cut off, both ways or
 //! one way), message loss and latency, wall-clock skew, container-runtime
-//! outages and slow disks; one after another, sometimes two at a time,
+//! outages, slow disks and site-wide power cuts; one after another, sometimes two at a time,
 //! most short, some outlasting the singleton fences; everything healed at
 //! the end of the fault phase.
 
@@ -35,13 +35,15 @@ pub enum Fault {
     Skew(NodeId, i64),
     RuntimeOutage(NodeId),
     SlowDisk(NodeId),
+    /// The whole site loses power at once (these gateways: all of them).
+    SitePowerCut(Vec<NodeId>),
 }
 
 impl Fault {
     /// The gateways it touches (two faults on one gateway do not overlap).
     pub fn targets(&self) -> Vec<NodeId> {
         match self {
-            Fault::Split(side) => side.clone(),
+            Fault::Split(side) | Fault::SitePowerCut(side) => side.clone(),
             Fault::Crash(n)
             | Fault::PowerCut(n)
             | Fault::Isolate(n)
@@ -80,6 +82,7 @@ impl Fault {
             Fault::Skew(..) => "skew",
             Fault::RuntimeOutage(_) => "runtime_outage",
             Fault::SlowDisk(_) => "slow_disk",
+            Fault::SitePowerCut(_) => "site_power_cut",
         }
     }
 }
@@ -141,6 +144,11 @@ pub async fn inject(world: &mut World, fault: &Fault) {
     match fault {
         Fault::Crash(n) => world.crash(*n).await,
         Fault::PowerCut(n) => world.power_cut(*n).await,
+        Fault::SitePowerCut(all) => {
+            for n in all {
+                world.power_cut(*n).await;
+            }
+        }
         Fault::Skew(n, ms) => {
             if let Some(h) = world.hosts.get(n) {
                 h.clock.set_skew(*ms);
@@ -161,6 +169,11 @@ pub async fn heal(world: &mut World, fault: &Fault, still: &[Fault]) -> Result<(
     world.trace.event(format!("fault end {fault:?}"));
     match fault {
         Fault::Crash(n) | Fault::PowerCut(n) => world.start(*n).await?,
+        Fault::SitePowerCut(all) => {
+            for n in all {
+                world.start(*n).await?;
+            }
+        }
         Fault::Skew(n, _) => {
             if let Some(h) = world.hosts.get(n) {
                 h.clock.set_skew(0);
@@ -249,6 +262,8 @@ impl Nemesis {
                 Fault::Skew(target, if self.rng.random_bool(0.5) { ms } else { -ms })
             }
             85..=92 => Fault::RuntimeOutage(target),
+            // A site-wide power cut only when nothing else is under way.
+            97..=99 if busy.is_empty() => Fault::SitePowerCut(ids.to_vec()),
             _ => Fault::SlowDisk(target),
         };
         Some(fault)

@@ -27,7 +27,7 @@ use crate::agent::{images, logs, NodeRuntime};
 use crate::cluster::node::{JoinArgs, LeaderOp, LeaderReply};
 use crate::cluster::{Cluster, NodeId};
 use crate::control::liveness::Liveness;
-use crate::state::Capacity;
+use crate::state::{Capacity, NodeStatus};
 use crate::trust::Sensitive;
 
 /// A join request is small: its limit keeps an unauthenticated caller from
@@ -177,14 +177,21 @@ impl ClusterHandlers {
         // `accepted` tells the gateway it is in touch with a leader that
         // still hears from a quorum: a leader cut off in a minority must not
         // keep an isolated gateway's singletons alive (see `control::fencing`).
-        let accepted = leading && self.cluster.leader_has_quorum();
-        let applied_index = self
-            .cluster
-            .state()
-            .read()
-            .last_applied
-            .map(|l| l.index)
-            .unwrap_or(0);
+        // Nor does a gateway the replicated state still holds silent: its
+        // singletons may be moving elsewhere by the fence right now, so it
+        // goes on counting its isolation until it is Ready again, and the
+        // index it must reach before counting contact then includes every
+        // move decided while it was lost (the simulation found a gateway
+        // that came back at the fence's end start its stale copy).
+        let (silent, applied_index) = {
+            let applied = self.cluster.state().read();
+            let silent = applied.state.nodes.get(&caller).is_none_or(|n| {
+                n.status == NodeStatus::Left
+                    || (n.status == NodeStatus::NotReady && !n.runtime_down)
+            });
+            (silent, applied.last_applied.map(|l| l.index).unwrap_or(0))
+        };
+        let accepted = leading && self.cluster.leader_has_quorum() && !silent;
         Ok(HeartbeatReply {
             accepted,
             applied_index,

@@ -54,6 +54,9 @@ pub fn singleton_fence_ms(stop_after_ms: u64, settings: &ClusterSettings) -> Dur
 }
 
 fn fence_after(stop: Duration, settings: &ClusterSettings) -> Duration {
+    if mutation::no_fence() {
+        return Duration::ZERO;
+    }
     if mutation::zero_margin() {
         return stop;
     }
@@ -78,12 +81,23 @@ pub mod mutation {
 
     thread_local! {
         static ZERO_MARGIN: Cell<bool> = const { Cell::new(false) };
+        static NO_FENCE: Cell<bool> = const { Cell::new(false) };
         static NODE_STOP_DELAY_MS: Cell<u64> = const { Cell::new(0) };
     }
 
     /// The leader's fence is `stop_after` alone, without its margin.
     pub fn set_zero_margin(on: bool) {
         ZERO_MARGIN.with(|c| c.set(on));
+    }
+
+    /// The leader places a lost gateway's singleton elsewhere as soon as
+    /// it sees the gateway lost (no fence at all).
+    pub fn set_no_fence(on: bool) {
+        NO_FENCE.with(|c| c.set(on));
+    }
+
+    pub(super) fn no_fence() -> bool {
+        NO_FENCE.with(|c| c.get())
     }
 
     /// Isolated gateways stop (and fence) their copies this much later

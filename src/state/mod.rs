@@ -846,6 +846,22 @@ impl State {
             if self.retired_copies(key).next().is_some() {
                 continue;
             }
+            // A singleton leaves a gateway only once its copy there is
+            // confirmed stopped, or the gateway is silent (the fence); one
+            // that came back while this plan was on its way keeps it.
+            if let Some(current) = instance.node.filter(|c| c != node_id) {
+                let singleton = self
+                    .workloads
+                    .get(&key.workload)
+                    .is_some_and(|w| w.spec_for(instance.generation).singleton);
+                let silent = self.nodes.get(&current).is_none_or(|n| {
+                    n.status == NodeStatus::Left
+                        || (n.status == NodeStatus::NotReady && !n.runtime_down)
+                });
+                if singleton && instance.may_be_running() && !instance.stopped && !silent {
+                    continue;
+                }
+            }
             let from = instance.node.or(instance.previous_node);
             let why = self.why_moved(instance);
             let Some(instance) = self.instances.get_mut(key) else {
