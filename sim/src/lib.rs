@@ -200,8 +200,44 @@ pub fn run_seed(seed: u64, config: &Config) -> RunReport {
     }
 }
 
+thread_local! {
+    /// Panics on this seed's thread (tokio catches a task's panic; the run
+    /// must still hear of it).
+    static PANICS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records panics on seed threads (one line each, in the report) and
+/// leaves every other thread's panics to the hook that was there.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let on_seed = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("seed-"));
+            if !on_seed {
+                return previous(info);
+            }
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            PANICS.with(|p| p.borrow_mut().push(format!("{message}{at}")));
+        }));
+    });
+}
+
 /// Runs one seed on its own runtime, on the calling thread.
 fn run_seed_here(seed: u64, config: &Config) -> RunReport {
+    install_panic_hook();
+    PANICS.with(|p| p.borrow_mut().clear());
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -230,8 +266,11 @@ fn run_seed_here(seed: u64, config: &Config) -> RunReport {
     gantry::cloud::link::deliver::mutation::set_ack_before_commit(
         config.mutation == Mutation::CloudAckBeforeCommit,
     );
-    let report = runtime.block_on(simulate(seed, config.clone()));
+    let mut report = runtime.block_on(simulate(seed, config.clone()));
     drop(runtime);
+    for panic in PANICS.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+        report.errors.push(format!("a task panicked: {panic}"));
+    }
     gantry::cloud::link::deliver::mutation::set_ack_before_commit(false);
     fencing::mutation::set_zero_margin(false);
     fencing::mutation::set_no_fence(false);
@@ -644,6 +683,15 @@ async fn simulate(seed: u64, config: Config) -> RunReport {
     for (id, cluster) in w.running() {
         let state = cluster.state().read().state.clone();
         report.lost.extend(check::lost_writes(id, &state, &ops));
+    }
+    // A Raft core that stopped (openraft checks its storage's invariants
+    // and halts on a broken one) is an error, whatever else happened.
+    for (id, cluster) in w.running() {
+        if let Err(fatal) = &cluster.metrics().running_state {
+            report
+                .errors
+                .push(format!("gw{id}: its Raft core stopped: {fatal}"));
+        }
     }
     report.cloud_revisions = hub.revision();
     report.lost.extend(hub.forgotten());

@@ -172,7 +172,13 @@ pub async fn feed(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = applied.changed() => {}
+            changed = applied.changed() => {
+                // The state machine is gone (its Raft core stopped): waiting
+                // on it again would return at once, forever.
+                if changed.is_err() {
+                    return;
+                }
+            }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }

@@ -117,8 +117,18 @@ pub async fn run(cluster: Cluster, handle: LinkHandle, shutdown: CancellationTok
         let Some(link) = wanted(&cluster) else {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = applied.changed() => {}
-                _ = metrics.changed() => {}
+                changed = applied.changed() => {
+                // The state machine is gone (its Raft core stopped): waiting
+                // on it again would return at once, forever.
+                if changed.is_err() {
+                    return;
+                }
+            }
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             continue;
