@@ -83,7 +83,9 @@ fn work(seeds: &[u64], worker: usize, workers: usize, rerun_every: usize) -> Fou
             let again = run_seed(seed, &config);
             if again.trace_hash != report.trace_hash {
                 found.nondeterministic += 1;
-                found.failures.push(format!("seed {seed}: nondeterministic"));
+                found
+                    .failures
+                    .push(format!("seed {seed}: nondeterministic"));
             }
         }
         found.reports.push(report);

@@ -687,6 +687,24 @@ mod tests {
         state.apply(&Request::new(at, command), &mut ChangeSet::new())
     }
 
+    /// Gateway `node` reports replica 0 of `cam` (generation 1) in `state`.
+    fn cam_report(node: NodeId, state: InstanceState, stopping_seen: bool) -> Command {
+        Command::ReportInstances {
+            node,
+            reports: vec![crate::state::InstanceReport {
+                instance: key("cam", 0),
+                generation: 1,
+                state,
+                exit_code: None,
+                reason: None,
+                restarts: 0,
+                container_id: Some("c1".into()),
+                stopping_seen,
+                fence_seen: None,
+            }],
+        }
+    }
+
     fn node_of(state: &State, k: &InstanceKey) -> Option<NodeId> {
         state.instances[k].node
     }
@@ -848,20 +866,7 @@ mod tests {
         let mut state = with_manifest("name: cam\nimage: i\nsingleton: true\n");
         let k = key("cam", 0);
         let n = node_of(&state, &k).unwrap();
-        let report = |s: InstanceState| Command::ReportInstances {
-            node: n,
-            reports: vec![crate::state::InstanceReport {
-                instance: key("cam", 0),
-                generation: 1,
-                state: s,
-                exit_code: None,
-                reason: None,
-                restarts: 0,
-                container_id: Some("c1".into()),
-                stopping_seen: false,
-                fence_seen: None,
-            }],
-        };
+        let report = |s: InstanceState| cam_report(n, s, false);
         set(&mut state, 5, report(InstanceState::Running));
         set(&mut state, 10, Command::DrainNode { node: n });
         let plan = plan_for(&state, 11).unwrap();
@@ -889,20 +894,7 @@ mod tests {
         let mut state = with_manifest(manifest);
         let k = key("cam", 0);
         let n = node_of(&state, &k).unwrap();
-        let report = |s: InstanceState, seen: bool| Command::ReportInstances {
-            node: n,
-            reports: vec![crate::state::InstanceReport {
-                instance: key("cam", 0),
-                generation: 1,
-                state: s,
-                exit_code: None,
-                reason: None,
-                restarts: 0,
-                container_id: Some("c1".into()),
-                stopping_seen: seen,
-                fence_seen: None,
-            }],
-        };
+        let report = |s: InstanceState, seen: bool| cam_report(n, s, seen);
         set(&mut state, 5, report(InstanceState::Running, false));
         set(
             &mut state,
