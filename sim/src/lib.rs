@@ -485,9 +485,37 @@ async fn simulate(seed: u64, config: Config) -> RunReport {
         let trace = trace.clone();
         tokio::spawn(async move {
             let mut last: BTreeMap<NodeId, (Option<NodeId>, u64, Option<u64>)> = BTreeMap::new();
+            let mut singletons: BTreeMap<String, String> = BTreeMap::new();
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let running = world.lock().await.running();
+                // Where the leader's replica places each singleton copy.
+                if let Some(leader) = running.values().find(|c| c.is_leader()) {
+                    let applied = leader.state().read();
+                    for i in applied.state.instances.values() {
+                        let singleton = applied
+                            .state
+                            .workloads
+                            .get(&i.workload)
+                            .is_some_and(|w| w.spec.singleton);
+                        if !singleton {
+                            continue;
+                        }
+                        let now = format!(
+                            "node {:?} {} g{} stopping {} stopped {}",
+                            i.node,
+                            i.state,
+                            i.container_generation(),
+                            i.stopping,
+                            i.stopped
+                        );
+                        let key = format!("{}-{}", i.workload, i.replica);
+                        if singletons.get(&key) != Some(&now) {
+                            trace.event(format!("leader: {key} {now}"));
+                            singletons.insert(key, now);
+                        }
+                    }
+                }
                 for (id, cluster) in running {
                     let m = cluster.metrics();
                     let now = (
