@@ -26,7 +26,7 @@ use gantry::cloud::link::session::SessionEnd;
 use gantry::cluster::{Cluster, NodeId};
 use gantry::state::{Source, State};
 use gantry_proto::hub::v1::site_message::Msg as Out;
-use gantry_proto::hub::v1::{Desired, WorkloadDoc};
+use gantry_proto::hub::v1::Desired;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
@@ -129,17 +129,7 @@ impl SimHub {
             if h.session.map(|(s, _)| s) != Some(session) || h.desired.revision <= from {
                 return None;
             }
-            let delta = h.desired.since(from);
-            Some(Desired {
-                revision: delta.revision,
-                full: delta.full,
-                upserts: delta
-                    .upserts
-                    .into_iter()
-                    .map(|(name, spec_json)| WorkloadDoc { name, spec_json })
-                    .collect(),
-                deletes: delta.deletes,
-            })
+            Some(Desired::from(h.desired.since(from)))
         })
     }
 

@@ -36,6 +36,23 @@ pub struct Delta {
     pub deletes: Vec<String>,
 }
 
+impl From<Delta> for gantry_proto::hub::v1::Desired {
+    /// The delivery as it travels (the hub's session and the simulation's
+    /// hub send the same message).
+    fn from(delta: Delta) -> Self {
+        Self {
+            revision: delta.revision,
+            full: delta.full,
+            upserts: delta
+                .upserts
+                .into_iter()
+                .map(|(name, spec_json)| gantry_proto::hub::v1::WorkloadDoc { name, spec_json })
+                .collect(),
+            deletes: delta.deletes,
+        }
+    }
+}
+
 impl SiteDesired {
     /// Creates or updates workloads as one revision; None when nothing
     /// changed (the revision does not move for a no-op).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use gantry_proto::hub::v1::hub_message::Msg as Out;
 use gantry_proto::hub::v1::site_message::Msg as In;
-use gantry_proto::hub::v1::{Desired, HubMessage, Resync, SiteMessage, Welcome, WorkloadDoc};
+use gantry_proto::hub::v1::{Desired, HubMessage, Resync, SiteMessage, Welcome};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -71,16 +71,7 @@ impl Session {
             };
             if in_flight.is_none() {
                 if let Some(delta) = self.sites.next_delivery(&site, session, from) {
-                    let desired = Desired {
-                        revision: delta.revision,
-                        full: delta.full,
-                        upserts: delta
-                            .upserts
-                            .into_iter()
-                            .map(|(name, spec_json)| WorkloadDoc { name, spec_json })
-                            .collect(),
-                        deletes: delta.deletes,
-                    };
+                    let desired = Desired::from(delta);
                     tracing::info!(site = %site, revision = desired.revision, full = desired.full, upserts = desired.upserts.len(), deletes = desired.deletes.len(), from, "delivering desired state");
                     in_flight = Some(desired.revision);
                     if !self.send(Out::Desired(desired)).await {
