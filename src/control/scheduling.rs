@@ -174,11 +174,10 @@ fn fate(state: &State, instance: &Instance, workload: &Workload, timing: &Timing
         }
         return Fate::Pending { moving: false };
     };
-    // A copy asked to stop moves once its gateway confirmed the stop (or
-    // it never started there); a gateway that went silent meanwhile is
-    // fenced like any lost one.
+    // A copy asked to stop moves once its gateway confirmed the stop; a
+    // gateway that went silent meanwhile is fenced like any lost one.
     if instance.stopping {
-        if instance.stopped || !instance.may_be_running() {
+        if instance.stopped {
             return Fate::Pending { moving: true };
         }
         let silent = is_lost(node.status) && !node.runtime_down;
@@ -867,6 +866,7 @@ mod tests {
         let k = key("cam", 0);
         let n = node_of(&state, &k).unwrap();
         let report = |s: InstanceState| cam_report(n, s, false);
+        let confirmed = |s: InstanceState| cam_report(n, s, true);
         set(&mut state, 5, report(InstanceState::Running));
         set(&mut state, 10, Command::DrainNode { node: n });
         let plan = plan_for(&state, 11).unwrap();
@@ -878,11 +878,46 @@ mod tests {
         assert!(drain_blockers(&state, n, 12)[0]
             .1
             .contains("report its copy stopped"));
+        // Exited, but reported before its gateway saw the stop: a restart
+        // policy may start it again there.
         set(&mut state, 13, report(InstanceState::Exited));
-        let plan = plan_for(&state, 14).unwrap();
+        assert_eq!(plan_for(&state, 14), None);
+        set(&mut state, 15, confirmed(InstanceState::Exited));
+        let plan = plan_for(&state, 16).unwrap();
         assert_eq!(plan.placements.len(), 1);
         apply_plan(&mut state, plan);
         assert!(!state.instances[&k].stopping);
+    }
+
+    /// Found by the simulation (seed 1045, 60 s of faults): a drain was
+    /// cancelled between the plan that moves its confirmed-stopped
+    /// singleton and that plan's commit. The uncordon tells the gateway to
+    /// run the copy again, so the stale plan must not place it elsewhere,
+    /// whatever the copy's last report said (Exited).
+    #[test]
+    fn a_cancelled_drain_keeps_its_singleton_against_a_stale_plan() {
+        let mut state = with_manifest("name: cam\nimage: i\nsingleton: true\n");
+        let k = key("cam", 0);
+        let n = node_of(&state, &k).unwrap();
+        set(&mut state, 5, cam_report(n, InstanceState::Running, false));
+        set(&mut state, 10, Command::DrainNode { node: n });
+        let stop = plan_for(&state, 11).unwrap();
+        apply_plan(&mut state, stop);
+        set(&mut state, 12, cam_report(n, InstanceState::Exited, true));
+        let stale = plan_for(&state, 13).unwrap();
+        assert_eq!(stale.placements.len(), 1);
+        set(
+            &mut state,
+            14,
+            Command::SetCordon {
+                node: n,
+                cordoned: false,
+            },
+        );
+        assert!(!state.instances[&k].stopping);
+        apply_plan(&mut state, stale);
+        assert_eq!(state.instances[&k].node, Some(n));
+        assert!(state.instances[&k].may_be_running());
     }
 
     /// Found by the simulation (seeds 25 and 46): a singleton deleted and

@@ -734,11 +734,7 @@ impl State {
             changes.insert(StateKey::Instance(key));
             // Its gateway stops it now; until it says so (or is fenced out),
             // a singleton of this name waits.
-            if singleton
-                && instance.node.is_some()
-                && instance.may_be_running()
-                && !instance.stopped
-            {
+            if singleton && instance.node.is_some() && instance.may_be_running() {
                 instance.stopping = true;
                 instance.updated_ms = at;
                 self.meta.retired.push(instance);
@@ -858,7 +854,7 @@ impl State {
                     n.status == NodeStatus::Left
                         || (n.status == NodeStatus::NotReady && !n.runtime_down)
                 });
-                if singleton && instance.may_be_running() && !instance.stopped && !silent {
+                if singleton && instance.may_be_running() && !silent {
                     continue;
                 }
             }

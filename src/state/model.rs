@@ -190,14 +190,20 @@ pub struct Instance {
 
 impl Instance {
     /// Whether its gateway may still run (or be about to run) this copy.
-    /// Pending counts while it is placed: the gateway may be starting it
-    /// before its first report is committed (the simulation found a drained
-    /// singleton moved while its start was under way). Only an unplaced
-    /// instance without a container was never started anywhere.
+    /// A placed copy may, whatever its last report says, until its gateway
+    /// confirmed a stop (`stopped`): an Exited or Failed copy is restarted
+    /// by its restart policy or a retried start, and a cancelled drain
+    /// starts it again (the simulation, seed 1045 with 60 s of faults,
+    /// found a singleton moved off a gateway on its stale Exited report
+    /// while an uncordon had just told that gateway to run it). An unplaced
+    /// instance was started nowhere unless it still names a container.
     pub fn may_be_running(&self) -> bool {
+        if self.node.is_some() {
+            return !self.stopped;
+        }
         match self.state {
             InstanceState::Exited | InstanceState::Failed => false,
-            InstanceState::Pending => self.container_id.is_some() || self.node.is_some(),
+            InstanceState::Pending => self.container_id.is_some(),
             _ => true,
         }
     }
