@@ -320,7 +320,14 @@ pub async fn run(
                 };
                 applied.state.placed_copy(&key, cluster.id()).cloned()
             });
-            if let Some(i) = instance.filter(|i| i.stopping) {
+            // Only the copy the instance names is confirmed stopped: an
+            // older generation killed here says nothing of the one the
+            // agent may be about to start in its place (the simulation,
+            // seed 110 with 60 s of faults, found a start queued behind a
+            // long remove run after such a confirmation).
+            let named =
+                |i: &crate::state::Instance| super::desired::container_id(i) == entry.container_id;
+            if let Some(i) = instance.filter(|i| i.stopping && named(i)) {
                 to_report.insert(
                     i.key(),
                     crate::state::InstanceReport {

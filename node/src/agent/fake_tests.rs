@@ -10,6 +10,8 @@ struct FakeState {
     containers: Vec<ActualContainer>,
     starts: u32,
     exit_senders: Vec<mpsc::Sender<ExitEvent>>,
+    /// How long a remove takes (a container that ignores SIGTERM).
+    remove_takes: Duration,
 }
 
 #[derive(Default)]
@@ -89,6 +91,7 @@ impl Runtime for Fake {
         _grace: Duration,
     ) -> Result<Option<i32>, RuntimeError> {
         self.check_up()?;
+        tokio::time::sleep(self.with(|s| s.remove_takes)).await;
         self.with(|s| s.containers.retain(|c| c.id != container_id));
         Ok(Some(137))
     }
@@ -213,6 +216,56 @@ async fn exited_container_restarts_after_backoff_with_count() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(fake.with(|s| s.starts), 2);
+    let _ = stop.send(());
+    handle.await.unwrap();
+}
+
+/// A start decided behind a remove that takes the whole stop grace must
+/// not run if, meanwhile, the instance was told to stop here (a singleton
+/// moving away would otherwise run twice).
+#[tokio::test(start_paused = true)]
+async fn a_start_queued_behind_a_slow_remove_is_dropped_when_no_longer_wanted() {
+    let fake = Arc::new(Fake(Mutex::new(FakeState {
+        up: true,
+        remove_takes: Duration::from_secs(10),
+        ..Default::default()
+    })));
+    fake.with(|s| {
+        s.containers.push(ActualContainer {
+            id: "a-g1".into(),
+            workload: "a".into(),
+            replica: 0,
+            generation: 1,
+            image: "img".into(),
+            restarts: 0,
+            task: TaskState::Running,
+            pid: Some(42),
+        })
+    });
+    let next = ContainerSpec::new("a-g2", "a", 0, 2, "img");
+    let run = DesiredInstance::new(next.clone(), RestartPolicy::Always);
+    let (tx, rx) = watch::channel(vec![run.clone()]);
+    let (agent, mut events) = Agent::new(fake.clone(), fast(), rx);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(agent.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        fake.with(|s| s.containers.len()),
+        1,
+        "the remove is under way"
+    );
+    tx.send_replace(vec![DesiredInstance { stop: true, ..run }]);
+    let e = next_matching(&mut events, |e| {
+        matches!(e, AgentEvent::Instance(r) if r.state == InstanceState::Exited && r.container_id == "a-g2")
+    })
+    .await;
+    assert!(
+        matches!(e, AgentEvent::Instance(ref r) if r.reason.as_deref() == Some("not running here"))
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(fake.with(|s| (s.starts, s.containers.len())), (0, 0));
     let _ = stop.send(());
     handle.await.unwrap();
 }

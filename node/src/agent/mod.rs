@@ -409,6 +409,7 @@ impl<R: Runtime> Agent<R> {
                     scratch_dir: self.config.scratch_dir.clone(),
                 },
                 progress: self.progress_tx.clone(),
+                desired: self.desired.clone(),
             };
             jobs.spawn(run_ops(runtime, context, plan.key, ops));
         }

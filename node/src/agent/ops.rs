@@ -1,13 +1,14 @@
 //! One slot's runtime operations, run as a job off the reconcile loop:
 //! remove, fetch the image and start, restart (re-pulling under `always`).
 
+use super::decide::DesiredInstance;
 use super::fetch::Fetcher;
 use super::{Ident, InstanceKey, InstanceReport, InstanceState};
 use crate::runtime::{Runtime, RuntimeError, Started};
 use crate::spec::{ContainerSpec, PullPolicy};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub(super) enum Op {
     Remove(Ident),
@@ -23,6 +24,22 @@ pub(super) struct JobContext {
     pub fetcher: Fetcher,
     /// `Pulling`/`Starting` reports from inside a job.
     pub progress: mpsc::UnboundedSender<InstanceReport>,
+    /// The desired set as it is now, not as it was when the steps were
+    /// decided: a remove ahead of a start can take the whole stop grace.
+    pub desired: watch::Receiver<Vec<DesiredInstance>>,
+}
+
+impl JobContext {
+    /// Whether the container is still to run here. A start queued behind a
+    /// long remove must not run once the instance moved away or must stop
+    /// (a singleton would run twice: the simulation, seed 110 with 60 s of
+    /// faults).
+    fn still_wanted(&self, container_id: &str, generation: u64) -> bool {
+        self.desired
+            .borrow()
+            .iter()
+            .any(|d| !d.stop && d.spec.id == container_id && d.spec.generation == generation)
+    }
 }
 
 pub(super) enum Outcome {
@@ -46,6 +63,15 @@ pub(super) async fn run_ops<R: Runtime>(
 ) -> JobResult {
     let mut outcomes = Vec::new();
     for op in ops {
+        let (id, generation) = match &op {
+            Op::Remove(_) => (None, 0),
+            Op::Start(spec, _) => (Some(spec.id.as_str()), spec.generation),
+            Op::Restart(ident, ..) => (Some(ident.container_id.as_str()), ident.generation),
+        };
+        if let Some(id) = id.filter(|id| !context.still_wanted(id, generation)) {
+            tracing::info!(container = %id, "start dropped: no longer wanted here");
+            break;
+        }
         let outcome = match op {
             Op::Remove(ident) => match runtime.remove(&ident.container_id, context.grace).await {
                 Ok(code) => Outcome::Removed(ident, code),
