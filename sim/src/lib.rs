@@ -348,11 +348,19 @@ async fn write_until_ok(world: &Arc<Mutex<World>>, command: Command, limit_ms: u
 }
 
 /// Why the control plane has not converged yet (None: it has): one leader
-/// with a quorum, every replica equal, every gateway Ready.
-fn not_converged(world: &World) -> Option<String> {
+/// with a quorum, every replica equal, every gateway Ready (or draining).
+fn not_converged(world: &World) -> Option<Unsettled> {
+    let lag = |why: String| Unsettled {
+        why,
+        only_lag: true,
+    };
+    let other = |why: String| Unsettled {
+        why,
+        only_lag: false,
+    };
     let running = world.running();
     if running.len() != world.hosts.len() {
-        return Some("a daemon is not running".into());
+        return Some(other("a daemon is not running".into()));
     }
     let leaders: BTreeSet<Option<NodeId>> = running
         .values()
@@ -360,32 +368,43 @@ fn not_converged(world: &World) -> Option<String> {
         .collect();
     let leader = match leaders.into_iter().collect::<Vec<_>>().as_slice() {
         [Some(l)] => *l,
-        other => return Some(format!("leaders seen: {other:?}")),
+        seen => return Some(other(format!("leaders seen: {seen:?}"))),
     };
     let Some(lead) = running.get(&leader) else {
-        return Some(format!("leader gw{leader} is not running"));
+        return Some(other(format!("leader gw{leader} is not running")));
     };
     if !lead.leader_has_quorum() {
-        return Some(format!("leader gw{leader} has no quorum"));
+        return Some(other(format!("leader gw{leader} has no quorum")));
     }
     let first = lead.state().read().clone();
+    let state = &first.state;
+    // Draining is a verdict of the operator's, not of liveness: the
+    // drains end when the operator uncordons, after the clients finish.
+    for node in state.nodes.values() {
+        if !matches!(node.status, NodeStatus::Ready | NodeStatus::Draining) {
+            return Some(other(format!("gw{} is {}", node.id, node.status)));
+        }
+    }
     for (id, cluster) in &running {
         let applied = cluster.state().read();
         if applied.last_applied != first.last_applied || applied.state != first.state {
-            return Some(format!(
+            return Some(lag(format!(
                 "gw{id} is at {:?}, the leader at {:?}",
                 applied.last_applied.map(|l| l.index),
                 first.last_applied.map(|l| l.index)
-            ));
-        }
-    }
-    let state = &first.state;
-    for node in state.nodes.values() {
-        if node.status != NodeStatus::Ready {
-            return Some(format!("gw{} is {}", node.id, node.status));
+            )));
         }
     }
     None
+}
+
+/// Why the control plane is not settled, and whether it is only a
+/// follower behind the leader: once the plane has converged, the writes
+/// that follow (instance reports) keep a follower an entry behind now and
+/// then, which is replication at work, not a plane that fell apart.
+struct Unsettled {
+    why: String,
+    only_lag: bool,
 }
 
 /// Why not every placed instance runs yet, or the site does not hold the
@@ -621,32 +640,48 @@ async fn simulate(seed: u64, config: Config) -> RunReport {
     }
     let healed_at = sim_ms();
     trace.event("all faults healed");
-    for client in clients {
-        let _ = client.await;
-    }
-    // An operator ends the drains.
-    for id in &ids {
-        let uncordon = Command::SetCordon {
-            node: *id,
-            cordoned: false,
-        };
-        if !write_until_ok(&world, uncordon, CONVERGE_WITHIN_MS).await {
-            report.errors.push(format!("could not uncordon gw{id}"));
-        }
-    }
+    // The clients finish their last operations (one may wait out its
+    // 10 s commit timeout) and an operator ends the drains, while the
+    // convergence below is measured from the heal itself.
+    let settle = {
+        let world = world.clone();
+        let ids = ids.clone();
+        tokio::spawn(async move {
+            for client in clients {
+                let _ = client.await;
+            }
+            let mut errors = Vec::new();
+            for id in &ids {
+                let uncordon = Command::SetCordon {
+                    node: *id,
+                    cordoned: false,
+                };
+                if !write_until_ok(&world, uncordon, CONVERGE_WITHIN_MS).await {
+                    errors.push(format!("could not uncordon gw{id}"));
+                }
+            }
+            errors
+        })
+    };
     // Convergence: first the control plane, then every placed instance.
     let mut reason = String::new();
     let mut control_at: Option<u64> = None;
     loop {
         let w = world.lock().await;
         let why = match not_converged(&w) {
-            Some(why) => {
-                control_at = None;
-                Some(why)
+            Some(unsettled) => {
+                if !unsettled.only_lag {
+                    control_at = None;
+                }
+                Some(unsettled.why)
             }
             None => {
                 control_at.get_or_insert(sim_ms() - healed_at);
-                not_running(&w, &hub)
+                if settle.is_finished() {
+                    not_running(&w, &hub)
+                } else {
+                    Some("the clients' last operations and the uncordons are under way".into())
+                }
             }
         };
         drop(w);
@@ -668,6 +703,12 @@ async fn simulate(seed: u64, config: Config) -> RunReport {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match settle.await {
+        Ok(errors) => report.errors.extend(errors),
+        Err(e) => report
+            .errors
+            .push(format!("the clients or the uncordons failed: {e}")),
     }
     report.control_converge_ms = control_at;
     let stop_grace = world.lock().await.stop_grace.as_millis() as u64;
