@@ -65,14 +65,19 @@ fn restart_policy(policy: SpecRestart) -> RestartPolicy {
 }
 
 /// The pure part: this gateway's desired containers, given how long it has
-/// been cut off from the quorum (None when it is not) and its stop grace.
-/// An instance with an isolation limit (`Instance::stop_after_ms`, the one
-/// this replica holds) leaves the set early enough that its stop, grace
-/// included, ends by the limit (`fencing::stop_begins`).
+/// been cut off from the quorum (None when it is not), whether this process
+/// has caught up with a leader yet, and its stop grace. An instance with
+/// an isolation limit (`Instance::stop_after_ms`, the one this replica
+/// holds) leaves the set early enough that its stop, grace included, ends
+/// by the limit (`fencing::stop_begins`). Until the replica has caught up
+/// once, such an instance is held: kept if it runs, never started (the
+/// simulation, seed 312: a daemon restarted on its older replica started a
+/// singleton whose stop its previous process had confirmed).
 pub fn desired_for(
     state: &State,
     node: NodeId,
     isolated_for: Option<Duration>,
+    caught_up: bool,
     stop_grace: Duration,
 ) -> Vec<DesiredInstance> {
     if state
@@ -125,6 +130,8 @@ pub fn desired_for(
                 container_spec(instance, workload),
                 restart_policy(workload.spec_for(instance.generation).restart),
             );
+            let fenced = limit.is_some() || workload.spec_for(instance.generation).singleton;
+            desired.hold = fenced && !caught_up;
             desired.pull = match workload.spec_for(instance.generation).image_pull {
                 ImagePull::IfNotPresent => PullPolicy::IfNotPresent,
                 ImagePull::Always => PullPolicy::Always,
@@ -156,8 +163,9 @@ pub async fn feed(
     loop {
         let next = {
             let isolated = cluster.isolated_for();
+            let caught_up = cluster.caught_up_since_start();
             let guard = cluster.state().read();
-            desired_for(&guard.state, cluster.id(), isolated, stop_grace)
+            desired_for(&guard.state, cluster.id(), isolated, caught_up, stop_grace)
         };
         if std::mem::take(&mut first) {
             desired.send_replace(next);

@@ -188,13 +188,18 @@ pub fn lease(
     entries
 }
 
-/// /proc/PID/stat field 22 (start time in clock ticks since boot).
+/// /proc/PID/stat field 22 (start time in clock ticks since boot); None
+/// when no such process runs, a zombie included (it is dead, only not
+/// reaped yet: after SIGKILL that is what the fence waits to see).
 pub fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count
     // from the last ')'.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// What `kill_if_same` found.
@@ -278,9 +283,20 @@ pub async fn run(
     let mut sent: Option<(Vec<Entry>, u64)> = None;
     let mut to_report: BTreeMap<crate::state::InstanceKey, crate::state::InstanceReport> =
         BTreeMap::new();
+    // Killed, not yet seen gone.
+    let mut dying: Vec<(Entry, crate::state::InstanceKey)> = Vec::new();
+    let mut writing: super::in_flight::InFlight<Vec<crate::state::InstanceReport>> =
+        Default::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            (sent, committed) = writing.done(), if !writing.idle() => {
+                if committed {
+                    to_report.retain(|_, report| !sent.contains(report));
+                } else {
+                    tracing::debug!("the kill report waits for the quorum");
+                }
+            }
             _ = tokio::time::sleep(CHECK_EVERY) => {}
         }
         let now = cluster.clock().boot_ms();
@@ -312,14 +328,26 @@ pub async fn run(
             tracing::warn!(container = %entry.container_id, pid = entry.pid, "fence deadline passed: container killed");
             let running = pids.snapshot().remove(&entry.container_id);
             pids.forget(&entry.container_id);
-            let applied = cluster.state().read();
-            let instance = running.and_then(|r| {
+            if let Some(r) = running {
                 let key = crate::state::InstanceKey {
                     workload: r.workload,
                     replica: r.replica,
                 };
-                applied.state.placed_copy(&key, cluster.id()).cloned()
-            });
+                dying.push((entry, key));
+            }
+        }
+        // A stop counts once it is seen: SIGKILL sent is not a process
+        // gone (one in uninterruptible sleep dies when it wakes).
+        let killer = pids.killer();
+        let (dead, still): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut dying)
+                .into_iter()
+                .partition(|(entry, _)| {
+                    killer.start_time(&entry.container_id, entry.pid) != Some(entry.start_time)
+                });
+        dying = still;
+        for (entry, key) in dead {
+            let applied = cluster.state().read();
             // Only the copy the instance names is confirmed stopped: an
             // older generation killed here says nothing of the one the
             // agent may be about to start in its place (the simulation,
@@ -327,6 +355,7 @@ pub async fn run(
             // long remove run after such a confirmation).
             let named =
                 |i: &crate::state::Instance| super::desired::container_id(i) == entry.container_id;
+            let instance = applied.state.placed_copy(&key, cluster.id());
             if let Some(i) = instance.filter(|i| i.stopping && named(i)) {
                 to_report.insert(
                     i.key(),
@@ -346,16 +375,14 @@ pub async fn run(
                 );
             }
         }
-        if !to_report.is_empty() {
+        // Written off this loop: kills go on while the quorum is away.
+        if !to_report.is_empty() && writing.idle() {
             let reports: Vec<_> = to_report.values().cloned().collect();
             let command = crate::state::Command::ReportInstances {
                 node: cluster.id(),
-                reports,
+                reports: reports.clone(),
             };
-            match tokio::time::timeout(super::REPORT_TIMEOUT, cluster.write(command)).await {
-                Ok(Ok(_)) => to_report.clear(),
-                _ => tracing::debug!("the kill report waits for the quorum"),
-            }
+            writing.start(&cluster, command, reports);
         }
     }
 }
@@ -502,6 +529,13 @@ mod tests {
         assert_eq!((keep.len(), killed.len()), (1, 0), "not due yet");
         let (keep, killed) = enforce(keep, 100);
         assert_eq!((keep.len(), killed.len()), (0, 1));
+        // Killed and not reaped yet: a zombie, which the fence sees as gone
+        // (its stop is confirmed only then).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while start_time(pid).is_some() {
+            assert!(std::time::Instant::now() < deadline, "still alive");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9));

@@ -9,6 +9,7 @@ pub mod fence;
 pub mod guard;
 pub mod health;
 pub mod images;
+mod in_flight;
 pub mod logs;
 pub mod reporter;
 

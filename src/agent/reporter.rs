@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::health::RuntimeHealth;
-use super::REPORT_TIMEOUT;
+use super::in_flight::InFlight;
 use crate::cluster::Cluster;
 use crate::state::{Command, InstanceKey, InstanceReport, InstanceState, State};
 
@@ -109,9 +109,23 @@ pub async fn run(
     let mut latest: BTreeMap<InstanceKey, InstanceReport> = BTreeMap::new();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut resync = tokio::time::interval(RESYNC_EVERY);
+    // The reports of the write under way, as they were before stamping.
+    let mut writing: InFlight<BTreeMap<InstanceKey, InstanceReport>> = InFlight::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            (sent, committed) = writing.done(), if !writing.idle() => {
+                if committed {
+                    // What changed meanwhile stays for the next write.
+                    for (key, report) in sent {
+                        if pending.get(&key) == Some(&report) {
+                            pending.remove(&key);
+                        }
+                    }
+                } else {
+                    tracing::debug!(kept = pending.len(), "instance reports not committed yet");
+                }
+            }
             event = events.recv() => match event {
                 None => return,
                 Some(AgentEvent::Instance(report)) => {
@@ -165,7 +179,7 @@ pub async fn run(
                 }
             }
             _ = flush.tick() => {
-                if pending.is_empty() {
+                if pending.is_empty() || !writing.idle() {
                     continue;
                 }
                 let reports: Vec<InstanceReport> = {
@@ -180,11 +194,7 @@ pub async fn run(
                         .collect()
                 };
                 let command = Command::ReportInstances { node: cluster.id(), reports };
-                match tokio::time::timeout(REPORT_TIMEOUT, cluster.write(command)).await {
-                    Ok(Ok(_)) => pending.clear(),
-                    Ok(Err(e)) => tracing::debug!(error = %e, kept = pending.len(), "instance reports not committed yet"),
-                    Err(_) => tracing::debug!(kept = pending.len(), "instance reports not committed yet"),
-                }
+                writing.start(&cluster, command, pending.clone());
             }
         }
     }

@@ -154,6 +154,11 @@ struct QuorumSync {
     pending: Option<(u64, u64)>,
     /// When `last_synced` was last written to the data dir.
     persisted: Option<u64>,
+    /// Whether this process has been in touch and caught up at least once.
+    /// `last_synced` may come from the data dir (the previous process on
+    /// this boot), but the replica this process loaded may be older than
+    /// what that process had applied when it confirmed a stop.
+    caught_up: bool,
 }
 
 /// The file that carries the last contact across a daemon restart on the
@@ -388,6 +393,7 @@ impl Cluster {
                     last_synced,
                     pending: None,
                     persisted: None,
+                    caught_up: false,
                 }),
                 write_timeout: Duration::from_secs(10),
                 membership_lock: tokio::sync::Mutex::new(()),
@@ -610,13 +616,25 @@ impl Cluster {
     /// that or the previous heartbeat: a gateway back from a partition must
     /// not act on its stale replica (e.g. restart a singleton that moved).
     pub fn note_quorum_contact(&self, leader_applied: u64) {
+        self.note_quorum_contact_at(self.inner.clock.boot_ms(), leader_applied)
+    }
+
+    /// A leader's own contact: a quorum acknowledged it `acked_ms_ago`
+    /// (openraft's `millis_since_quorum_ack`). Counted from the ack, not
+    /// from when it was noticed, so a leader cut off counts its isolation
+    /// from the same instant its followers stop hearing it.
+    pub fn note_own_quorum_ack(&self, acked_ms_ago: u64) {
+        let at = self.inner.clock.boot_ms().saturating_sub(acked_ms_ago);
+        self.note_quorum_contact_at(at, 0)
+    }
+
+    fn note_quorum_contact_at(&self, now: u64, leader_applied: u64) {
         let applied = self
             .state()
             .read()
             .last_applied
             .map(|l| l.index)
             .unwrap_or(0);
-        let now = self.inner.clock.boot_ms();
         let mut sync = self
             .inner
             .quorum_contact
@@ -625,10 +643,12 @@ impl Cluster {
         if let Some((at, needed)) = sync.pending {
             if applied >= needed {
                 sync.last_synced = Some(sync.last_synced.map_or(at, |s| s.max(at)));
+                sync.caught_up = true;
             }
         }
         if applied >= leader_applied {
-            sync.last_synced = Some(now);
+            sync.last_synced = Some(sync.last_synced.map_or(now, |s| s.max(now)));
+            sync.caught_up = true;
         }
         sync.pending = Some((now, leader_applied));
         let due = sync
@@ -641,6 +661,18 @@ impl Cluster {
                 tracing::debug!(error = %e, "cannot record the last contact");
             }
         }
+    }
+
+    /// Whether this process has caught up with a leader that has a quorum
+    /// at least once. Until then the replica may predate what the previous
+    /// process confirmed (a stop the leader acted on), so the agent starts
+    /// no fenced copy from it (`agent::desired`).
+    pub fn caught_up_since_start(&self) -> bool {
+        self.inner
+            .quorum_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .caught_up
     }
 
     /// The boot-clock time of the last contact with a quorum (see

@@ -167,8 +167,11 @@ pub async fn run_heartbeats(
         if leader == cluster.id() {
             liveness.record(leader, health.problem());
             let alone = cluster.voters().into_iter().eq([cluster.id()]);
-            if alone || cluster.leader_has_quorum() {
+            if alone {
                 cluster.note_quorum_contact(0);
+            } else if cluster.leader_has_quorum() {
+                let acked_ms_ago = cluster.metrics().millis_since_quorum_ack.unwrap_or(0);
+                cluster.note_own_quorum_ack(acked_ms_ago);
             }
             continue;
         }

@@ -19,6 +19,10 @@ pub struct DesiredInstance {
     /// the slot is empty and idle, which is what lets the leader place it
     /// elsewhere. Only `spec`'s id, workload, replica and generation count.
     pub stop: bool,
+    /// Kept if it runs, never started or restarted: the caller cannot vouch
+    /// yet that it should run here (a gateway whose replica has not caught
+    /// up since the daemon started). A running copy is adopted as usual.
+    pub hold: bool,
 }
 
 impl DesiredInstance {
@@ -29,7 +33,13 @@ impl DesiredInstance {
             restart,
             pull: PullPolicy::default(),
             stop: false,
+            hold: false,
         }
+    }
+
+    /// Whether the agent may start (or restart) it.
+    pub fn may_start(&self) -> bool {
+        !self.stop && !self.hold
     }
 }
 
@@ -129,6 +139,9 @@ fn decide_slot(
         .collect();
     let Some(want) = want else { return steps };
     let current = have.iter().find(|c| is_current(c));
+    if want.hold {
+        return steps;
+    }
     let book = books.get(&want.spec.id);
     match current {
         None => {
@@ -307,6 +320,30 @@ mod tests {
         );
         let busy = HashSet::from([("a".to_string(), 0)]);
         assert!(decide(&d, &[], &HashMap::new(), &busy, now).is_empty());
+    }
+
+    #[test]
+    fn a_held_instance_is_kept_but_never_started() {
+        let now = Instant::now();
+        let held = [DesiredInstance {
+            hold: true,
+            ..want("a-g2", "a", 2, RestartPolicy::Always)
+        }];
+        let none = HashMap::new();
+        let idle = HashSet::new();
+        assert!(decide(&held, &[], &none, &idle, now).is_empty());
+        let running = [have("a-g2", "a", 2, TaskState::Running)];
+        assert!(decide(&held, &running, &none, &idle, now).is_empty());
+        let exited = [have("a-g2", "a", 2, TaskState::Exited { code: 1 })];
+        assert!(decide(&held, &exited, &none, &idle, now).is_empty());
+        // An older generation still goes.
+        let old = [have("a-g1", "a", 1, TaskState::Running)];
+        assert_eq!(
+            steps(&decide(&held, &old, &none, &idle, now)),
+            vec![Step::Remove {
+                container_id: "a-g1".into()
+            }]
+        );
     }
 
     #[test]

@@ -479,7 +479,9 @@ impl<R: Runtime> Agent<R> {
             let present = actual
                 .iter()
                 .any(|c| c.id == d.spec.id && c.generation == d.spec.generation);
+            // Held and absent: nothing to say until it may start.
             if present
+                || d.hold
                 || self
                     .busy
                     .contains(&(d.spec.workload.clone(), d.spec.replica))

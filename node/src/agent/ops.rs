@@ -38,7 +38,7 @@ impl JobContext {
         self.desired
             .borrow()
             .iter()
-            .any(|d| !d.stop && d.spec.id == container_id && d.spec.generation == generation)
+            .any(|d| d.may_start() && d.spec.id == container_id && d.spec.generation == generation)
     }
 }
 
