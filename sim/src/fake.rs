@@ -162,6 +162,20 @@ impl FakeEngine {
         Duration::from_millis(self.with(|s| s.rng.random_range(range)))
     }
 
+    /// How long a SIGKILLed process takes to die: at once mostly, but one
+    /// in five is in uninterruptible sleep (a slow disk, a large memory to
+    /// free) and dies only when it wakes, up to 3 s later (the leader's
+    /// fence margin covers 3.4 s, README). A stop counts once it is seen,
+    /// not once the signal is sent.
+    fn kill_delay(&self) -> Duration {
+        let slow = self.with(|s| s.rng.random_bool(0.2));
+        if slow {
+            self.delay(200..=3_000)
+        } else {
+            self.delay(0..=50)
+        }
+    }
+
     /// Starts the task of an existing container record.
     fn begin_task(&self, id: &str) -> Option<u32> {
         let now = sim_ms();
@@ -190,6 +204,14 @@ impl FakeEngine {
         self.trace
             .event(format!("gw{} container {id} started pid {pid}", self.host));
         Some(pid)
+    }
+
+    fn is_running(&self, id: &str, pid: Option<u32>) -> bool {
+        self.with(|s| {
+            s.containers
+                .get(id)
+                .is_some_and(|c| c.actual.task == TaskState::Running && c.actual.pid == pid)
+        })
     }
 
     /// Ends the task of `id` (only if it is still `pid`, when given).
@@ -331,15 +353,14 @@ impl Runtime for FakeEngine {
             // meanwhile (a daemon crash), nobody sends the SIGKILL.
             let deadline = tokio::time::Instant::now() + grace;
             while tokio::time::Instant::now() < deadline {
-                let still = self.with(|s| {
-                    s.containers
-                        .get(container_id)
-                        .is_some_and(|c| c.actual.task == TaskState::Running && c.actual.pid == pid)
-                });
-                if !still {
+                if !self.is_running(container_id, pid) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // SIGKILL; containerd's remove waits for the task to exit.
+            if self.is_running(container_id, pid) {
+                tokio::time::sleep(self.kill_delay()).await;
             }
             self.end_task(container_id, pid, 137, "SIGKILL after the stop grace");
             code = Some(137);
@@ -376,10 +397,15 @@ impl Killer for FakeEngine {
         if !same {
             return Killed::Gone;
         }
-        if self.end_task(&entry.container_id, Some(entry.pid), 137, "fence SIGKILL") {
-            Killed::Now
-        } else {
-            Killed::Gone
-        }
+        // The process dies when the signal takes effect; the fence watches
+        // for that through `start_time`.
+        let delay = self.kill_delay();
+        let engine = self.clone();
+        let (id, pid) = (entry.container_id.clone(), entry.pid);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            engine.end_task(&id, Some(pid), 137, "fence SIGKILL");
+        });
+        Killed::Now
     }
 }

@@ -41,10 +41,9 @@ use crate::world::World;
 pub enum Mutation {
     None,
     /// The leader's singleton fence without its margin (`stop_after`
-    /// alone). Not a violation under the model: the leader sees a gateway
-    /// lost no earlier than `node_grace` after the heartbeat the gateway
-    /// counts from, which covers the fence's 100 ms reaction (README,
-    /// fencing argument); kept for the soak, not in CI.
+    /// alone). Caught through the fake runtime's slow kills: a process
+    /// SIGKILLed in uninterruptible sleep dies up to 3 s later, which the
+    /// margin (2 x node_grace + 1 s) covers and `node_grace` alone does not.
     FenceMarginZero,
     /// No fence: a lost gateway's singleton starts elsewhere at once.
     FenceZero,
@@ -615,8 +614,19 @@ async fn simulate(seed: u64, config: Config) -> RunReport {
         }
         if now >= next_fault && active.len() < 2 && now < fault_end {
             let busy: BTreeSet<NodeId> = active.iter().flat_map(|(_, f)| f.targets()).collect();
-            let leader = w.running().values().find(|c| c.is_leader()).map(|c| c.id());
-            if let Some(fault) = nemesis.pick(&ids, &busy, leader) {
+            let running = w.running();
+            let lead = running.values().find(|c| c.is_leader());
+            let leader = lead.map(|c| c.id());
+            let singleton_host = lead.and_then(|c| {
+                let applied = c.state().read();
+                applied
+                    .state
+                    .instances
+                    .values()
+                    .find(|i| i.workload == workload::SINGLETONS[0].0)
+                    .and_then(|i| i.node)
+            });
+            if let Some(fault) = nemesis.pick(&ids, &busy, leader, singleton_host) {
                 nemesis::inject(&mut w, &fault).await;
                 report.faults += 1;
                 *report.faults_by_kind.entry(fault.kind()).or_default() += 1;

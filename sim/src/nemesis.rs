@@ -221,20 +221,26 @@ impl Nemesis {
         }
     }
 
-    /// A fault on gateways not in `busy`; `leader` is the current leader,
-    /// if any (crashes hit it half of the time).
+    /// A fault on gateways not in `busy`: a third of the time on the
+    /// gateway that runs the singleton with the shortest fence
+    /// (`singleton_host`), where the fence's timing is what stands between
+    /// two copies; otherwise half of the time on the `leader`.
     pub fn pick(
         &mut self,
         ids: &[NodeId],
         busy: &BTreeSet<NodeId>,
         leader: Option<NodeId>,
+        singleton_host: Option<NodeId>,
     ) -> Option<Fault> {
         let free: Vec<NodeId> = ids.iter().copied().filter(|n| !busy.contains(n)).collect();
         if free.is_empty() {
             return None;
         }
-        let target = match leader.filter(|l| free.contains(l)) {
-            Some(l) if self.rng.random_bool(0.5) => l,
+        let hot = singleton_host.filter(|h| free.contains(h));
+        let lead = leader.filter(|l| free.contains(l));
+        let target = match (hot, lead) {
+            (Some(h), _) if self.rng.random_bool(0.33) => h,
+            (_, Some(l)) if self.rng.random_bool(0.5) => l,
             _ => free[self.rng.random_range(0..free.len())],
         };
         let fault = match self.rng.random_range(0..100) {
