@@ -278,13 +278,15 @@ pub async fn run(
     pids: Pids,
     health: Arc<super::health::RuntimeHealth>,
     mut guard: Box<dyn LeaseSink>,
+    desired: tokio::sync::watch::Receiver<Vec<gantry_node::DesiredInstance>>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut sent: Option<(Vec<Entry>, u64)> = None;
     let mut to_report: BTreeMap<crate::state::InstanceKey, crate::state::InstanceReport> =
         BTreeMap::new();
-    // Killed, not yet seen gone.
+    // Killed, not yet seen gone; gone, stop not yet reportable.
     let mut dying: Vec<(Entry, crate::state::InstanceKey)> = Vec::new();
+    let mut gone: BTreeMap<crate::state::InstanceKey, String> = BTreeMap::new();
     let mut writing: super::in_flight::InFlight<Vec<crate::state::InstanceReport>> =
         Default::default();
     loop {
@@ -292,6 +294,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             (sent, committed) = writing.done(), if !writing.idle() => {
                 if committed {
+                    tracing::info!(reports = sent.len(), "the kill reports are committed");
                     to_report.retain(|_, report| !sent.contains(report));
                 } else {
                     tracing::debug!("the kill report waits for the quorum");
@@ -347,34 +350,49 @@ pub async fn run(
                 });
         dying = still;
         for (entry, key) in dead {
-            let applied = cluster.state().read();
-            // Only the copy the instance names is confirmed stopped: an
-            // older generation killed here says nothing of the one the
-            // agent may be about to start in its place (the simulation,
-            // seed 110 with 60 s of faults, found a start queued behind a
-            // long remove run after such a confirmation).
-            let named =
-                |i: &crate::state::Instance| super::desired::container_id(i) == entry.container_id;
-            let instance = applied.state.placed_copy(&key, cluster.id());
-            if let Some(i) = instance.filter(|i| i.stopping && named(i)) {
-                to_report.insert(
-                    i.key(),
-                    crate::state::InstanceReport {
-                        instance: i.key(),
-                        generation: i.container_generation(),
-                        state: crate::state::InstanceState::Exited,
-                        exit_code: Some(137),
-                        reason: Some(
-                            "killed: it had to stop and the container runtime is down".into(),
-                        ),
-                        restarts: i.restarts,
-                        container_id: Some(entry.container_id.clone()),
-                        stopping_seen: true,
-                        fence_seen: i.stop_after_ms(),
-                    },
-                );
-            }
+            tracing::info!(container = %entry.container_id, pid = entry.pid, "the killed container is gone");
+            gone.insert(key, entry.container_id);
         }
+        // A stop is confirmed once the copy is gone and the agent has been
+        // told not to start the slot (every start re-reads that set, so
+        // none can follow): a start queued behind a remove, or the current
+        // generation replacing the older one killed here, would otherwise
+        // run after the confirmation (the simulation, seed 110 with 60 s
+        // of faults).
+        let applied = cluster.state().read();
+        let told = desired.borrow();
+        gone.retain(|key, container_id| {
+            let Some(i) = applied
+                .state
+                .placed_copy(key, cluster.id())
+                .filter(|i| i.stopping)
+            else {
+                return false;
+            };
+            let may_start = told.iter().any(|d| {
+                d.may_start() && d.spec.workload == key.workload && d.spec.replica == key.replica
+            });
+            if may_start {
+                return true;
+            }
+            to_report.insert(
+                i.key(),
+                crate::state::InstanceReport {
+                    instance: i.key(),
+                    generation: i.container_generation(),
+                    state: crate::state::InstanceState::Exited,
+                    exit_code: Some(137),
+                    reason: Some("killed: it had to stop and the container runtime is down".into()),
+                    restarts: i.restarts,
+                    container_id: Some(container_id.clone()),
+                    stopping_seen: true,
+                    fence_seen: i.stop_after_ms(),
+                },
+            );
+            false
+        });
+        drop(told);
+        drop(applied);
         // Written off this loop: kills go on while the quorum is away.
         if !to_report.is_empty() && writing.idle() {
             let reports: Vec<_> = to_report.values().cloned().collect();

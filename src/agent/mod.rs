@@ -110,6 +110,8 @@ pub fn start_node<R: Runtime>(
     let health = Arc::new(RuntimeHealth::default());
     let stop_grace = parts.config.stop_grace;
     let (desired_tx, desired_rx) = watch::channel(Vec::new());
+    // The fence confirms a stop only once the agent has been told of it.
+    let told = desired_tx.subscribe();
     let (agent, events) = Agent::new(parts.runtime, parts.config, desired_rx);
     let agent = match parts.image_source {
         Some(source) => agent.with_image_source(source),
@@ -137,6 +139,7 @@ pub fn start_node<R: Runtime>(
         pids,
         health.clone(),
         parts.guard,
+        told,
         shutdown.clone(),
     ));
     health

@@ -889,33 +889,52 @@ mod tests {
         assert!(!state.instances[&k].stopping);
     }
 
-    /// Found by the simulation (seed 1045, 60 s of faults): a drain was
-    /// cancelled between the plan that moves its confirmed-stopped
-    /// singleton and that plan's commit. The uncordon tells the gateway to
-    /// run the copy again, so the stale plan must not place it elsewhere,
-    /// whatever the copy's last report said (Exited).
+    /// Found by the simulation (seeds 1045 and 5419, 60 s of faults): a
+    /// drain was cancelled between the plan that moves its
+    /// confirmed-stopped singleton and that plan's commit. The uncordon
+    /// told the gateway to run the copy again while the stale plan moved
+    /// it. A confirmed stop now survives the uncordon (the gateway is never
+    /// told to start it), so the stale plan is safe; and a plan that would
+    /// move a copy that may run off a live gateway is refused.
     #[test]
-    fn a_cancelled_drain_keeps_its_singleton_against_a_stale_plan() {
+    fn a_cancelled_drain_cannot_race_a_stale_plan() {
         let mut state = with_manifest("name: cam\nimage: i\nsingleton: true\n");
         let k = key("cam", 0);
         let n = node_of(&state, &k).unwrap();
+        let uncordon = Command::SetCordon {
+            node: n,
+            cordoned: false,
+        };
         set(&mut state, 5, cam_report(n, InstanceState::Running, false));
         set(&mut state, 10, Command::DrainNode { node: n });
         let stop = plan_for(&state, 11).unwrap();
-        apply_plan(&mut state, stop);
+        apply_plan(&mut state, stop.clone());
         set(&mut state, 12, cam_report(n, InstanceState::Exited, true));
         let stale = plan_for(&state, 13).unwrap();
         assert_eq!(stale.placements.len(), 1);
-        set(
-            &mut state,
-            14,
-            Command::SetCordon {
-                node: n,
-                cordoned: false,
-            },
-        );
-        assert!(!state.instances[&k].stopping);
+        set(&mut state, 14, uncordon.clone());
+        let i = &state.instances[&k];
+        assert!(i.stopping && i.stopped, "the confirmed stop stays");
         apply_plan(&mut state, stale);
+        assert_ne!(state.instances[&k].node, Some(n));
+
+        // Cancelled before the stop was confirmed: the copy stays where it
+        // runs, and a plan computed on an Exited report made before the
+        // gateway saw the stop cannot move it.
+        let mut state = with_manifest("name: cam\nimage: i\nsingleton: true\n");
+        let n = node_of(&state, &k).unwrap();
+        set(&mut state, 5, cam_report(n, InstanceState::Running, false));
+        set(&mut state, 10, Command::DrainNode { node: n });
+        let stop_again = plan_for(&state, 11).unwrap();
+        apply_plan(&mut state, stop_again);
+        set(&mut state, 12, uncordon);
+        assert!(!state.instances[&k].stopping);
+        set(&mut state, 13, cam_report(n, InstanceState::Exited, false));
+        let mut forced = stop;
+        forced.stop.clear();
+        let other = *state.nodes.keys().find(|id| **id != n).unwrap();
+        forced.placements = vec![(k.clone(), other)];
+        apply_plan(&mut state, forced);
         assert_eq!(state.instances[&k].node, Some(n));
         assert!(state.instances[&k].may_be_running());
     }

@@ -1043,10 +1043,16 @@ impl State {
         let name = node.name.clone();
         changes.insert(StateKey::Node(id));
         if cancelled {
+            // Copies still being stopped stay. One whose stop is confirmed
+            // stays stopped: a plan that moves it may already be on its
+            // way, computed on that confirmation, and its gateway (perhaps
+            // NotReady, which lets a plan move it) must not start it again
+            // meanwhile (the simulation, seed 5419 with 60 s of faults).
+            // The scheduler places it again, here if this is its best home.
             let keys: Vec<InstanceKey> = self
                 .instances
                 .values()
-                .filter(|i| i.node == Some(id) && i.stopping)
+                .filter(|i| i.node == Some(id) && i.stopping && !i.stopped)
                 .map(Instance::key)
                 .collect();
             for key in keys {
