@@ -62,29 +62,48 @@ fn kind(command: &Command) -> &'static str {
 /// capacity; the violations as text.
 pub fn capacity_violations(state: &State) -> Vec<String> {
     let mut used: BTreeMap<NodeId, (u64, u64)> = BTreeMap::new();
+    let mut who: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
     for instance in state.instances.values() {
         let (Some(node), Some(workload)) = (instance.node, state.workloads.get(&instance.workload))
         else {
             continue;
         };
-        if matches!(
+        // A copy stopped to move holds nothing: Exited or Failed while
+        // being stopped, or confirmed stopped whatever its last report (a
+        // spec change makes it Pending again). The scheduler counts it the
+        // same way (`control::scheduling`, fate of a stopping instance).
+        let down = matches!(
             instance.state,
             InstanceState::Exited | InstanceState::Failed
-        ) && instance.stopping
-        {
+        ) && instance.stopping;
+        if down || (instance.stopping && instance.stopped) {
             continue;
         }
         let u = used.entry(node).or_default();
         u.0 += workload.spec.cpu_millis();
         u.1 += workload.spec.memory_bytes();
+        who.entry(node).or_default().push(format!(
+            "{}-{} {}{} {}m",
+            instance.workload,
+            instance.replica,
+            instance.state,
+            match (instance.stopping, instance.stopped) {
+                (true, true) => " stopped",
+                (true, false) => " stopping",
+                _ => "",
+            },
+            workload.spec.cpu_millis()
+        ));
     }
     let mut out = Vec::new();
     for (node, (cpu, mem)) in used {
         if let Some(n) = state.nodes.get(&node) {
             if cpu > n.capacity.cpu_millis || mem > n.capacity.memory_bytes {
                 out.push(format!(
-                    "gw{node}: {cpu}m cpu / {mem} B placed on {}m / {} B",
-                    n.capacity.cpu_millis, n.capacity.memory_bytes
+                    "gw{node}: {cpu}m cpu / {mem} B placed on {}m / {} B: {}",
+                    n.capacity.cpu_millis,
+                    n.capacity.memory_bytes,
+                    who.get(&node).map(|w| w.join(", ")).unwrap_or_default()
                 ));
             }
         }
