@@ -425,6 +425,11 @@ fn not_running(world: &World, hub: &SimHub) -> Option<String> {
     }
     for instance in state.instances.values() {
         let Some(node) = instance.node else { continue };
+        // A copy stopped to move waits for a home like an unplaced one:
+        // when the site is full it may find none (the scheduler says so).
+        if instance.stopping && instance.stopped {
+            continue;
+        }
         if instance.state != InstanceState::Running {
             return Some(format!(
                 "{}-{} on gw{node} is {}",

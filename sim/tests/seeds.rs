@@ -50,6 +50,11 @@ const SOAK_REGRESSIONS: &[u64] = &[
     // off its NotReady gateway was on its way: the gateway started it
     // again as the plan placed it elsewhere.
     5314, 1377, 6713,
+    // The fence confirmed a stop while a start already under way on the
+    // slot completed once containerd was back (7150); a copy stopped to
+    // move, with no home left on a full site, counted as not converged
+    // (1985).
+    7150, 1985,
     // A daemon restarted on an older replica started a singleton whose
     // stop its previous process had confirmed (held until caught up).
     312,

@@ -359,6 +359,11 @@ pub async fn run(
         // generation replacing the older one killed here, would otherwise
         // run after the confirmation (the simulation, seed 110 with 60 s
         // of faults).
+        // And only while containerd is still down: a start already under
+        // way when the stop arrived cannot complete then, and once
+        // containerd is back the agent confirms the stop itself, after its
+        // operations on the slot (the simulation, seed 7150).
+        let still_down = health.problem().is_some();
         let applied = cluster.state().read();
         let told = desired.borrow();
         gone.retain(|key, container_id| {
@@ -369,6 +374,9 @@ pub async fn run(
             else {
                 return false;
             };
+            if !still_down {
+                return false;
+            }
             let may_start = told.iter().any(|d| {
                 d.may_start() && d.spec.workload == key.workload && d.spec.replica == key.replica
             });
