@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::health::RuntimeHealth;
-use super::in_flight::InFlight;
+use super::REPORT_TIMEOUT;
 use crate::cluster::Cluster;
 use crate::state::{Command, InstanceKey, InstanceReport, InstanceState, State};
 
@@ -109,23 +109,9 @@ pub async fn run(
     let mut latest: BTreeMap<InstanceKey, InstanceReport> = BTreeMap::new();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut resync = tokio::time::interval(RESYNC_EVERY);
-    // The reports of the write under way, as they were before stamping.
-    let mut writing: InFlight<BTreeMap<InstanceKey, InstanceReport>> = InFlight::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            (sent, committed) = writing.done(), if !writing.idle() => {
-                if committed {
-                    // What changed meanwhile stays for the next write.
-                    for (key, report) in sent {
-                        if pending.get(&key) == Some(&report) {
-                            pending.remove(&key);
-                        }
-                    }
-                } else {
-                    tracing::debug!(kept = pending.len(), "instance reports not committed yet");
-                }
-            }
             event = events.recv() => match event {
                 None => return,
                 Some(AgentEvent::Instance(report)) => {
@@ -179,7 +165,7 @@ pub async fn run(
                 }
             }
             _ = flush.tick() => {
-                if pending.is_empty() || !writing.idle() {
+                if pending.is_empty() {
                     continue;
                 }
                 let reports: Vec<InstanceReport> = {
@@ -194,7 +180,17 @@ pub async fn run(
                         .collect()
                 };
                 let command = Command::ReportInstances { node: cluster.id(), reports };
-                writing.start(&cluster, command, pending.clone());
+                // Inline on purpose: while the write waits, the agent's
+                // events queue up and hold the agent back (a reporter that
+                // wrote off its loop let the agent churn and slowed a site
+                // with a thousand failing instances fourfold). The cost: a
+                // copy that starts meanwhile reaches the fence's pid table
+                // only after the write (README, open findings).
+                match tokio::time::timeout(REPORT_TIMEOUT, cluster.write(command)).await {
+                    Ok(Ok(_)) => pending.clear(),
+                    Ok(Err(e)) => tracing::debug!(error = %e, kept = pending.len(), "instance reports not committed yet"),
+                    Err(_) => tracing::debug!(kept = pending.len(), "instance reports not committed yet"),
+                }
             }
         }
     }
