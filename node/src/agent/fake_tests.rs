@@ -137,22 +137,25 @@ async fn next_matching(
     .expect("event in time")
 }
 
+/// Generation 1 of replica 0 of `a`, running as pid 42.
+fn running_a_g1(restarts: u32) -> ActualContainer {
+    ActualContainer {
+        id: "a-g1".into(),
+        workload: "a".into(),
+        replica: 0,
+        generation: 1,
+        image: "img".into(),
+        restarts,
+        task: TaskState::Running,
+        pid: Some(42),
+    }
+}
+
 #[tokio::test]
 async fn unavailable_runtime_is_reported_then_containers_adopted() {
     let spec = ContainerSpec::new("a-g1", "a", 0, 1, "img");
     let fake = Arc::new(Fake::default());
-    fake.with(|s| {
-        s.containers.push(ActualContainer {
-            id: "a-g1".into(),
-            workload: "a".into(),
-            replica: 0,
-            generation: 1,
-            image: "img".into(),
-            restarts: 4,
-            task: TaskState::Running,
-            pid: Some(42),
-        })
-    });
+    fake.with(|s| s.containers.push(running_a_g1(4)));
     let (_tx, rx) = watch::channel(vec![DesiredInstance::new(spec, RestartPolicy::Always)]);
     let (agent, mut events) = Agent::new(fake.clone(), fast(), rx);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -230,18 +233,7 @@ async fn a_start_queued_behind_a_slow_remove_is_dropped_when_no_longer_wanted() 
         remove_takes: Duration::from_secs(10),
         ..Default::default()
     })));
-    fake.with(|s| {
-        s.containers.push(ActualContainer {
-            id: "a-g1".into(),
-            workload: "a".into(),
-            replica: 0,
-            generation: 1,
-            image: "img".into(),
-            restarts: 0,
-            task: TaskState::Running,
-            pid: Some(42),
-        })
-    });
+    fake.with(|s| s.containers.push(running_a_g1(0)));
     let next = ContainerSpec::new("a-g2", "a", 0, 2, "img");
     let run = DesiredInstance::new(next.clone(), RestartPolicy::Always);
     let (tx, rx) = watch::channel(vec![run.clone()]);
