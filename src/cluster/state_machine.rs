@@ -28,7 +28,14 @@ use crate::state::{ChangeSet, Response, State, StateKey};
 
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
-const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// The snapshot's meta (JSON) and its data (the state as JSON bytes), under
+/// two keys written in one batch: the data stays raw bytes on disk.
+const KEY_SNAPSHOT_META: &[u8] = b"snapshot-meta";
+const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot-data";
+/// Where a data dir written before 2026-11-30 keeps its snapshot: meta and
+/// data in one JSON document, the data as an array of numbers (about four
+/// bytes of JSON per byte, the main cost of a snapshot). Read, never written.
+const KEY_SNAPSHOT_V1: &[u8] = b"snapshot";
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 
@@ -102,13 +109,18 @@ pub struct StateMachineStore {
     db: Arc<DB>,
     inner: Arc<RwLock<Applied>>,
     /// Held by `apply` and `install_snapshot` from the change in memory
-    /// until its synced write returns, and by `build_snapshot` throughout.
-    /// openraft builds snapshots in a spawned task while the next batch is
-    /// applied; without this a snapshot could hold state that is only in
-    /// memory, and the purge that follows it could delete logs that a
-    /// restart needs to re-apply (review M4). While it is held, memory and
-    /// disk may differ; whoever holds it sees them equal.
+    /// until its synced write returns, and by `build_snapshot` while it
+    /// copies the state. openraft builds snapshots in a spawned task while
+    /// the next batch is applied; without this a snapshot could hold state
+    /// that is only in memory, and the purge that follows it could delete
+    /// logs that a restart needs to re-apply (review M4). While it is held,
+    /// memory and disk may differ; whoever holds it sees them equal.
     durable: Arc<tokio::sync::Mutex<()>>,
+    /// Held by `build_snapshot` from its copy until its write returns, and
+    /// by `install_snapshot` throughout (taken before `durable`): an
+    /// installed snapshot is never overwritten by an older one built
+    /// meanwhile, and `apply` is not held up while a snapshot serialises.
+    snapshot_write: Arc<tokio::sync::Mutex<()>>,
     applied_tx: Arc<watch::Sender<u64>>,
     applied_rx: watch::Receiver<u64>,
     /// Holds `apply` between its change in memory and its synced write.
@@ -224,6 +236,7 @@ impl StateMachineStore {
             db,
             inner: Arc::new(RwLock::new(applied)),
             durable: Arc::new(tokio::sync::Mutex::new(())),
+            snapshot_write: Arc::new(tokio::sync::Mutex::new(())),
             applied_tx: Arc::new(applied_tx),
             applied_rx,
             #[cfg(test)]
@@ -268,6 +281,24 @@ impl StateMachineStore {
         Ok(())
     }
 
+    /// Puts a snapshot into `batch`: meta and data together (one batch, so
+    /// a crash keeps both or neither), replacing a snapshot in the old
+    /// single-key form.
+    fn stage_snapshot(
+        db: &DB,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        data: &[u8],
+        batch: &mut WriteBatch,
+    ) -> StorageResult<()> {
+        let meta_bytes = serde_json::to_vec(meta)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let sm_meta = cf(db, CF_SM_META);
+        batch.put_cf(sm_meta, KEY_SNAPSHOT_META, meta_bytes);
+        batch.put_cf(sm_meta, KEY_SNAPSHOT_DATA, data);
+        batch.delete_cf(sm_meta, KEY_SNAPSHOT_V1);
+        Ok(())
+    }
+
     async fn write_synced(&self, batch: WriteBatch) -> StorageResult<()> {
         let db = self.db.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -291,15 +322,19 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        // Through the snapshot's own write too: an `install_snapshot` that
-        // ran in between would otherwise be overwritten by an older one.
-        let _durable = self.durable.lock().await;
-        let (data, last_applied, last_membership) = {
-            let applied = self.inner.read().unwrap_or_else(|p| p.into_inner());
-            let data = serde_json::to_vec(&*applied)
-                .map_err(|e| StorageIOError::read_state_machine(&e))?;
-            (data, applied.last_applied, applied.last_membership.clone())
+        let _snapshot_write = self.snapshot_write.lock().await;
+        // Copy under `durable` and serialise outside it, off the async
+        // workers: `apply` waits for `durable`, and a site with thousands of
+        // remembered request ids takes milliseconds to serialise.
+        let copy = {
+            let _durable = self.durable.lock().await;
+            self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
         };
+        let (last_applied, last_membership) = (copy.last_applied, copy.last_membership.clone());
+        let data = tokio::task::spawn_blocking(move || serde_json::to_vec(&copy))
+            .await
+            .map_err(|e| StorageIOError::read_state_machine(&e))?
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
         let snapshot_id = match last_applied {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id, log_id.index, data.len()),
             None => format!("empty-{}", data.len()),
@@ -309,14 +344,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             last_membership,
             snapshot_id,
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        };
-        let bytes = serde_json::to_vec(&stored)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_SM_META), KEY_SNAPSHOT, bytes);
+        Self::stage_snapshot(&self.db, &meta, &data, &mut batch)?;
         self.write_synced(batch).await?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot {
@@ -372,12 +401,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let incoming: Applied = serde_json::from_slice(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        let stored = serde_json::to_vec(&stored)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let _snapshot_write = self.snapshot_write.lock().await;
         let _durable = self.durable.lock().await;
         let mut batch = WriteBatch::default();
         // Replace every record: the snapshot is the whole truth.
@@ -397,7 +421,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Self::stage(&self.db, &guard, &keys, &mut batch)?;
             guard.last_applied
         };
-        batch.put_cf(cf(&self.db, CF_SM_META), KEY_SNAPSHOT, stored);
+        Self::stage_snapshot(&self.db, meta, &data, &mut batch)?;
         self.write_synced(batch).await?;
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         self.notify(last_applied);
@@ -405,13 +429,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let bytes = self
-            .db
-            .get_cf(cf(&self.db, CF_SM_META), KEY_SNAPSHOT)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let Some(bytes) = bytes else { return Ok(None) };
-        let stored: StoredSnapshot =
-            serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let read = |key: &[u8]| {
+            self.db
+                .get_cf(cf(&self.db, CF_SM_META), key)
+                .map_err(|e| StorageIOError::read_snapshot(None, &e))
+        };
+        let stored = match (read(KEY_SNAPSHOT_META)?, read(KEY_SNAPSHOT_DATA)?) {
+            (Some(meta), Some(data)) => StoredSnapshot {
+                meta: serde_json::from_slice(&meta)
+                    .map_err(|e| StorageIOError::read_snapshot(None, &e))?,
+                data,
+            },
+            (None, None) => match read(KEY_SNAPSHOT_V1)? {
+                Some(bytes) => serde_json::from_slice(&bytes)
+                    .map_err(|e| StorageIOError::read_snapshot(None, &e))?,
+                None => return Ok(None),
+            },
+            _ => {
+                let e =
+                    std::io::Error::other("snapshot meta without its data, or data without meta");
+                return Err(StorageIOError::read_snapshot(None, &e).into());
+            }
+        };
         Ok(Some(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -504,6 +543,56 @@ mod tests {
         release.await.expect("release");
         apply.await.expect("apply task").expect("apply");
         assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_built_snapshot_is_read_back_after_a_restart_and_the_old_form_still_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let built = {
+            let db = store::open(dir.path(), "snap").expect("open");
+            let mut sm = StateMachineStore::open(db).expect("state machine");
+            sm.apply([
+                blank_ent::<TypeConfig>(1, 1, 1),
+                membership_ent::<TypeConfig>(1, 1, 2, vec![[1u64].into()]),
+            ])
+            .await
+            .expect("apply");
+            let mut builder = sm.get_snapshot_builder().await;
+            let snapshot = builder.build_snapshot().await.expect("build");
+            (snapshot.meta, snapshot.snapshot.into_inner())
+        };
+        let db = store::open(dir.path(), "snap").expect("reopen");
+        let mut sm = StateMachineStore::open(db.clone()).expect("state machine");
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(current.meta, built.0);
+        assert_eq!(current.snapshot.into_inner(), built.1);
+
+        // A data dir from before the split keeps meta and data in one key.
+        let v1 = serde_json::to_vec(&StoredSnapshot {
+            meta: built.0.clone(),
+            data: built.1.clone(),
+        })
+        .expect("encode");
+        let sm_meta = cf(&db, CF_SM_META);
+        db.delete_cf(sm_meta, KEY_SNAPSHOT_META).expect("delete");
+        db.delete_cf(sm_meta, KEY_SNAPSHOT_DATA).expect("delete");
+        db.put_cf(sm_meta, KEY_SNAPSHOT_V1, v1).expect("put");
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(current.meta, built.0);
+        assert_eq!(current.snapshot.into_inner(), built.1);
+
+        // Half a snapshot is an error, not an empty one.
+        db.delete_cf(sm_meta, KEY_SNAPSHOT_V1).expect("delete");
+        db.put_cf(sm_meta, KEY_SNAPSHOT_DATA, b"{}").expect("put");
+        assert!(sm.get_current_snapshot().await.is_err());
     }
 
     #[test]
