@@ -346,6 +346,42 @@ fn a_daemon_that_dies_on_a_full_disk_exits_non_zero_and_its_singleton_is_still_f
     drop(disk);
 }
 
+/// The fence's kill by container id (a copy whose pid the daemon had not
+/// learnt when it died) finds the container's processes through its cgroup
+/// on this machine's cgroup layout, and kills them.
+#[test]
+fn the_fence_kills_a_container_by_its_id_through_its_cgroup() {
+    use gantry::agent::fence::{cgroup_pids, Entry, Killed, Killer, ProcessKiller};
+    let mut cluster = TestCluster::new();
+    cluster.init("gw-a", &[]);
+    import(&cluster);
+    let addr = cluster.addr(0);
+    apply(&cluster, &addr, &cam(""));
+    running_on(&cluster, &addr);
+    let copy = instance(&cluster, &addr, "cam", 0).expect("the singleton");
+    let id = copy["container_id"].as_str().expect("a container id");
+    let entry = Entry {
+        container_id: id.to_string(),
+        pid: 0,
+        start_time: 0,
+        deadline_ms: 0,
+        namespace: Some(cluster.namespace_of("gw-a")),
+    };
+    let running = cluster.kernel_copies("cam");
+    assert_eq!(running, vec![("gw-a".to_string(), id.to_string())]);
+    let pids = cgroup_pids(entry.namespace.as_deref(), id);
+    assert!(!pids.is_empty(), "no processes found in the cgroup of {id}");
+    assert!(ProcessKiller.alive(&entry));
+    assert_eq!(ProcessKiller.kill(&entry), Killed::Now);
+    // Those processes die (the agent may restart the container meanwhile:
+    // new processes, not these).
+    wait_for("the container killed by its cgroup", LONG, || {
+        pids.iter()
+            .all(|p| gantry::agent::fence::start_time(*p).is_none())
+            .then_some(())
+    });
+}
+
 #[test]
 fn a_rollback_keeps_the_replicas_that_never_left_the_good_spec() {
     let mut cluster = TestCluster::new();

@@ -40,6 +40,7 @@ pub mod testing;
 
 pub use agent::{
     Agent, AgentConfig, AgentEvent, DesiredInstance, ImageSource, InstanceReport, InstanceState,
+    StartGate,
 };
 pub use containerd::{ContainerdConfig, ContainerdRuntime, ImportedImage};
 pub use registry::RegistryConfig;

@@ -382,6 +382,18 @@ impl Runtime for FakeEngine {
     }
 }
 
+impl FakeEngine {
+    /// The pid of the container's running task, if one runs.
+    fn running_pid(&self, container_id: &str) -> Option<u32> {
+        self.with(|s| {
+            s.containers
+                .get(container_id)
+                .filter(|c| c.actual.task == TaskState::Running)
+                .and_then(|c| c.actual.pid)
+        })
+    }
+}
+
 impl Killer for FakeEngine {
     fn start_time(&self, container_id: &str, pid: u32) -> Option<u64> {
         self.with(|s| {
@@ -393,19 +405,33 @@ impl Killer for FakeEngine {
     }
 
     fn kill(&self, entry: &Entry) -> Killed {
-        let same = self.start_time(&entry.container_id, entry.pid) == Some(entry.start_time);
-        if !same {
-            return Killed::Gone;
-        }
+        let pid = if entry.by_id() {
+            match self.running_pid(&entry.container_id) {
+                Some(pid) => pid,
+                None => return Killed::Gone,
+            }
+        } else {
+            if !self.alive(entry) {
+                return Killed::Gone;
+            }
+            entry.pid
+        };
         // The process dies when the signal takes effect; the fence watches
-        // for that through `start_time`.
+        // for that through `alive`.
         let delay = self.kill_delay();
         let engine = self.clone();
-        let (id, pid) = (entry.container_id.clone(), entry.pid);
+        let id = entry.container_id.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             engine.end_task(&id, Some(pid), 137, "fence SIGKILL");
         });
         Killed::Now
+    }
+
+    fn alive(&self, entry: &Entry) -> bool {
+        if entry.by_id() {
+            return self.running_pid(&entry.container_id).is_some();
+        }
+        self.start_time(&entry.container_id, entry.pid) == Some(entry.start_time)
     }
 }

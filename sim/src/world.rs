@@ -39,8 +39,9 @@ pub struct GuardSlot {
 
 #[async_trait::async_trait]
 impl LeaseSink for GuardSlot {
-    async fn send(&mut self, lease: &Lease) {
+    async fn send(&mut self, lease: &Lease) -> bool {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = lease.entries.clone();
+        true
     }
 }
 
@@ -210,6 +211,7 @@ impl World {
             image_source: None,
             killer: Arc::new(host.engine.clone()),
             guard: Box::new(host.guard.clone()),
+            namespace: None,
         };
         let gateway = InProcessGateway::start(id, CLUSTER_ID, log, sm, state, &timers, deps, node)
             .await

@@ -23,6 +23,9 @@ use super::fence::{self, Entry};
 
 pub const SOCKET: &str = "fence.sock";
 pub const LOCK: &str = "fence.lock";
+/// How long past its deadline a lease entry by container id is still
+/// enforced while no newer lease replaced it.
+const BY_ID_WATCH_MS: u64 = 60_000;
 
 /// One lease on the wire.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -90,14 +93,23 @@ pub fn main(data_dir: &Path) -> ExitCode {
                 }
             }
         }
-        let (keep, killed) = fence::enforce(std::mem::take(&mut lease), crate::clock::boot_ms());
+        let now = crate::clock::boot_ms();
+        let (keep, killed) = fence::enforce(std::mem::take(&mut lease), now);
         for entry in &killed {
             eprintln!(
                 "fence-guard: killed container {} (pid {}): its gateway's fence deadline passed",
                 entry.container_id, entry.pid
             );
         }
-        lease = keep;
+        // A due entry by container id is watched a while longer (a start
+        // may still be under way in containerd), then let go once empty.
+        lease = keep
+            .into_iter()
+            .filter(|e| {
+                let lapsed = e.by_id() && now > e.deadline_ms.saturating_add(BY_ID_WATCH_MS);
+                !lapsed || fence::Killer::alive(&fence::ProcessKiller, e)
+            })
+            .collect();
         let waiting = !ever_connected && started.elapsed() < Duration::from_secs(10);
         if !data_dir.exists() || (daemon.is_none() && lease.is_empty() && !waiting) {
             let _ = std::fs::remove_file(&socket);
@@ -179,19 +191,25 @@ impl GuardLink {
         }
     }
 
-    /// Hands `lease` to the guard; a failure is retried with the next one.
-    pub async fn send(&mut self, lease: &Lease) {
+    /// Hands `lease` to the guard; false when it did not reach one (retried
+    /// with the next lease). A line written to the socket reaches the guard
+    /// even if the daemon dies right after. Embedded gateways, which start
+    /// no guard, count a lease no guard took as reached.
+    pub async fn send(&mut self, lease: &Lease) -> bool {
         use tokio::io::AsyncWriteExt;
         let Ok(mut line) = serde_json::to_vec(lease) else {
-            return;
+            return false;
         };
         line.push(b'\n');
+        let spawn = self.spawn;
         let Some(stream) = self.connect().await else {
-            return;
+            return !spawn;
         };
         if stream.write_all(&line).await.is_err() {
             self.stream = None;
+            return !spawn;
         }
+        true
     }
 }
 
@@ -203,6 +221,7 @@ mod tests {
     fn a_lease_survives_the_wire() {
         let lease = Lease {
             entries: vec![Entry {
+                namespace: None,
                 container_id: "cam-0-g1".into(),
                 pid: 7,
                 start_time: 9,
@@ -243,6 +262,7 @@ mod tests {
             &mut stream,
             &Lease {
                 entries: vec![Entry {
+                    namespace: None,
                     container_id: "c".into(),
                     pid,
                     start_time,

@@ -73,6 +73,7 @@ pub fn start(
             image_source: Some(Arc::new(peers)),
             killer: Arc::new(fence::ProcessKiller),
             guard: Box::new(guard::GuardLink::new(data_dir, external_guard)),
+            namespace: Some(config.containerd_namespace.clone()),
         },
         tasks,
         shutdown,
@@ -95,6 +96,9 @@ pub struct NodeParts<R: Runtime> {
     pub killer: Arc<dyn fence::Killer>,
     /// Who keeps enforcing the fence lease if the daemon dies.
     pub guard: Box<dyn fence::LeaseSink>,
+    /// The containerd namespace (it names the containers' cgroups, through
+    /// which the fence kills a container whose pid it does not know yet).
+    pub namespace: Option<String>,
 }
 
 /// Starts gantry-node's agent on `parts.runtime` and the loops that tie it
@@ -117,7 +121,8 @@ pub fn start_node<R: Runtime>(
         Some(source) => agent.with_image_source(source),
         None => agent,
     };
-    let agent = agent.wait_for_desired();
+    let (gate, gate_link) = fence::gate(cluster);
+    let agent = agent.wait_for_desired().with_start_gate(gate);
     let stop = shutdown.clone();
     tasks.spawn(async move { agent.run(stop.cancelled_owned()).await });
     tasks.spawn(desired::feed(
@@ -136,10 +141,14 @@ pub fn start_node<R: Runtime>(
     ));
     tasks.spawn(fence::run(
         cluster.clone(),
-        pids,
-        health.clone(),
-        parts.guard,
-        told,
+        fence::FenceParts {
+            pids,
+            health: health.clone(),
+            guard: parts.guard,
+            desired: told,
+            gate: gate_link,
+            namespace: parts.namespace,
+        },
         shutdown.clone(),
     ));
     health

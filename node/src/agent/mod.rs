@@ -17,6 +17,7 @@ use crate::runtime::{ActualContainer, ExitEvent, Runtime, RuntimeError, TaskStat
 use crate::spec::RestartPolicy;
 use crate::spec::{ContainerSpec, PullPolicy};
 use fetch::Fetcher;
+pub use ops::StartGate;
 use ops::{run_ops, JobContext, JobResult, Op, Outcome};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -150,6 +151,7 @@ pub struct Agent<R: Runtime> {
     desired: watch::Receiver<Vec<DesiredInstance>>,
     events: mpsc::Sender<AgentEvent>,
     source: Option<Arc<dyn ImageSource>>,
+    gate: Option<Arc<dyn StartGate>>,
     progress_tx: mpsc::UnboundedSender<InstanceReport>,
     progress_rx: mpsc::UnboundedReceiver<InstanceReport>,
     books: HashMap<String, Book>,
@@ -187,6 +189,7 @@ impl<R: Runtime> Agent<R> {
             desired_known: true,
             events,
             source: None,
+            gate: None,
             progress_tx,
             progress_rx,
             books: HashMap::new(),
@@ -213,6 +216,12 @@ impl<R: Runtime> Agent<R> {
     /// registry.
     pub fn with_image_source(mut self, source: Arc<dyn ImageSource>) -> Self {
         self.source = Some(source);
+        self
+    }
+
+    /// Asks `gate` before each start and restart (see `StartGate`).
+    pub fn with_start_gate(mut self, gate: Arc<dyn StartGate>) -> Self {
+        self.gate = Some(gate);
         self
     }
 
@@ -410,6 +419,7 @@ impl<R: Runtime> Agent<R> {
                 },
                 progress: self.progress_tx.clone(),
                 desired: self.desired.clone(),
+                gate: self.gate.clone(),
             };
             jobs.spawn(run_ops(runtime, context, plan.key, ops));
         }

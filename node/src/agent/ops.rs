@@ -27,6 +27,19 @@ pub(super) struct JobContext {
     /// The desired set as it is now, not as it was when the steps were
     /// decided: a remove ahead of a start can take the whole stop grace.
     pub desired: watch::Receiver<Vec<DesiredInstance>>,
+    /// Asked right before a container's process is started or restarted.
+    pub gate: Option<Arc<dyn StartGate>>,
+}
+
+/// Whoever must know of a container before its process runs: the gateway's
+/// fence hands it to the guard process that kills it when the daemon cannot
+/// (a daemon that dies right after a start must not leave a copy nobody
+/// will stop). `Err` keeps the process from starting; the agent retries
+/// with back-off.
+#[async_trait::async_trait]
+pub trait StartGate: Send + Sync + 'static {
+    async fn cleared(&self, container_id: &str, workload: &str, replica: u32)
+        -> Result<(), String>;
 }
 
 impl JobContext {
@@ -39,6 +52,18 @@ impl JobContext {
             .borrow()
             .iter()
             .any(|d| d.may_start() && d.spec.id == container_id && d.spec.generation == generation)
+    }
+
+    async fn clear(&self, ident: &Ident) -> Result<(), RuntimeError> {
+        let Some(gate) = &self.gate else {
+            return Ok(());
+        };
+        gate.cleared(&ident.container_id, &ident.workload, ident.replica)
+            .await
+            .map_err(|message| RuntimeError::Engine {
+                op: "start gate".into(),
+                message,
+            })
     }
 }
 
@@ -81,7 +106,10 @@ pub(super) async fn run_ops<R: Runtime>(
                 let ident = Ident::of_spec(&spec);
                 let started =
                     match prepare_image(&*runtime, &context, &ident, &spec, policy, 0).await {
-                        Ok(()) => runtime.start(&spec).await,
+                        Ok(()) => match context.clear(&ident).await {
+                            Ok(()) => runtime.start(&spec).await,
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(e),
                     };
                 match started {
@@ -90,9 +118,10 @@ pub(super) async fn run_ops<R: Runtime>(
                 }
             }
             Op::Restart(ident, restarts, refresh) => {
-                let result = match &refresh {
-                    None => runtime.restart(&ident.container_id, restarts).await,
-                    Some(spec) => {
+                let result = match (context.clear(&ident).await, &refresh) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), None) => runtime.restart(&ident.container_id, restarts).await,
+                    (Ok(()), Some(spec)) => {
                         refresh_and_restart(&*runtime, &context, &ident, spec, restarts).await
                     }
                 };

@@ -45,10 +45,14 @@ pub struct ContainerdConfig {
 }
 
 impl ContainerdConfig {
+    /// The namespace gateways use unless told otherwise; it also names
+    /// their containers' cgroups (`/<namespace>/<id>`).
+    pub const DEFAULT_NAMESPACE: &'static str = "gantry";
+
     pub fn new(log_dir: impl Into<PathBuf>) -> Self {
         ContainerdConfig {
             socket: PathBuf::from("/run/containerd/containerd.sock"),
-            namespace: "gantry".to_string(),
+            namespace: Self::DEFAULT_NAMESPACE.to_string(),
             log_dir: log_dir.into(),
             max_log_bytes: 10 * 1024 * 1024,
             runc_root: None,
