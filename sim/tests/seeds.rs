@@ -67,6 +67,12 @@ const SOAK_REGRESSIONS: &[u64] = &[
     // unfenced beside the one started elsewhere (now leased by container id
     // before it starts).
     6099, 6582, 9892,
+    // The graceful stop dropped a singleton from the desired set while the
+    // reporter, waiting on a write the cut-off gateway could not commit,
+    // had not handed its pid over: the lease named it no more, and the
+    // daemon died before its SIGKILL (containers the agent was told of
+    // now stay leased by id while placed here).
+    5001, 149, 401, 5625, 5942,
 ];
 
 /// Open findings: seeds of the CI range whose violation is known and not

@@ -364,6 +364,10 @@ impl LeaseSink for super::guard::GuardLink {
     }
 }
 
+/// How long a container the agent is no longer told of stays leased by id
+/// although nothing runs in it: longer than any start under way takes.
+const FORGET_TOLD_MS: u64 = 60_000;
+
 /// How long a start waits for the guard to take a lease naming it before
 /// it fails (and is retried with back-off).
 pub const GATE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -473,6 +477,7 @@ pub async fn run(
         namespace,
     } = parts;
     let mut sent: Option<(Vec<Entry>, u64)> = None;
+    let mut told_of: BTreeMap<String, (crate::state::InstanceKey, u64)> = BTreeMap::new();
     let mut to_report: BTreeMap<crate::state::InstanceKey, crate::state::InstanceReport> =
         BTreeMap::new();
     // Killed, not yet seen gone; gone, stop not yet reportable.
@@ -496,16 +501,41 @@ pub async fn run(
         }
         let now = cluster.clock().boot_ms();
         let runtime_down = health.problem().is_some();
-        let starting: BTreeMap<String, crate::state::InstanceKey> = desired
-            .borrow()
+        // Every container the agent was told of stays leased by id while
+        // its instance is placed here, until it has been out of the desired
+        // set for a while and nothing runs in it: the graceful stop drops
+        // an instance from that set before it is dead, and the reporter may
+        // not have handed over its pid yet (it waits on its writes while
+        // the gateway is cut off; the simulation, seed 5001).
+        for d in desired.borrow().iter() {
+            let key = crate::state::InstanceKey {
+                workload: d.spec.workload.clone(),
+                replica: d.spec.replica,
+            };
+            told_of.insert(d.spec.id.clone(), (key, now));
+        }
+        {
+            let applied = cluster.state().read();
+            let known = pids.snapshot();
+            let killer = pids.killer();
+            told_of.retain(|id, (key, seen)| {
+                if applied.state.placed_copy(key, cluster.id()).is_none() {
+                    return false;
+                }
+                now.saturating_sub(*seen) < FORGET_TOLD_MS
+                    || known.contains_key(id)
+                    || killer.alive(&Entry {
+                        container_id: id.clone(),
+                        pid: 0,
+                        start_time: 0,
+                        deadline_ms: 0,
+                        namespace: namespace.clone(),
+                    })
+            });
+        }
+        let starting: BTreeMap<String, crate::state::InstanceKey> = told_of
             .iter()
-            .map(|d| {
-                let key = crate::state::InstanceKey {
-                    workload: d.spec.workload.clone(),
-                    replica: d.spec.replica,
-                };
-                (d.spec.id.clone(), key)
-            })
+            .map(|(id, (key, _))| (id.clone(), key.clone()))
             .collect();
         let mut entries = {
             let applied = cluster.state().read();
