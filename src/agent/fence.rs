@@ -559,13 +559,13 @@ pub async fn run(
             let lease = super::guard::Lease {
                 entries: entries.clone(),
             };
+            // Retried when the lease changes and every second, not every
+            // tick: starting a guard that does not answer takes up to 2 s.
             if guard.send(&lease).await {
-                sent = Some((entries.clone(), now));
                 gate.delivered
                     .send_replace(entries.iter().map(|e| e.container_id.clone()).collect());
-            } else {
-                sent = None;
             }
+            sent = Some((entries.clone(), now));
         }
         let (_, killed) = enforce_with(pids.killer().as_ref(), entries, now);
         for entry in killed.into_iter().filter(|e| !e.by_id()) {
