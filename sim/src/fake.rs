@@ -405,16 +405,17 @@ impl Killer for FakeEngine {
     }
 
     fn kill(&self, entry: &Entry) -> Killed {
-        let pid = if entry.by_id() {
+        let same = !entry.by_id()
+            && self.start_time(&entry.container_id, entry.pid) == Some(entry.start_time);
+        // Its known process, or failing that whatever runs in the container
+        // now (restarted since the fence learnt its pid).
+        let pid = if same {
+            entry.pid
+        } else {
             match self.running_pid(&entry.container_id) {
                 Some(pid) => pid,
                 None => return Killed::Gone,
             }
-        } else {
-            if !self.alive(entry) {
-                return Killed::Gone;
-            }
-            entry.pid
         };
         // The process dies when the signal takes effect; the fence watches
         // for that through `alive`.
@@ -429,9 +430,6 @@ impl Killer for FakeEngine {
     }
 
     fn alive(&self, entry: &Entry) -> bool {
-        if entry.by_id() {
-            return self.running_pid(&entry.container_id).is_some();
-        }
-        self.start_time(&entry.container_id, entry.pid) == Some(entry.start_time)
+        self.running_pid(&entry.container_id).is_some()
     }
 }

@@ -101,7 +101,7 @@ pub fn desired_for(
                 r.container_generation(),
                 String::new(),
             );
-            must_stop(spec)
+            must_stop(spec, r.stop_mark)
         });
     let live = state
         .instances
@@ -112,7 +112,10 @@ pub fn desired_for(
             // Moving away (drain, preemption of a singleton): stop it here
             // first, and say when nothing is left.
             if instance.stopping {
-                return Some(must_stop(container_spec(instance, workload)));
+                return Some(must_stop(
+                    container_spec(instance, workload),
+                    instance.stop_mark,
+                ));
             }
             let limit = instance
                 .stop_after_ms()
@@ -142,9 +145,10 @@ pub fn desired_for(
     retired.chain(live).collect()
 }
 
-fn must_stop(spec: ContainerSpec) -> DesiredInstance {
+fn must_stop(spec: ContainerSpec, mark: u64) -> DesiredInstance {
     DesiredInstance {
         stop: true,
+        stop_mark: Some(mark),
         ..DesiredInstance::new(spec, RestartPolicy::Never)
     }
 }

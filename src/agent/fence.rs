@@ -85,14 +85,14 @@ pub trait Killer: Send + Sync + 'static {
     fn start_time(&self, container_id: &str, pid: u32) -> Option<u64>;
 
     /// SIGKILL to the entry's process if it is still the one that started
-    /// at `entry.start_time`; for an entry by id, to every process of the
-    /// container.
+    /// at `entry.start_time`; failing that (no pid known, or that process
+    /// is gone), to whatever runs in the container now: its pid may not
+    /// have reached the fence since a restart.
     fn kill(&self, entry: &Entry) -> Killed;
 
-    /// Whether what `entry` names still runs.
-    fn alive(&self, entry: &Entry) -> bool {
-        self.start_time(&entry.container_id, entry.pid) == Some(entry.start_time)
-    }
+    /// Whether anything the entry names still runs: its process, or any
+    /// process of its container.
+    fn alive(&self, entry: &Entry) -> bool;
 }
 
 /// Real processes: `/proc/PID/stat` and kill(2); by container id, the
@@ -106,9 +106,16 @@ impl Killer for ProcessKiller {
     }
 
     fn kill(&self, entry: &Entry) -> Killed {
-        if !entry.by_id() {
-            return kill_if_same(entry.pid, entry.start_time);
+        let by_pid = if entry.by_id() {
+            Killed::Gone
+        } else {
+            kill_if_same(entry.pid, entry.start_time)
+        };
+        if by_pid == Killed::Now {
+            return Killed::Now;
         }
+        // Its known process is gone; the container may have started
+        // another since (a restart the fence has not heard of yet).
         let mut killed = Killed::Gone;
         for pid in cgroup_pids(entry.namespace.as_deref(), &entry.container_id) {
             if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
@@ -121,10 +128,8 @@ impl Killer for ProcessKiller {
     }
 
     fn alive(&self, entry: &Entry) -> bool {
-        if entry.by_id() {
-            return !cgroup_pids(entry.namespace.as_deref(), &entry.container_id).is_empty();
-        }
-        start_time(entry.pid) == Some(entry.start_time)
+        (!entry.by_id() && start_time(entry.pid) == Some(entry.start_time))
+            || !cgroup_pids(entry.namespace.as_deref(), &entry.container_id).is_empty()
     }
 }
 
@@ -318,8 +323,8 @@ pub fn kill_if_same(pid: u32, start: u64) -> Killed {
 }
 
 /// Kills what is due; returns the entries still to watch and what was
-/// killed now. A due entry by container id stays to watch: its container
-/// may yet start (a start the daemon asked for just before it died).
+/// killed now. A due entry stays to watch: its container may yet start
+/// again (a start or restart the daemon asked for just before it died).
 pub fn enforce(entries: Vec<Entry>, now_ms: u64) -> (Vec<Entry>, Vec<Entry>) {
     enforce_with(&ProcessKiller, entries, now_ms)
 }
@@ -337,13 +342,10 @@ pub fn enforce_with(
             keep.push(entry);
             continue;
         }
-        let now = killer.kill(&entry) == Killed::Now;
-        if entry.by_id() {
-            keep.push(entry.clone());
+        if killer.kill(&entry) == Killed::Now {
+            killed.push(entry.clone());
         }
-        if now {
-            killed.push(entry);
-        }
+        keep.push(entry);
     }
     (keep, killed)
 }
@@ -632,6 +634,7 @@ pub async fn run(
                     restarts: i.restarts,
                     container_id: Some(container_id.clone()),
                     stopping_seen: true,
+                    stop_mark_seen: Some(i.stop_mark),
                     fence_seen: i.stop_after_ms(),
                 },
             );
@@ -889,7 +892,11 @@ mod tests {
         );
         assert_eq!((keep.len(), killed.len()), (1, 0), "not due yet");
         let (keep, killed) = enforce(keep, 100);
-        assert_eq!((keep.len(), killed.len()), (0, 1));
+        assert_eq!(
+            (keep.len(), killed.len()),
+            (1, 1),
+            "killed, and still watched"
+        );
         // Killed and not reaped yet: a zombie, which the fence sees as gone
         // (its stop is confirmed only then).
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

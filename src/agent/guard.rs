@@ -23,9 +23,9 @@ use super::fence::{self, Entry};
 
 pub const SOCKET: &str = "fence.sock";
 pub const LOCK: &str = "fence.lock";
-/// How long past its deadline a lease entry by container id is still
-/// enforced while no newer lease replaced it.
-const BY_ID_WATCH_MS: u64 = 60_000;
+/// How long past its deadline a lease entry is still enforced while no
+/// newer lease replaced it.
+const DUE_WATCH_MS: u64 = 60_000;
 
 /// One lease on the wire.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -101,12 +101,12 @@ pub fn main(data_dir: &Path) -> ExitCode {
                 entry.container_id, entry.pid
             );
         }
-        // A due entry by container id is watched a while longer (a start
-        // may still be under way in containerd), then let go once empty.
+        // A due entry is watched a while longer (a start may still be under
+        // way in containerd), then let go once its container is empty.
         lease = keep
             .into_iter()
             .filter(|e| {
-                let lapsed = e.by_id() && now > e.deadline_ms.saturating_add(BY_ID_WATCH_MS);
+                let lapsed = now > e.deadline_ms.saturating_add(DUE_WATCH_MS);
                 !lapsed || fence::Killer::alive(&fence::ProcessKiller, e)
             })
             .collect();
@@ -275,7 +275,11 @@ mod tests {
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9), "killed by the guard");
-        // Nothing left and nobody connected: the guard leaves.
+        // It goes on watching the container a while (a start may still be
+        // under way), and leaves with its data dir.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!guard.is_finished(), "left while the entry is watched");
+        drop(dir);
         assert_eq!(guard.join().unwrap(), ExitCode::SUCCESS);
     }
 }

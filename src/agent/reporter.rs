@@ -42,19 +42,51 @@ pub fn convert(report: &AgentReport) -> Option<InstanceReport> {
         reason: report.reason.clone(),
         restarts: report.restarts,
         container_id: Some(report.container_id.clone()),
-        stopping_seen: false,
+        // Under which stop the agent made it (see `DesiredInstance::stop_mark`):
+        // stamped by the agent, not here, since a report can wait here
+        // through writes that do not commit while a drain is cancelled and
+        // begun again (the simulation, seed 7572).
+        stopping_seen: report.stop_mark.is_some(),
+        stop_mark_seen: report.stop_mark,
         fence_seen: None,
     })
 }
 
-/// What this gateway's replica says of the instance when a report leaves:
-/// whether it is to stop here (so an Exited report confirms the stop) and
-/// the isolation limit it holds (acknowledging a pending fence).
+/// The isolation limit this gateway's replica holds for the instance when
+/// a report leaves (acknowledging a pending fence).
 fn stamp(state: &State, node: u64, report: &mut InstanceReport) {
     if let Some(instance) = state.placed_copy(&report.instance, node) {
-        report.stopping_seen = instance.stopping;
         report.fence_seen = instance.stop_after_ms();
     }
+}
+
+/// Which instance a report is about: the placed copy's creation time as
+/// this replica holds it when the report is made. A workload deleted and
+/// applied again gets new instances whose containers have the same ids.
+fn identity(state: &State, node: u64, key: &InstanceKey) -> Option<u64> {
+    state.placed_copy(key, node).map(|i| i.created_ms)
+}
+
+/// Drops held reports about an instance that is no longer the one placed
+/// here: re-sent, a deleted singleton's "stopped so that it can move"
+/// described the new instance of the same name as Exited, and, stamped
+/// with its stop mark, confirmed its stop while its container ran (the
+/// simulation, seed 6368).
+fn forget_other_instances(
+    state: &State,
+    node: u64,
+    made_for: &mut BTreeMap<InstanceKey, Option<u64>>,
+    latest: &mut BTreeMap<InstanceKey, InstanceReport>,
+    pending: &mut BTreeMap<InstanceKey, InstanceReport>,
+) {
+    made_for.retain(|key, made| {
+        let same = *made == identity(state, node, key);
+        if !same {
+            latest.remove(key);
+            pending.remove(key);
+        }
+        same
+    });
 }
 
 /// Whether the replicated state still lacks what `report` says.
@@ -85,6 +117,7 @@ fn stopped_for_move(state: &State, node: u64, removed: &AgentReport) -> Option<I
     };
     let instance = state.placed_copy(&key, node)?;
     let ours = instance.container_generation() == removed.generation;
+    let mark = removed.stop_mark?;
     (ours && instance.stopping).then(|| InstanceReport {
         instance: key,
         generation: removed.generation,
@@ -94,6 +127,7 @@ fn stopped_for_move(state: &State, node: u64, removed: &AgentReport) -> Option<I
         restarts: removed.restarts,
         container_id: None,
         stopping_seen: true,
+        stop_mark_seen: Some(mark),
         fence_seen: instance.stop_after_ms(),
     })
 }
@@ -107,6 +141,8 @@ pub async fn run(
 ) {
     let mut pending: BTreeMap<InstanceKey, InstanceReport> = BTreeMap::new();
     let mut latest: BTreeMap<InstanceKey, InstanceReport> = BTreeMap::new();
+    // Which instance each held report is about (see `identity`).
+    let mut made_for: BTreeMap<InstanceKey, Option<u64>> = BTreeMap::new();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     loop {
@@ -125,6 +161,7 @@ pub async fn run(
                         );
                     }
                     let key = InstanceKey { workload: report.workload.clone(), replica: report.replica };
+                    made_for.insert(key.clone(), identity(&cluster.state().read().state, cluster.id(), &key));
                     match convert(&report) {
                         Some(converted) => {
                             latest.insert(key.clone(), converted.clone());
@@ -158,6 +195,7 @@ pub async fn run(
             },
             _ = resync.tick() => {
                 let guard = cluster.state().read();
+                forget_other_instances(&guard.state, cluster.id(), &mut made_for, &mut latest, &mut pending);
                 for (key, report) in &latest {
                     if disagrees(&guard.state, cluster.id(), report) {
                         pending.insert(key.clone(), report.clone());
@@ -170,6 +208,7 @@ pub async fn run(
                 }
                 let reports: Vec<InstanceReport> = {
                     let guard = cluster.state().read();
+                    forget_other_instances(&guard.state, cluster.id(), &mut made_for, &mut latest, &mut pending);
                     pending
                         .values()
                         .cloned()

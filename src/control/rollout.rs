@@ -207,6 +207,7 @@ mod tests {
                 restarts: 0,
                 container_id: Some(format!("c{}", i.replica)),
                 stopping_seen: false,
+                stop_mark_seen: None,
                 fence_seen: None,
             })
             .collect();

@@ -699,6 +699,7 @@ mod tests {
                 restarts: 0,
                 container_id: Some("c1".into()),
                 stopping_seen,
+                stop_mark_seen: None,
                 fence_seen: None,
             }],
         }
@@ -937,6 +938,49 @@ mod tests {
         apply_plan(&mut state, forced);
         assert_eq!(state.instances[&k].node, Some(n));
         assert!(state.instances[&k].may_be_running());
+    }
+
+    /// Found by the simulation (seed 1166): a drain cancelled and begun
+    /// again. A gateway that had yet to apply the cancel reported the copy
+    /// stopped under the first mark; taken as confirming the second, the
+    /// copy moved while that gateway, applying the cancel, started it again.
+    #[test]
+    fn a_stop_is_confirmed_only_under_the_current_mark() {
+        let mut state = with_manifest("name: cam\nimage: i\nsingleton: true\n");
+        let k = key("cam", 0);
+        let n = node_of(&state, &k).unwrap();
+        let stopped_under = |mark: u64| {
+            let mut c = cam_report(n, InstanceState::Exited, true);
+            if let Command::ReportInstances { reports, .. } = &mut c {
+                reports[0].stop_mark_seen = Some(mark);
+            }
+            c
+        };
+        set(&mut state, 5, cam_report(n, InstanceState::Running, false));
+        set(&mut state, 10, Command::DrainNode { node: n });
+        let stop = plan_for(&state, 11).unwrap();
+        apply_plan(&mut state, stop);
+        let first = state.instances[&k].stop_mark;
+        set(
+            &mut state,
+            12,
+            Command::SetCordon {
+                node: n,
+                cordoned: false,
+            },
+        );
+        set(&mut state, 13, Command::DrainNode { node: n });
+        let stop = plan_for(&state, 14).unwrap();
+        apply_plan(&mut state, stop);
+        let second = state.instances[&k].stop_mark;
+        assert!(second > first);
+        set(&mut state, 15, stopped_under(first));
+        assert!(!state.instances[&k].stopped, "a report under the old mark");
+        assert_eq!(plan_for(&state, 16), None);
+        set(&mut state, 17, stopped_under(second));
+        assert!(state.instances[&k].stopped);
+        let plan = plan_for(&state, 18).unwrap();
+        assert_eq!(plan.placements.len(), 1);
     }
 
     /// Found by the simulation (seeds 25 and 46): a singleton deleted and

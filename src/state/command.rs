@@ -207,6 +207,10 @@ pub struct InstanceReport {
     /// it made this report (it will not start it again).
     #[serde(default)]
     pub stopping_seen: bool,
+    /// The `Instance::stop_mark` that replica held with `stopping` (None
+    /// in reports from before marks were counted: any mark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_mark_seen: Option<u64>,
     /// The isolation limit the reporting gateway's replica holds for the
     /// instance (`Instance::stop_after_ms`): acknowledges a pending fence.
     #[serde(default)]

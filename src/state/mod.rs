@@ -68,6 +68,12 @@ pub struct Meta {
     /// re-creating a singleton never runs two copies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<Instance>,
+    /// The last `Instance::stop_mark` handed out: marks are unique across
+    /// instances, so a report about a deleted singleton's copy cannot
+    /// confirm the stop of a new instance of the same name, replica and
+    /// generation (same container id).
+    #[serde(default)]
+    pub last_stop_mark: u64,
 }
 
 /// A client request id the state machine has applied, and its answer: a
@@ -683,6 +689,7 @@ impl State {
                             container_id: None,
                             stopping: false,
                             stopped: false,
+                            stop_mark: 0,
                             fence_ms: None,
                             fence_pending: None,
                             container_generation: None,
@@ -736,6 +743,8 @@ impl State {
             // a singleton of this name waits.
             if singleton && instance.node.is_some() && instance.may_be_running() {
                 instance.stopping = true;
+                self.meta.last_stop_mark += 1;
+                instance.stop_mark = self.meta.last_stop_mark;
                 instance.updated_ms = at;
                 self.meta.retired.push(instance);
                 changes.insert(StateKey::Meta);
@@ -909,9 +918,12 @@ impl State {
                 continue;
             };
             instance.stopping = true;
+            self.meta.last_stop_mark += 1;
+            instance.stop_mark = self.meta.last_stop_mark;
             instance.stopped = false;
             instance.updated_ms = at;
             changes.insert(StateKey::Instance(key.clone()));
+            changes.insert(StateKey::Meta);
             let on = self
                 .nodes
                 .get(&on)
@@ -1120,7 +1132,9 @@ impl State {
                     && r.container_generation() == report.generation
             });
             if let Some(index) = retired {
+                let mark = self.meta.retired[index].stop_mark;
                 if report.stopping_seen
+                    && report.stop_mark_seen.is_none_or(|seen| seen == mark)
                     && matches!(report.state, InstanceState::Exited | InstanceState::Failed)
                 {
                     self.meta.retired.remove(index);
@@ -1147,6 +1161,9 @@ impl State {
             // The gateway has seen the stop and will not start it again.
             let confirmed = instance.stopping
                 && report.stopping_seen
+                && report
+                    .stop_mark_seen
+                    .is_none_or(|mark| mark == instance.stop_mark)
                 && matches!(report.state, InstanceState::Exited | InstanceState::Failed);
             if confirmed && !instance.stopped {
                 instance.stopped = true;

@@ -164,6 +164,16 @@ pub struct Instance {
     /// it again). Cleared with `stopping`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped: bool,
+    /// Identifies the last time `stopping` was set (`Meta::last_stop_mark`,
+    /// unique in the cluster): a report confirms the stop only if it was
+    /// made under the current mark. A drain cancelled and begun again
+    /// would otherwise take a report made under the first mark as
+    /// confirming the second; and a report about a deleted singleton's copy
+    /// (a re-sent "stopped so that it can move") confirmed the stop of the
+    /// new instance of that name, whose container has the same id, while
+    /// it ran (the simulation, seed 6368).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stop_mark: u64,
     /// How long (ms) the gateway this instance is placed on keeps running it
     /// when cut off from the quorum, as that gateway is known to have seen
     /// it: set with the placement, only ever raised while it stays, so the
@@ -316,4 +326,8 @@ pub struct CloudLink {
     /// The site token, sealed with the cluster key (hex): replicated so
     /// every future leader can use it, never in clear.
     pub token_sealed: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

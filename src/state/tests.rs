@@ -333,6 +333,7 @@ fn plans_place_and_stale_reports_are_ignored() {
         restarts: 0,
         container_id: Some("c".into()),
         stopping_seen: false,
+        stop_mark_seen: None,
         fence_seen: None,
     };
     // From the wrong node, or for an old generation: ignored.

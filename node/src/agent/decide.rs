@@ -19,6 +19,11 @@ pub struct DesiredInstance {
     /// the slot is empty and idle, which is what lets the leader place it
     /// elsewhere. Only `spec`'s id, workload, replica and generation count.
     pub stop: bool,
+    /// The caller's tag for this stop, echoed in every report the agent
+    /// makes about the slot while it holds: the caller can tell a report
+    /// made under this stop from one made under an earlier one that was
+    /// cancelled (gantry: `Instance::stop_mark`).
+    pub stop_mark: Option<u64>,
     /// Kept if it runs, never started or restarted: the caller cannot vouch
     /// yet that it should run here (a gateway whose replica has not caught
     /// up since the daemon started). A running copy is adopted as usual.
@@ -33,6 +38,7 @@ impl DesiredInstance {
             restart,
             pull: PullPolicy::default(),
             stop: false,
+            stop_mark: None,
             hold: false,
         }
     }

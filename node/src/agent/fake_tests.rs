@@ -248,13 +248,19 @@ async fn a_start_queued_behind_a_slow_remove_is_dropped_when_no_longer_wanted() 
         1,
         "the remove is under way"
     );
-    tx.send_replace(vec![DesiredInstance { stop: true, ..run }]);
+    tx.send_replace(vec![DesiredInstance {
+        stop: true,
+        stop_mark: Some(7),
+        ..run
+    }]);
     let e = next_matching(&mut events, |e| {
         matches!(e, AgentEvent::Instance(r) if r.state == InstanceState::Exited && r.container_id == "a-g2")
     })
     .await;
+    // Made under that stop, and saying so.
     assert!(
-        matches!(e, AgentEvent::Instance(ref r) if r.reason.as_deref() == Some("not running here"))
+        matches!(e, AgentEvent::Instance(ref r) if r.reason.as_deref() == Some("not running here") && r.stop_mark == Some(7)),
+        "{e:?}"
     );
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(fake.with(|s| (s.starts, s.containers.len())), (0, 0));

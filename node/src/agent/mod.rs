@@ -140,6 +140,7 @@ impl Ident {
             restarts,
             container_id: self.container_id.clone(),
             pid: None,
+            stop_mark: None,
         }
     }
 }
@@ -279,7 +280,17 @@ impl<R: Runtime> Agent<R> {
         let _ = self.events.send(event).await;
     }
 
-    async fn report(&mut self, report: InstanceReport) {
+    async fn report(&mut self, mut report: InstanceReport) {
+        // Stamped now, as the agent sees its desired set: a report waiting
+        // in the caller's queue must not vouch for a stop made later.
+        report.stop_mark = self
+            .desired
+            .borrow()
+            .iter()
+            .find(|d| {
+                d.stop && d.spec.workload == report.workload && d.spec.replica == report.replica
+            })
+            .and_then(|d| d.stop_mark);
         if self.last.get(&report.container_id) == Some(&report) {
             return;
         }

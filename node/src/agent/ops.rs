@@ -104,21 +104,32 @@ pub(super) async fn run_ops<R: Runtime>(
             },
             Op::Start(spec, policy) => {
                 let ident = Ident::of_spec(&spec);
-                let started =
-                    match prepare_image(&*runtime, &context, &ident, &spec, policy, 0).await {
-                        Ok(()) => match context.clear(&ident).await {
-                            Ok(()) => runtime.start(&spec).await,
-                            Err(e) => Err(e),
-                        },
+                let started = match prepare_image(&*runtime, &context, &ident, &spec, policy, 0)
+                    .await
+                {
+                    Ok(()) => match context.clear(&ident).await {
+                        // The image and the gate take time: ask again.
+                        Ok(()) if !context.still_wanted(&spec.id, spec.generation) => {
+                            tracing::info!(container = %spec.id, "start dropped: no longer wanted here");
+                            break;
+                        }
+                        Ok(()) => runtime.start(&spec).await,
                         Err(e) => Err(e),
-                    };
+                    },
+                    Err(e) => Err(e),
+                };
                 match started {
                     Ok(s) => Outcome::Started(ident, s.pid),
                     Err(e) => Outcome::Failed(ident, Box::new(e), Op::Start(spec, policy)),
                 }
             }
             Op::Restart(ident, restarts, refresh) => {
-                let result = match (context.clear(&ident).await, &refresh) {
+                let cleared = context.clear(&ident).await;
+                if cleared.is_ok() && !context.still_wanted(&ident.container_id, ident.generation) {
+                    tracing::info!(container = %ident.container_id, "restart dropped: no longer wanted here");
+                    break;
+                }
+                let result = match (cleared, &refresh) {
                     (Err(e), _) => Err(e),
                     (Ok(()), None) => runtime.restart(&ident.container_id, restarts).await,
                     (Ok(()), Some(spec)) => {

@@ -33,6 +33,10 @@ pub struct InstanceReport {
     pub restarts: u32,
     pub container_id: String,
     pub pid: Option<u32>,
+    /// The `DesiredInstance::stop_mark` of the slot's stop entry when the
+    /// report was made (None: the slot was not to stop).
+    #[serde(default)]
+    pub stop_mark: Option<u64>,
 }
 
 /// Everything the agent reports, in the order it happened.
