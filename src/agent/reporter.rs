@@ -60,35 +60,6 @@ fn stamp(state: &State, node: u64, report: &mut InstanceReport) {
     }
 }
 
-/// Which instance a report is about: the placed copy's creation time as
-/// this replica holds it when the report is made. A workload deleted and
-/// applied again gets new instances whose containers have the same ids.
-fn identity(state: &State, node: u64, key: &InstanceKey) -> Option<u64> {
-    state.placed_copy(key, node).map(|i| i.created_ms)
-}
-
-/// Drops held reports about an instance that is no longer the one placed
-/// here: re-sent, a deleted singleton's "stopped so that it can move"
-/// described the new instance of the same name as Exited, and, stamped
-/// with its stop mark, confirmed its stop while its container ran (the
-/// simulation, seed 6368).
-fn forget_other_instances(
-    state: &State,
-    node: u64,
-    made_for: &mut BTreeMap<InstanceKey, Option<u64>>,
-    latest: &mut BTreeMap<InstanceKey, InstanceReport>,
-    pending: &mut BTreeMap<InstanceKey, InstanceReport>,
-) {
-    made_for.retain(|key, made| {
-        let same = *made == identity(state, node, key);
-        if !same {
-            latest.remove(key);
-            pending.remove(key);
-        }
-        same
-    });
-}
-
 /// Whether the replicated state still lacks what `report` says.
 fn disagrees(state: &State, node: u64, report: &InstanceReport) -> bool {
     let Some(instance) = state.placed_copy(&report.instance, node) else {
@@ -141,8 +112,6 @@ pub async fn run(
 ) {
     let mut pending: BTreeMap<InstanceKey, InstanceReport> = BTreeMap::new();
     let mut latest: BTreeMap<InstanceKey, InstanceReport> = BTreeMap::new();
-    // Which instance each held report is about (see `identity`).
-    let mut made_for: BTreeMap<InstanceKey, Option<u64>> = BTreeMap::new();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     loop {
@@ -161,7 +130,6 @@ pub async fn run(
                         );
                     }
                     let key = InstanceKey { workload: report.workload.clone(), replica: report.replica };
-                    made_for.insert(key.clone(), identity(&cluster.state().read().state, cluster.id(), &key));
                     match convert(&report) {
                         Some(converted) => {
                             latest.insert(key.clone(), converted.clone());
@@ -195,7 +163,6 @@ pub async fn run(
             },
             _ = resync.tick() => {
                 let guard = cluster.state().read();
-                forget_other_instances(&guard.state, cluster.id(), &mut made_for, &mut latest, &mut pending);
                 for (key, report) in &latest {
                     if disagrees(&guard.state, cluster.id(), report) {
                         pending.insert(key.clone(), report.clone());
@@ -208,7 +175,6 @@ pub async fn run(
                 }
                 let reports: Vec<InstanceReport> = {
                     let guard = cluster.state().read();
-                    forget_other_instances(&guard.state, cluster.id(), &mut made_for, &mut latest, &mut pending);
                     pending
                         .values()
                         .cloned()
