@@ -104,15 +104,25 @@ impl RaftLogReader<TypeConfig> for LogStore {
             cf(&self.db, CF_LOGS),
             IteratorMode::From(&key, Direction::Forward),
         );
+        // Only the run that starts at `start` and has no hole: openraft's
+        // replication sends what it gets after the entry before `start`, so
+        // entries found past a hole (logs purged under a lagging follower's
+        // read) would reach it as if they followed that entry (the
+        // simulation, seed 862: a follower's Raft core panicked).
+        let mut next = match range.start_bound() {
+            Bound::Unbounded => None,
+            _ => Some(start),
+        };
         let mut entries = Vec::new();
         for item in iter {
             let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
             let Some(index) = key_index(&key) else {
                 continue;
             };
-            if !range.contains(&index) {
+            if !range.contains(&index) || next.is_some_and(|n| n != index) {
                 break;
             }
+            next = Some(index.saturating_add(1));
             let entry: Entry<TypeConfig> =
                 serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?;
             entries.push(entry);
@@ -224,5 +234,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             db.write_opt(batch, &synced())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::blank_ent;
+
+    use super::*;
+    use crate::cluster::store;
+
+    /// Found by the simulation (seed 862): a leader purged logs while its
+    /// replication read them for a lagging follower, got the entries past
+    /// the hole and sent them as if they followed the follower's last one.
+    #[tokio::test]
+    async fn a_read_returns_only_the_run_that_starts_where_it_was_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = store::open(dir.path(), "holes").expect("open");
+        for i in [1u64, 2, 3, 6, 7] {
+            let entry = serde_json::to_vec(&blank_ent::<TypeConfig>(1, 1, i)).expect("encode");
+            db.put_cf(cf(&db, CF_LOGS), index_key(i), entry)
+                .expect("put");
+        }
+        let mut log = LogStore::new(db);
+        let mut read = |range: std::ops::Range<u64>| {
+            let mut log = log.clone();
+            async move {
+                let entries = log.try_get_log_entries(range).await.expect("read");
+                entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(read(2..8).await, vec![2, 3]);
+        assert_eq!(
+            read(4..8).await,
+            Vec::<u64>::new(),
+            "purged under the reader"
+        );
+        assert_eq!(read(6..8).await, vec![6, 7]);
+        let all = log.try_get_log_entries(..).await.expect("read");
+        assert_eq!(
+            all.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
     }
 }

@@ -279,11 +279,20 @@ impl RaftLogReader<TypeConfig> for MemLogStore {
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        // Only the run from `start` without a hole, as in `log_store`.
+        let mut next = match range.start_bound() {
+            Bound::Unbounded => None,
+            _ => Some(start),
+        };
         let d = lock(&self.disk);
         Ok(d.log
             .entries
             .range(start..)
-            .take_while(|(index, _)| range.contains(*index))
+            .take_while(|(index, _)| {
+                let ok = range.contains(*index) && next.is_none_or(|n| n == **index);
+                next = Some(index.saturating_add(1));
+                ok
+            })
             .map(|(_, entry)| entry.clone())
             .collect())
     }
@@ -535,7 +544,31 @@ mod tests {
 
     async fn read_all(disk: &SharedDisk) -> Vec<u64> {
         let mut log = MemLogStore::new(disk.clone());
-        indexes(&log.try_get_log_entries(0..).await.expect("read"))
+        indexes(&log.try_get_log_entries(..).await.expect("read"))
+    }
+
+    /// As `log_store`'s test of the same name (the simulation, seed 862).
+    #[tokio::test(start_paused = true)]
+    async fn a_read_returns_only_the_run_that_starts_where_it_was_asked() {
+        let disk = MemDisk::shared();
+        let mut log = MemLogStore::new(disk.clone());
+        let entries = (1..=3).map(|i| blank_ent(1, 1, i)).collect();
+        log.append_then(entries, |_| {}).await.expect("append");
+        log.purge(openraft::LogId::new(
+            openraft::CommittedLeaderId::new(1, 1),
+            5,
+        ))
+        .await
+        .expect("purge");
+        let entries = (6..=7).map(|i| blank_ent(1, 1, i)).collect();
+        log.append_then(entries, |_| {}).await.expect("append");
+        assert!(log
+            .try_get_log_entries(4..8)
+            .await
+            .expect("read")
+            .is_empty());
+        let got = log.try_get_log_entries(6..8).await.expect("read");
+        assert_eq!(indexes(&got), vec![6, 7]);
     }
 
     #[tokio::test(start_paused = true)]
