@@ -257,7 +257,7 @@ mod tests {
                 .expect("put");
         }
         let mut log = LogStore::new(db);
-        let mut read = |range: std::ops::Range<u64>| {
+        let read = |range: std::ops::Range<u64>| {
             let mut log = log.clone();
             async move {
                 let entries = log.try_get_log_entries(range).await.expect("read");
