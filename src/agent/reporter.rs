@@ -190,7 +190,8 @@ pub async fn run(
                 // wrote off its loop let the agent churn and slowed a site
                 // with a thousand failing instances fourfold). The cost: a
                 // copy that starts meanwhile reaches the fence's pid table
-                // only after the write (README, open findings).
+                // only after the write; until then the fence leases it by
+                // container id (README, findings 11 and 12).
                 match tokio::time::timeout(REPORT_TIMEOUT, cluster.write(command)).await {
                     Ok(Ok(_)) => pending.clear(),
                     Ok(Err(e)) => tracing::debug!(error = %e, kept = pending.len(), "instance reports not committed yet"),
