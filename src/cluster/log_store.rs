@@ -104,31 +104,48 @@ impl RaftLogReader<TypeConfig> for LogStore {
             cf(&self.db, CF_LOGS),
             IteratorMode::From(&key, Direction::Forward),
         );
-        // Only the run that starts at `start` and has no hole: openraft's
-        // replication sends what it gets after the entry before `start`, so
-        // entries found past a hole (logs purged under a lagging follower's
-        // read) would reach it as if they followed that entry (the
-        // simulation, seed 862: a follower's Raft core panicked).
-        let mut next = match range.start_bound() {
-            Bound::Unbounded => None,
-            _ => Some(start),
-        };
         let mut entries = Vec::new();
         for item in iter {
             let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
             let Some(index) = key_index(&key) else {
                 continue;
             };
-            if !range.contains(&index) || next.is_some_and(|n| n != index) {
+            if !range.contains(&index) {
                 break;
             }
-            next = Some(index.saturating_add(1));
             let entry: Entry<TypeConfig> =
                 serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?;
             entries.push(entry);
         }
         Ok(entries)
     }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let entries = self.try_get_log_entries(start..end).await?;
+        Ok(run_from(start, entries))
+    }
+}
+
+/// The entries that follow one another from index `start`, up to the first
+/// hole. openraft's replication sends what `limited_get_log_entries` returns
+/// as if it followed the entry before `start`; entries found past a hole
+/// (logs purged under a lagging follower's read, after a snapshot) made a
+/// leader send 400.. as the successors of 383, and the follower's Raft core
+/// panicked (the simulation, seed 862). An empty answer is a heartbeat to
+/// openraft, which then sends the snapshot. (`try_get_log_entries` keeps
+/// returning whatever lies in the range: openraft's own scans ask from
+/// below the first entry.)
+pub(super) fn run_from(start: u64, entries: Vec<Entry<TypeConfig>>) -> Vec<Entry<TypeConfig>> {
+    entries
+        .into_iter()
+        .zip(start..)
+        .take_while(|(entry, index)| entry.log_id.index == *index)
+        .map(|(entry, _)| entry)
+        .collect()
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -248,7 +265,7 @@ mod tests {
     /// replication read them for a lagging follower, got the entries past
     /// the hole and sent them as if they followed the follower's last one.
     #[tokio::test]
-    async fn a_read_returns_only_the_run_that_starts_where_it_was_asked() {
+    async fn a_replication_read_returns_only_the_run_that_starts_where_it_was_asked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = store::open(dir.path(), "holes").expect("open");
         for i in [1u64, 2, 3, 6, 7] {
@@ -256,25 +273,27 @@ mod tests {
             db.put_cf(cf(&db, CF_LOGS), index_key(i), entry)
                 .expect("put");
         }
-        let mut log = LogStore::new(db);
-        let read = |range: std::ops::Range<u64>| {
+        let log = LogStore::new(db);
+        let read = |start: u64, end: u64| {
             let mut log = log.clone();
             async move {
-                let entries = log.try_get_log_entries(range).await.expect("read");
+                let entries = log.limited_get_log_entries(start, end).await.expect("read");
                 entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>()
             }
         };
-        assert_eq!(read(2..8).await, vec![2, 3]);
+        assert_eq!(read(2, 8).await, vec![2, 3]);
         assert_eq!(
-            read(4..8).await,
+            read(4, 8).await,
             Vec::<u64>::new(),
             "purged under the reader"
         );
-        assert_eq!(read(6..8).await, vec![6, 7]);
-        let all = log.try_get_log_entries(..).await.expect("read");
+        assert_eq!(read(6, 8).await, vec![6, 7]);
+        let all = log.clone().try_get_log_entries(0..8).await.expect("read");
+        let all: Vec<u64> = all.iter().map(|e| e.log_id.index).collect();
         assert_eq!(
-            all.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
-            vec![1, 2, 3]
+            all,
+            vec![1, 2, 3, 6, 7],
+            "the plain read: what lies in the range"
         );
     }
 }
