@@ -71,6 +71,10 @@ struct Container {
     interval: Option<usize>,
     /// When the task started (the pid's "start time").
     started_ms: u64,
+    /// The pid a fence SIGKILL is on its way to: a process in
+    /// uninterruptible sleep dies when it wakes, however many more
+    /// SIGKILLs it gets meanwhile.
+    kill_pending: Option<u32>,
 }
 
 struct State {
@@ -281,6 +285,7 @@ impl Runtime for FakeEngine {
                     ignores_term,
                     interval: None,
                     started_ms: 0,
+                    kill_pending: None,
                 },
             );
             false
@@ -418,7 +423,16 @@ impl Killer for FakeEngine {
             }
         };
         // The process dies when the signal takes effect; the fence watches
-        // for that through `alive`.
+        // for that through `alive`. A signal already on its way decides.
+        let pending = self.with(|s| {
+            let c = s.containers.get_mut(&entry.container_id)?;
+            let pending = c.kill_pending == Some(pid);
+            c.kill_pending = Some(pid);
+            Some(pending)
+        });
+        if pending == Some(true) {
+            return Killed::Now;
+        }
         let delay = self.kill_delay();
         let engine = self.clone();
         let id = entry.container_id.clone();
