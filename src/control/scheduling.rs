@@ -375,11 +375,10 @@ pub fn round(state: &State, timing: &Timing) -> Round {
         workload: i.workload.clone(),
         replica: i.replica,
     };
-    out.record.placements = plan
-        .placements
-        .iter()
-        .map(|a| (key(&a.instance), a.node))
-        .collect();
+    // Gateways where a preempted singleton must stop before its room is
+    // free: what the plan puts there waits (the state machine would refuse
+    // it at commit, since the stopping copy still holds its requests).
+    let mut held = BTreeSet::new();
     for e in &plan.evictions {
         let k = key(&e.instance);
         let victim = state.instances.get(&k);
@@ -393,6 +392,7 @@ pub fn round(state: &State, timing: &Timing) -> Round {
             if victim.is_some_and(|v| !v.stopping) {
                 out.record.stop.push(k.clone());
             }
+            held.insert(e.node);
             out.stuck.push((
                 k,
                 format!(
@@ -402,6 +402,17 @@ pub fn round(state: &State, timing: &Timing) -> Round {
             ));
         } else {
             out.record.evictions.push((k, e.reason.clone()));
+        }
+    }
+    for a in &plan.placements {
+        let k = key(&a.instance);
+        if held.contains(&a.node) {
+            out.stuck.push((
+                k,
+                "waits for a preempted singleton to stop and free its room".to_string(),
+            ));
+        } else {
+            out.record.placements.push((k, a.node));
         }
     }
     for u in &plan.unplaceable {
@@ -1066,5 +1077,80 @@ mod tests {
         apply_plan(&mut state, plan);
         assert!(state.meta.retired.is_empty());
         assert!(node_of(&state, &k).is_some_and(|p| p != n));
+    }
+
+    /// Found by the simulation (seed 5570): a leader that could not reach
+    /// its quorum proposed two plans from the same applied state, each
+    /// placing onto the same gateway, which had room for one. The commit
+    /// of the second drops its placement; the next round places it on the
+    /// state it sees, once, and has nothing more to say.
+    #[test]
+    fn a_placement_that_no_longer_fits_is_dropped_at_commit() {
+        let mut state = cluster_state();
+        let workloads =
+            parse_manifest("name: a\nimage: i\nresources: {cpu: 600m}\n---\nname: b\nimage: i\nresources: {cpu: 600m}\n")
+                .unwrap();
+        set(
+            &mut state,
+            2,
+            Command::ApplyWorkloads {
+                workloads,
+                source: Source::Local,
+            },
+        );
+        let plan = |k: InstanceKey| PlanRecord {
+            placements: vec![(k, 1)],
+            ..PlanRecord::default()
+        };
+        apply_plan(&mut state, plan(key("a", 0)));
+        apply_plan(&mut state, plan(key("b", 0)));
+        assert_eq!(node_of(&state, &key("a", 0)), Some(1));
+        assert_eq!(node_of(&state, &key("b", 0)), None, "1,200m on 1,000m");
+        let next = plan_for(&state, 3).unwrap();
+        assert_eq!(next.placements, vec![(key("b", 0), 2)]);
+        apply_plan(&mut state, next);
+        assert_eq!(node_of(&state, &key("b", 0)), Some(2));
+        assert_eq!(plan_for(&state, 4), None);
+    }
+
+    /// A singleton preempted by a higher priority keeps its room until its
+    /// gateway confirms the stop: the preemptor is placed after that, not
+    /// beside a copy that may ignore SIGTERM for its whole stop grace.
+    #[test]
+    fn a_preemptor_waits_for_the_singleton_it_stops() {
+        let mut state = with_manifest(
+            "name: cam\nimage: i\nsingleton: true\nnode_selector: {zigbee: \"true\"}\nresources: {cpu: 800m}\n",
+        );
+        let k = key("cam", 0);
+        let n = node_of(&state, &k).unwrap();
+        set(&mut state, 4, cam_report(n, InstanceState::Running, false));
+        let workloads = parse_manifest(
+            "name: hub\nimage: i\npriority: 100\nnode_selector: {zigbee: \"true\"}\nresources: {cpu: 500m}\n",
+        )
+        .unwrap();
+        set(
+            &mut state,
+            5,
+            Command::ApplyWorkloads {
+                workloads,
+                source: Source::Local,
+            },
+        );
+        let stop = plan_for(&state, 6).unwrap();
+        assert_eq!(stop.stop, vec![k.clone()]);
+        assert!(stop.placements.is_empty(), "{stop:?}");
+        apply_plan(&mut state, stop);
+        // Still stopping: nothing to write, nothing placed.
+        assert_eq!(plan_for(&state, 7), None);
+        let mark = state.instances[&k].stop_mark;
+        let mut stopped = cam_report(n, InstanceState::Exited, true);
+        if let Command::ReportInstances { reports, .. } = &mut stopped {
+            reports[0].stop_mark_seen = Some(mark);
+        }
+        set(&mut state, 8, stopped);
+        let place = plan_for(&state, 9).unwrap();
+        assert_eq!(place.placements, vec![(key("hub", 0), n)]);
+        apply_plan(&mut state, place);
+        assert_eq!(node_of(&state, &key("hub", 0)), Some(n));
     }
 }

@@ -806,6 +806,28 @@ impl State {
         }
     }
 
+    /// Whether `key` fits on `node` beside what is assigned there now, by
+    /// the same measure as the scheduler (`Instance::holds_capacity`), so a
+    /// placement refused here is not proposed again from the same state.
+    fn fits_on(&self, node: NodeId, key: &InstanceKey) -> bool {
+        let (Some(target), Some(workload)) =
+            (self.nodes.get(&node), self.workloads.get(&key.workload))
+        else {
+            return false;
+        };
+        let (mut cpu, mut memory) = (workload.spec.cpu_millis(), workload.spec.memory_bytes());
+        for (other, instance) in &self.instances {
+            if other == key || instance.node != Some(node) || !instance.holds_capacity() {
+                continue;
+            }
+            if let Some(w) = self.workloads.get(&other.workload) {
+                cpu = cpu.saturating_add(w.spec.cpu_millis());
+                memory = memory.saturating_add(w.spec.memory_bytes());
+            }
+        }
+        cpu <= target.capacity.cpu_millis && memory <= target.capacity.memory_bytes
+    }
+
     fn apply_plan(&mut self, at: u64, plan: &PlanRecord, changes: &mut ChangeSet) -> Response {
         let before = self.meta.retired.len();
         self.meta.retired.retain(|r| {
@@ -866,6 +888,13 @@ impl State {
                 if singleton && instance.may_be_running() && !silent {
                     continue;
                 }
+            }
+            // Plans are computed on the leader's applied state while earlier
+            // plans may still be in flight (a leader that cannot reach its
+            // quorum keeps proposing): a placement that no longer fits is
+            // dropped here, and the next round plans on the committed state.
+            if !self.fits_on(*node_id, key) {
+                continue;
             }
             let from = instance.node.or(instance.previous_node);
             let why = self.why_moved(instance);

@@ -199,6 +199,15 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Whether this instance still takes its requests on its gateway: all
+    /// but a copy stopped to move (confirmed stopped, or seen exited while
+    /// being stopped). The scheduler counts at least these (it also holds
+    /// the room of a stopping copy that exited but is not yet confirmed).
+    pub fn holds_capacity(&self) -> bool {
+        let down = matches!(self.state, InstanceState::Exited | InstanceState::Failed);
+        !(self.stopping && (self.stopped || down))
+    }
+
     /// Whether its gateway may still run (or be about to run) this copy.
     /// A placed copy may, whatever its last report says, until its gateway
     /// confirmed a stop (`stopped`): an Exited or Failed copy is restarted
