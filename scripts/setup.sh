@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what gantry needs to build and test on Debian 12 (run as root):
 # protoc and libclang for the build, containerd + runc + busybox-static for
-# the runtime tests, iproute2 for the network-namespace tests.
+# the runtime tests, iproute2 for the network-namespace tests, curl and
+# prometheus (for `promtool check metrics`) for the metrics test.
 set -euo pipefail
 
-packages=(build-essential pkg-config protobuf-compiler libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo)
+packages=(build-essential pkg-config protobuf-compiler libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo curl prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -13,7 +14,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # No packaged daemon starts (prometheus, docker-registry, containerd):
+  # they would listen on every interface; tests start their own on loopback.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod +x "$policy"
+    made_policy=1
+  fi
+  installed=0
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || installed=$?
+  if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi
+  if [ "$installed" != 0 ]; then exit "$installed"; fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -25,9 +38,11 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # Tests start their own registry on 127.0.0.1; the packaged service is not needed.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
-  systemctl disable --now docker-registry >/dev/null 2>&1 || true
-fi
+for unit in docker-registry prometheus; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+  fi
+done
 
 # The system containerd is not needed: tests and the demo start their own.
 # Keep one target dir outside the clone so repeated runs reuse the RocksDB build.

@@ -120,13 +120,19 @@ impl Gateway {
         let policy = AuthLayer::new(GatewayPolicy {
             cluster: cluster.clone(),
         });
+        let exporter = Arc::new(crate::metrics::Exporter::new(cluster.clone(), link.clone()));
+        let routes =
+            tonic::service::Routes::from(crate::web::gateway_routes(cluster.clone(), exporter))
+                .add_service(bootstrap_service)
+                .add_service(cluster_service)
+                .add_service(admin_service);
+        tasks.spawn(crate::metrics::watch(cluster.clone(), shutdown.clone()));
         tasks.spawn(async move {
             let served = tonic::transport::Server::builder()
                 .http2_max_header_list_size(16 << 10)
+                .accept_http1(true)
                 .layer(policy)
-                .add_service(bootstrap_service)
-                .add_service(cluster_service)
-                .add_service(admin_service)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, stop.cancelled())
                 .await;
             if let Err(e) = served {

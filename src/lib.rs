@@ -10,6 +10,8 @@
 //! - [`agent`]: bridges the local replica and the containerd node agent.
 //! - [`cloud`]: cloud sync: the edge link and the `gantry hub` server.
 //! - [`gateway`]: the composition root of one daemon.
+//! - [`metrics`] and [`web`]: what a gateway counts, and the plain HTTP
+//!   routes (`/metrics`, `/healthz`, `/readyz`) on its gRPC port.
 //! - [`cli`]: the `gantry` command line.
 //! - [`trust`]: a gateway's keys and certificates, signing, renewal and
 //!   token checks; [`tls`]: the TLS acceptor and connector every listener
@@ -24,6 +26,8 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod gateway;
+pub mod metrics;
 pub mod state;
 pub mod tls;
 pub mod trust;
+pub mod web;

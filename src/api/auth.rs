@@ -201,6 +201,15 @@ pub const GATEWAY_POLICY: &[Rule] = &[
     ),
 ];
 
+/// Plain HTTP paths on the gateway's port (`crate::web`). Health and
+/// readiness say nothing but "up" and "ready"; metrics name workloads and
+/// gateways, so they need a viewer token, as Prometheus can send one.
+pub const GATEWAY_HTTP_POLICY: &[Rule] = &[
+    ("/metrics", Need::Token(Role::Viewer), "reading metrics"),
+    ("/healthz", Need::Anyone, "health"),
+    ("/readyz", Need::Anyone, "readiness"),
+];
+
 pub fn rule_for(table: &'static [Rule], path: &str) -> Option<&'static Rule> {
     table.iter().find(|(p, _, _)| *p == path)
 }
@@ -297,7 +306,8 @@ impl Policy for GatewayPolicy {
         headers: &HeaderMap,
         peer: Option<&PeerInfo>,
     ) -> Result<Principal, Status> {
-        let Some((_, need, verb)) = rule_for(GATEWAY_POLICY, path) else {
+        let rule = rule_for(GATEWAY_POLICY, path).or_else(|| rule_for(GATEWAY_HTTP_POLICY, path));
+        let Some((_, need, verb)) = rule else {
             return Err(Status::unimplemented(format!("no method {path}")));
         };
         match need {
@@ -407,12 +417,52 @@ where
                 // cannot make us buffer anything. What it is still sending is
                 // read off and thrown away, a little and briefly, so a small
                 // request ends cleanly instead of with a stream reset.
+                let grpc = is_grpc(request.headers());
                 let (_, body) = request.into_parts();
                 tokio::spawn(discard(body));
-                Box::pin(std::future::ready(Ok(status.into_http())))
+                let response = if grpc {
+                    status.into_http()
+                } else {
+                    plain_refusal(&status)
+                };
+                Box::pin(std::future::ready(Ok(response)))
             }
         }
     }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A refusal as a plain HTTP client (curl, Prometheus, a browser) reads
+/// one: the status code that means it, and the reason as text.
+fn plain_refusal(status: &Status) -> http::Response<Body> {
+    use tonic::Code;
+    let code = match status.code() {
+        Code::Unauthenticated => http::StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => http::StatusCode::FORBIDDEN,
+        Code::Unimplemented => http::StatusCode::NOT_FOUND,
+        Code::ResourceExhausted => http::StatusCode::PAYLOAD_TOO_LARGE,
+        _ => http::StatusCode::BAD_REQUEST,
+    };
+    let mut response = http::Response::new(Body::new(format!("{}\n", status.message())));
+    *response.status_mut() = code;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if code == http::StatusCode::UNAUTHORIZED {
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"gantry\""),
+        );
+    }
+    response
 }
 
 /// Reads a refused request's body off the wire, at most 64 KiB, keeping

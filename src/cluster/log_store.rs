@@ -29,6 +29,7 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn synced() -> WriteOptions {
@@ -39,7 +40,16 @@ fn synced() -> WriteOptions {
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
-        Self { db }
+        Self {
+            db,
+            metrics: Default::default(),
+        }
+    }
+
+    /// Times its synced appends into the gateway's `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
@@ -202,6 +212,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             encoded.push((entry.log_id.index, bytes));
         }
+        let started = std::time::Instant::now();
         let result = self
             .blocking(move |db| {
                 let logs = cf(db, CF_LOGS);
@@ -214,6 +225,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await;
         match result {
             Ok(()) => {
+                self.metrics
+                    .log_fsync
+                    .observe(started.elapsed().as_secs_f64());
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }

@@ -244,6 +244,8 @@ pub(crate) struct Inner {
     pub(crate) write_timeout: Duration,
     /// Membership changes are serialised: openraft refuses overlapping ones.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    /// What this gateway counts for `/metrics` (`crate::metrics`).
+    pub(crate) telemetry: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Clone)]
@@ -316,8 +318,11 @@ impl Cluster {
         timers: &RaftTimers,
         trust: Arc<NodeTrust>,
     ) -> Result<Self, ClusterError> {
-        let log = LogStore::new(db.clone());
-        let sm = StateMachineStore::open(db).map_err(ClusterError::Start)?;
+        let telemetry = Arc::new(crate::metrics::Metrics::default());
+        let log = LogStore::new(db.clone()).with_metrics(telemetry.clone());
+        let sm = StateMachineStore::open(db)
+            .map_err(ClusterError::Start)?
+            .with_metrics(telemetry.clone());
         let state = sm.reader();
         let data_dir = trust.data_dir.clone();
         let peers = PeerChannels::new(trust.clone(), pin_source(state.clone(), cluster_id))
@@ -330,7 +335,18 @@ impl Cluster {
             contact: ContactRecord::in_dir(&data_dir),
         };
         let identity = Identity { peers, trust };
-        Self::start_inner(id, cluster_id, log, sm, state, timers, deps, Some(identity)).await
+        Self::start_inner(
+            id,
+            cluster_id,
+            log,
+            sm,
+            state,
+            timers,
+            deps,
+            Some(identity),
+            telemetry,
+        )
+        .await
     }
 
     /// A gateway on any openraft storage, transport and clock, without a
@@ -350,7 +366,18 @@ impl Cluster {
         L: RaftLogStorage<TypeConfig>,
         S: RaftStateMachine<TypeConfig>,
     {
-        Self::start_inner(id, cluster_id, log, sm, state, timers, deps, None).await
+        Self::start_inner(
+            id,
+            cluster_id,
+            log,
+            sm,
+            state,
+            timers,
+            deps,
+            None,
+            Default::default(),
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -363,6 +390,7 @@ impl Cluster {
         timers: &RaftTimers,
         deps: ClusterDeps,
         identity: Option<Identity>,
+        telemetry: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, ClusterError>
     where
         L: RaftLogStorage<TypeConfig>,
@@ -397,6 +425,7 @@ impl Cluster {
                 }),
                 write_timeout: Duration::from_secs(10),
                 membership_lock: tokio::sync::Mutex::new(()),
+                telemetry,
             }),
         })
     }
@@ -543,6 +572,11 @@ impl Cluster {
 
     pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
         self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// The gateway's own counters and histograms, for `/metrics`.
+    pub fn telemetry(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.inner.telemetry
     }
 
     pub fn metrics_watch(&self) -> tokio::sync::watch::Receiver<RaftMetrics<NodeId, BasicNode>> {
@@ -743,7 +777,11 @@ impl Cluster {
     }
 
     async fn write_op(&self, op: LeaderOp) -> Result<Response, ClusterError> {
-        match self.on_leader(op).await? {
+        let reply = self.on_leader(op).await;
+        if let Err(e) = &reply {
+            self.count_failure(e);
+        }
+        match reply? {
             LeaderReply::Write(response) => Ok(response),
             LeaderReply::Written { response, index } => {
                 self.wait_applied(index).await;
@@ -765,14 +803,30 @@ impl Cluster {
             return Err(ClusterError::Refused("not the leader".into()));
         }
         let request = Request::new(self.now_ms(), command);
-        match tokio::time::timeout(self.inner.write_timeout, self.propose(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(LeaderFailure::NotLeader)) => {
-                Err(ClusterError::Refused("no longer the leader".into()))
-            }
-            Ok(Err(e)) => Err(ClusterError::Raft(e.to_string())),
-            Err(_) => Err(ClusterError::Timeout(self.inner.write_timeout)),
+        let result =
+            match tokio::time::timeout(self.inner.write_timeout, self.propose(request)).await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(LeaderFailure::NotLeader)) => {
+                    Err(ClusterError::Refused("no longer the leader".into()))
+                }
+                Ok(Err(e)) => Err(ClusterError::Raft(e.to_string())),
+                Err(_) => Err(ClusterError::Timeout(self.inner.write_timeout)),
+            };
+        if let Err(e) = &result {
+            self.count_failure(e);
         }
+        result
+    }
+
+    fn count_failure(&self, e: &ClusterError) {
+        let reason = match e {
+            ClusterError::Timeout(_) => "timeout",
+            ClusterError::NoLeader(_) => "no_leader",
+            ClusterError::Refused(_) => "refused",
+            ClusterError::Unreachable { .. } => "unreachable",
+            _ => "error",
+        };
+        self.inner.telemetry.proposal_failed(reason);
     }
 
     /// Runs `op` on the leader: here when we lead, else forwarded. Retries

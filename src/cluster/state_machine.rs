@@ -123,6 +123,7 @@ pub struct StateMachineStore {
     snapshot_write: Arc<tokio::sync::Mutex<()>>,
     applied_tx: Arc<watch::Sender<u64>>,
     applied_rx: watch::Receiver<u64>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Holds `apply` between its change in memory and its synced write.
     #[cfg(test)]
     apply_gate: Option<Arc<tests::Gate>>,
@@ -239,6 +240,7 @@ impl StateMachineStore {
             snapshot_write: Arc::new(tokio::sync::Mutex::new(())),
             applied_tx: Arc::new(applied_tx),
             applied_rx,
+            metrics: Default::default(),
             #[cfg(test)]
             apply_gate: None,
         })
@@ -299,6 +301,13 @@ impl StateMachineStore {
         Ok(())
     }
 
+    /// Times its synced batches and counts its snapshots into the gateway's
+    /// `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     async fn write_synced(&self, batch: WriteBatch) -> StorageResult<()> {
         let db = self.db.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -348,6 +357,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         Self::stage_snapshot(&self.db, &meta, &data, &mut batch)?;
         self.write_synced(batch).await?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        self.metrics.snapshots_built.inc();
+        self.metrics.snapshot_bytes.set(data.len() as i64);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -380,7 +391,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(gate) = &self.apply_gate {
             gate.hold().await;
         }
+        let started = std::time::Instant::now();
         self.write_synced(batch).await?;
+        self.metrics
+            .apply_commit
+            .observe(started.elapsed().as_secs_f64());
         self.notify(last_applied);
         Ok(responses)
     }
@@ -399,6 +414,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
+        self.metrics.snapshot_bytes.set(data.len() as i64);
         let incoming: Applied = serde_json::from_slice(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         let _snapshot_write = self.snapshot_write.lock().await;

@@ -510,6 +510,7 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
         }
         let (since, since_instant) =
             *leading_since.get_or_insert_with(|| (cluster.now_ms(), tokio::time::Instant::now()));
+        let started = std::time::Instant::now();
         let record = {
             let guard = cluster.state().read();
             let timing = Timing {
@@ -519,6 +520,10 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
             };
             round(&guard.state, &timing).record
         };
+        cluster
+            .telemetry()
+            .scheduler_round
+            .observe(started.elapsed().as_secs_f64());
         if !worth_committing(&record) {
             continue;
         }

@@ -23,9 +23,15 @@ use crate::state::NodeId;
 use crate::tls::ServerTls;
 use files::TrustFileError;
 
-/// ALPN of every gantry listener and client: HTTP/2 for gRPC.
+/// ALPN of every gantry client: HTTP/2 for gRPC.
 pub fn alpn() -> Vec<Vec<u8>> {
     vec![b"h2".to_vec()]
+}
+
+/// ALPN of a gateway's and the hub's listener: HTTP/2 first (gRPC), and
+/// HTTP/1.1 for plain clients of the web routes (a Prometheus scrape, curl).
+pub fn server_alpn() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
 }
 
 /// How long certificates the cluster signs last; `GANTRY_TEST_CERT_LIFETIME`
@@ -176,7 +182,11 @@ pub fn server_config(
     creds: &Credentials,
     ca_bundle: &[Vec<u8>],
 ) -> Result<Arc<rustls::ServerConfig>, TrustError> {
-    Ok(gantry_pki::server_config(creds, Some(ca_bundle), alpn())?)
+    Ok(gantry_pki::server_config(
+        creds,
+        Some(ca_bundle),
+        server_alpn(),
+    )?)
 }
 
 /// Refuses to start with a clock before the CA's validity (a gateway

@@ -92,6 +92,7 @@ pub async fn serve_on(
     let policy = AuthLayer::new(HubPolicy {
         sites: sites.clone(),
     });
+    let exporter = Arc::new(super::metrics::HubExporter::new(sites.clone()));
     let service = HubService {
         sites,
         closing: closing.clone(),
@@ -101,10 +102,13 @@ pub async fn serve_on(
         stop.await;
         closing.cancel();
     };
+    let routes = tonic::service::Routes::from(crate::web::hub_routes(exporter))
+        .add_service(HubServer::new(service));
     tonic::transport::Server::builder()
         .http2_max_header_list_size(16 << 10)
+        .accept_http1(true)
         .layer(policy)
-        .add_service(HubServer::new(service))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop)
         .await
         .context("the hub's gRPC server stopped")?;

@@ -8,11 +8,12 @@
 //! - `session`: one site's live link.
 //! - `service`: the tonic `Hub` service; `cli`: the `gantry hub` verbs.
 //! - `auth`: who may call what; `pki`: the hub's CA, certificate and admin
-//!   token in its data dir.
+//!   token in its data dir; `metrics`: its `/metrics`.
 
 pub mod auth;
 pub mod cli;
 pub mod desired;
+pub mod metrics;
 pub mod pki;
 pub mod service;
 pub mod session;

@@ -76,7 +76,7 @@ pub fn load_or_create(data_dir: &Path, listen: &str, options: &HubTlsOptions) ->
         .last()
         .context("the server certificate chain is empty")?;
     let ca = Fingerprint::of(ca_der);
-    let server = gantry_pki::server_config(&creds, None, crate::trust::alpn())?;
+    let server = gantry_pki::server_config(&creds, None, crate::trust::server_alpn())?;
     Ok(HubTls { server, ca })
 }
 

@@ -80,6 +80,17 @@ fn secret_matches(secret: &Secret, expected: &str) -> bool {
     secret.matches(&digest)
 }
 
+/// A site's link as `/metrics` shows it.
+pub struct SiteFigures {
+    pub site: String,
+    pub connected: bool,
+    pub desired_revision: u64,
+    pub acked_revision: u64,
+    pub last_seen_ms: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
 /// What a freshly authenticated session starts from.
 pub struct Opened {
     pub session: u64,
@@ -441,6 +452,22 @@ impl Sites {
         if let Err(e) = self.store.save(name, &record, None) {
             tracing::warn!(site = name, error = %e, "could not record the disconnect");
         }
+    }
+
+    /// One row per site for `/metrics`.
+    pub fn link_figures(&self) -> Vec<SiteFigures> {
+        self.lock()
+            .iter()
+            .map(|(name, site)| SiteFigures {
+                site: name.clone(),
+                connected: site.session.is_some(),
+                desired_revision: site.record.desired.revision,
+                acked_revision: site.record.acked_revision,
+                last_seen_ms: site.record.last_seen_ms,
+                bytes_in: site.bytes_in,
+                bytes_out: site.bytes_out,
+            })
+            .collect()
     }
 
     /// `gantry hub status -o json`.

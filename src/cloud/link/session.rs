@@ -102,8 +102,12 @@ struct Link<'a> {
 
 impl Link<'_> {
     async fn send(&self, msg: Out) -> Result<(), SessionEnd> {
+        let message = SiteMessage { msg: Some(msg) };
+        self.cluster
+            .telemetry()
+            .link_bytes("up", prost::Message::encoded_len(&message));
         self.tx
-            .send(SiteMessage { msg: Some(msg) })
+            .send(message)
             .await
             .map_err(|_| SessionEnd::Worked("the link's sender closed".into()))
     }
@@ -318,6 +322,9 @@ async fn serve(
             message = inbound.message() => {
                 let message = message.map_err(|s| SessionEnd::Failed(format!("hub: {}", s.message())))?;
                 let Some(message) = message else { return Ok(()) };
+                link.cluster
+                    .telemetry()
+                    .link_bytes("down", prost::Message::encoded_len(&message));
                 match message.msg {
                     Some(In::Desired(desired)) => {
                         link.still_wanted()?;
