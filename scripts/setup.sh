@@ -2,10 +2,11 @@
 # Installs what gantry needs to build and test on Debian 12 (run as root):
 # protoc and libclang for the build, containerd + runc + busybox-static for
 # the runtime tests, iproute2 for the network-namespace tests, curl and
-# prometheus (for `promtool check metrics`) for the metrics test.
+# prometheus (for `promtool check metrics`) for the metrics test, chromium
+# and chromium-driver for the web page test.
 set -euo pipefail
 
-packages=(build-essential pkg-config protobuf-compiler libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo curl prometheus)
+packages=(build-essential pkg-config protobuf-compiler libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo curl prometheus chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -121,11 +121,15 @@ impl Gateway {
             cluster: cluster.clone(),
         });
         let exporter = Arc::new(crate::metrics::Exporter::new(cluster.clone(), link.clone()));
-        let routes =
-            tonic::service::Routes::from(crate::web::gateway_routes(cluster.clone(), exporter))
-                .add_service(bootstrap_service)
-                .add_service(cluster_service)
-                .add_service(admin_service);
+        let routes = tonic::service::Routes::from(crate::web::gateway_routes(crate::web::Site {
+            cluster: cluster.clone(),
+            link: link.clone(),
+            exporter,
+            shutdown: shutdown.clone(),
+        }))
+        .add_service(bootstrap_service)
+        .add_service(cluster_service)
+        .add_service(admin_service);
         tasks.spawn(crate::metrics::watch(cluster.clone(), shutdown.clone()));
         tasks.spawn(async move {
             let served = tonic::transport::Server::builder()

@@ -204,24 +204,64 @@ pub const GATEWAY_POLICY: &[Rule] = &[
 /// Plain HTTP paths on the gateway's port (`crate::web`). Health and
 /// readiness say nothing but "up" and "ready"; metrics name workloads and
 /// gateways, so they need a viewer token, as Prometheus can send one.
+/// A path ending in `/*` stands for everything under it. The pages and
+/// their live streams need a viewer token, as a bearer or in the cookie
+/// that `/login` sets.
 pub const GATEWAY_HTTP_POLICY: &[Rule] = &[
     ("/metrics", Need::Token(Role::Viewer), "reading metrics"),
     ("/healthz", Need::Anyone, "health"),
     ("/readyz", Need::Anyone, "readiness"),
+    ("/", Need::Token(Role::Viewer), "the web page"),
+    ("/workloads/*", Need::Token(Role::Viewer), "the web page"),
+    ("/gateways/*", Need::Token(Role::Viewer), "the web page"),
+    ("/live", Need::Token(Role::Viewer), "the web page"),
+    ("/live/*", Need::Token(Role::Viewer), "the web page"),
+    ("/login", Need::Anyone, "sign-in"),
+    ("/logout", Need::Anyone, "sign-out"),
 ];
+
+/// The rule of a plain HTTP path, `/*` rows matching what lies under them.
+pub fn http_rule_for(table: &'static [Rule], path: &str) -> Option<&'static Rule> {
+    table.iter().find(|(p, _, _)| match p.strip_suffix("/*") {
+        Some(prefix) => path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/')),
+        None => *p == path,
+    })
+}
 
 pub fn rule_for(table: &'static [Rule], path: &str) -> Option<&'static Rule> {
     table.iter().find(|(p, _, _)| *p == path)
 }
 
-/// The bearer credential of a request, if any.
+/// The bearer credential of a request, if any: the `Authorization`
+/// header, else, on plain HTTP only, the cookie a browser signed in with
+/// (`web::TOKEN_COOKIE`): a gRPC call is never authorised by a cookie.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let header = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    header.or_else(|| {
+        if is_grpc(headers) {
+            None
+        } else {
+            cookie(headers, crate::web::TOKEN_COOKIE)
+        }
+    })
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name && !v.is_empty()).then_some(v)
+        })
 }
 
 /// Decides for one request; implemented by the gateway and by the hub.
@@ -306,7 +346,8 @@ impl Policy for GatewayPolicy {
         headers: &HeaderMap,
         peer: Option<&PeerInfo>,
     ) -> Result<Principal, Status> {
-        let rule = rule_for(GATEWAY_POLICY, path).or_else(|| rule_for(GATEWAY_HTTP_POLICY, path));
+        let rule =
+            rule_for(GATEWAY_POLICY, path).or_else(|| http_rule_for(GATEWAY_HTTP_POLICY, path));
         let Some((_, need, verb)) = rule else {
             return Err(Status::unimplemented(format!("no method {path}")));
         };
@@ -418,10 +459,13 @@ where
                 // read off and thrown away, a little and briefly, so a small
                 // request ends cleanly instead of with a stream reset.
                 let grpc = is_grpc(request.headers());
+                let browser = wants_html(request.headers());
                 let (_, body) = request.into_parts();
                 tokio::spawn(discard(body));
                 let response = if grpc {
                     status.into_http()
+                } else if browser && status.code() == tonic::Code::Unauthenticated {
+                    to_login()
                 } else {
                     plain_refusal(&status)
                 };
@@ -436,6 +480,24 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+/// A browser without a (valid) token goes to the sign-in form.
+fn to_login() -> http::Response<Body> {
+    let mut response = http::Response::new(Body::empty());
+    *response.status_mut() = http::StatusCode::SEE_OTHER;
+    response.headers_mut().insert(
+        http::header::LOCATION,
+        http::HeaderValue::from_static("/login"),
+    );
+    response
 }
 
 /// A refusal as a plain HTTP client (curl, Prometheus, a browser) reads

@@ -182,6 +182,11 @@ async fn run_in(args: &DevArgs, dir: &Path) -> Result<ExitCode> {
         println!("  gantry hub status --hub {hub_addr}");
         println!("  gantry logs zigbee-bridge --follow");
         println!("  gantry describe workload historian      # why it has no home");
+        if let Ok(token) = admin_token(&site_dir) {
+            println!(
+                "In a browser (it warns about the demo's own CA; accept it): https://{server}/login?token={token}"
+            );
+        }
         println!("Ctrl-C stops everything and cleans up.");
         let _ = tokio::signal::ctrl_c().await;
     }

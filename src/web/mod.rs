@@ -1,23 +1,105 @@
 //! Plain HTTP/1.1 (and HTTP/2) routes on the gateway's gRPC port, behind
-//! the same TLS and the same policy layer (`api::auth`): `/metrics` for
+//! the same TLS and the same policy layer (`api::auth`): the web pages
+//! (`pages`, live over server-sent events, `live`), `/metrics` for
 //! Prometheus (a viewer token as bearer), `/healthz` and `/readyz` for
 //! supervisors and load balancers (no credential; they say nothing about
 //! the cluster but "up" and "ready"). One port, one firewall rule, like
 //! K3s and Nomad. The hub serves `/metrics` (a hub admin token) and
 //! `/healthz` the same way.
+//!
+//! People sign in with a viewer or admin token: `/login` (a form, or
+//! `/login?token=T` from a link) checks it and keeps it in a secure,
+//! HTTP-only cookie that the policy layer reads like a bearer token.
+
+pub mod live;
+pub mod pages;
 
 use std::sync::Arc;
 
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::extract::{Path, RawQuery};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tokio_util::sync::CancellationToken;
 
+use crate::cloud::link::LinkHandle;
 use crate::cluster::Cluster;
 use crate::metrics::Render;
+use pages::Page;
+
+/// The cookie a signed-in browser carries its token in.
+pub const TOKEN_COOKIE: &str = "gantry_token";
+
+/// What the gateway's routes need.
+#[derive(Clone)]
+pub struct Site {
+    pub cluster: Cluster,
+    pub link: LinkHandle,
+    pub exporter: Arc<dyn Render>,
+    /// Ends the live streams when the gateway stops (they never end by
+    /// themselves, and the server waits for open requests).
+    pub shutdown: CancellationToken,
+}
 
 /// A gateway's routes, to merge with its gRPC services into one router.
-pub fn gateway_routes(cluster: Cluster, exporter: Arc<dyn Render>) -> axum::Router {
-    hub_routes(exporter).route("/readyz", get(move || readiness(cluster.clone())))
+pub fn gateway_routes(site: Site) -> axum::Router {
+    let s = site.clone();
+    let ready = site.cluster.clone();
+    let router = hub_routes(site.exporter.clone())
+        .route("/readyz", get(move || readiness(ready.clone())))
+        .route(
+            "/",
+            get({
+                let s = s.clone();
+                move || show(s.clone(), Page::Overview)
+            }),
+        )
+        .route(
+            "/workloads/{name}",
+            get({
+                let s = s.clone();
+                move |Path(name): Path<String>| show(s.clone(), Page::Workload(name))
+            }),
+        )
+        .route(
+            "/gateways/{name}",
+            get({
+                let s = s.clone();
+                move |Path(name): Path<String>| show(s.clone(), Page::Gateway(name))
+            }),
+        )
+        .route(
+            "/live",
+            get({
+                let s = s.clone();
+                move || live::stream(s.clone(), Page::Overview)
+            }),
+        )
+        .route(
+            "/live/workloads/{name}",
+            get({
+                let s = s.clone();
+                move |Path(name): Path<String>| live::stream(s.clone(), Page::Workload(name))
+            }),
+        )
+        .route(
+            "/live/gateways/{name}",
+            get({
+                let s = s.clone();
+                move |Path(name): Path<String>| live::stream(s.clone(), Page::Gateway(name))
+            }),
+        );
+    let login_cluster = site.cluster.clone();
+    let form_cluster = site.cluster.clone();
+    router
+        .route(
+            "/login",
+            get(move |RawQuery(query): RawQuery| {
+                login_link(login_cluster.clone(), query.unwrap_or_default())
+            })
+            .post(move |body: String| login_form(form_cluster.clone(), body)),
+        )
+        .route("/logout", get(logout))
 }
 
 /// The hub's routes (and the part every server has).
@@ -27,7 +109,32 @@ pub fn hub_routes(exporter: Arc<dyn Render>) -> axum::Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
 }
 
-async fn metrics(exporter: Arc<dyn Render>) -> axum::response::Response {
+/// The `main` fragment of `page`, None when what it shows is gone.
+pub fn render_main(site: &Site, page: &Page) -> Option<maud::Markup> {
+    match page {
+        Page::Overview => Some(pages::overview(&site.cluster, &site.link)),
+        Page::Workload(name) => pages::workload(&site.cluster, name),
+        Page::Gateway(name) => pages::gateway(&site.cluster, name),
+    }
+}
+
+async fn show(site: Site, page: Page) -> Response {
+    let cluster_id = site.cluster.cluster_id().to_string();
+    match render_main(&site, &page) {
+        Some(main) => pages::page(&cluster_id, &page, main).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            pages::page(
+                &cluster_id,
+                &page,
+                maud::html! { main { h2 { "Not found" } p { "Nothing is called that (any more)." } } },
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(exporter: Arc<dyn Render>) -> Response {
     match exporter.render() {
         Ok(body) => (
             StatusCode::OK,
@@ -67,4 +174,103 @@ async fn readiness(cluster: Cluster) -> (StatusCode, String) {
         );
     }
     (StatusCode::OK, "ready\n".into())
+}
+
+/// The value of `key` in a form or query string (`a=1&b=2`).
+pub fn form_value(text: &str, key: &str) -> Option<String> {
+    text.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A token checked against this replica, or why not.
+fn check(cluster: &Cluster, token: &str) -> Result<(), &'static str> {
+    let applied = cluster.state().read();
+    crate::trust::tokens::check_admin(&applied.state, token.trim(), crate::cluster::node::now_ms())
+        .map(|_| ())
+}
+
+fn signed_in(token: &str) -> Response {
+    let cookie = format!(
+        "{TOKEN_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=2592000",
+        token.trim()
+    );
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = cookie.parse() {
+        headers.insert(header::SET_COOKIE, value);
+    }
+    headers.insert(header::LOCATION, header::HeaderValue::from_static("/"));
+    (StatusCode::SEE_OTHER, headers).into_response()
+}
+
+/// `GET /login?token=T` signs in from a link; `GET /login` shows the form.
+async fn login_link(cluster: Cluster, query: String) -> Response {
+    match form_value(&query, "token") {
+        None => pages::login(None).into_response(),
+        Some(token) => match check(&cluster, &token) {
+            Ok(()) => signed_in(&token),
+            Err(e) => (StatusCode::UNAUTHORIZED, pages::login(Some(e))).into_response(),
+        },
+    }
+}
+
+async fn login_form(cluster: Cluster, body: String) -> Response {
+    let token = form_value(&body, "token").unwrap_or_default();
+    match check(&cluster, &token) {
+        Ok(()) => signed_in(&token),
+        Err(e) => (StatusCode::UNAUTHORIZED, pages::login(Some(e))).into_response(),
+    }
+}
+
+async fn logout() -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::SET_COOKIE,
+        header::HeaderValue::from_static(
+            "gantry_token=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    headers.insert(header::LOCATION, header::HeaderValue::from_static("/login"));
+    (StatusCode::SEE_OTHER, headers).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_values_are_decoded() {
+        assert_eq!(
+            form_value("a=1&token=x%2Ey+z", "token").as_deref(),
+            Some("x.y z")
+        );
+        assert_eq!(form_value("token=abc%", "token").as_deref(), Some("abc%"));
+        assert_eq!(form_value("token=%zz", "token").as_deref(), Some("%zz"));
+        assert_eq!(form_value("other=1", "token"), None);
+    }
 }
