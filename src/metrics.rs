@@ -357,13 +357,28 @@ const NODE_STATUSES: [NodeStatus; 4] = [
     NodeStatus::Draining,
     NodeStatus::Left,
 ];
-const INSTANCE_STATES: [InstanceState; 5] = [
+const INSTANCE_STATES: [InstanceState; 6] = [
     InstanceState::Pending,
+    InstanceState::Pulling,
     InstanceState::Starting,
     InstanceState::Running,
     InstanceState::Exited,
     InstanceState::Failed,
 ];
+
+/// Fails to compile when a status or state is added and the lists above
+/// are not: a state missing from them would vanish from the metrics.
+#[allow(dead_code)]
+fn listed(status: NodeStatus, state: InstanceState) {
+    use InstanceState::*;
+    use NodeStatus::*;
+    match status {
+        Ready | NotReady | Draining | Left => {}
+    }
+    match state {
+        Pending | Pulling | Starting | Running | Exited | Failed => {}
+    }
+}
 
 fn encode_state(e: &mut DescriptorEncoder, state: &State) -> Result<(), fmt::Error> {
     let statuses: Vec<(String, i64)> = NODE_STATUSES

@@ -270,3 +270,97 @@ fn the_page_shows_the_cluster_and_follows_a_lost_gateway_without_a_reload() {
     );
     browser.screenshot(&shots.join("overview-notready.png"));
 }
+
+#[test]
+fn the_hub_page_lists_sites_and_follows_a_link_going_down() {
+    let mut cluster = TestCluster::new();
+    let hub = cluster.start_hub();
+    cluster.init("gw-a", &[]);
+    let addr = cluster.addr(0);
+    let out = cluster.hub_cli(&["site-token", "--site", "plant-7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let site_token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = cluster.cli(
+        &addr,
+        &[
+            "cloud",
+            "attach",
+            "--hub",
+            &hub,
+            "--site",
+            "plant-7",
+            "--token",
+            &site_token,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cluster.hub_apply(
+        "plant-7",
+        "name: web\nimage: 127.0.0.1:5000/gantry/img:1\n",
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the site in sync", DEADLINE, || {
+        let site = cluster.hub_site("plant-7");
+        (site["connected"] == true && site["acked_revision"] == 1).then_some(())
+    });
+    let hub_dir = cluster.hub.as_ref().expect("a hub").dir.clone();
+    let admin = std::fs::read_to_string(hub_dir.join("admin-token"))
+        .expect("the hub admin token")
+        .trim()
+        .to_string();
+
+    let browser = Browser::start();
+    let base = format!("https://{hub}");
+    browser.go(&format!("{base}/"));
+    assert_eq!(browser.script("return location.pathname;"), "/login");
+    // A site token opens nothing here.
+    browser.go(&format!("{base}/login?token={site_token}"));
+    assert_eq!(browser.script("return location.pathname;"), "/login");
+    browser.go(&format!("{base}/login?token={admin}"));
+    assert_eq!(browser.script("return location.pathname;"), "/");
+    let row = browser.text("#site-plant-7").expect("the site's row");
+    assert!(row.contains("1 / 1"), "acked / desired: {row}");
+    assert_eq!(
+        browser.text("#site-plant-7-link").as_deref(),
+        Some("connected")
+    );
+    let shots = shots_dir();
+    browser.screenshot(&shots.join("hub.png"));
+    browser.go(&format!("{base}/sites/plant-7"));
+    assert_eq!(browser.text("#link").as_deref(), Some("connected"));
+    let gateways = browser.text("#gateways").expect("the site's gateways");
+    assert!(gateways.contains("gw-a"), "{gateways}");
+    browser.screenshot(&shots.join("hub-site.png"));
+
+    // The site detaches: its row says so on the open page.
+    browser.go(&format!("{base}/"));
+    browser.script("window.gantryLoaded = 'same page';");
+    let out = cluster.cli(&addr, &["cloud", "detach"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the row disconnected in the browser", DEADLINE, || {
+        let text = browser.text("#site-plant-7-link")?;
+        (text == "disconnected").then_some(())
+    });
+    assert_eq!(
+        browser.script("return window.gantryLoaded;"),
+        "same page",
+        "the page was reloaded"
+    );
+}

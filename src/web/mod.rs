@@ -11,6 +11,7 @@
 //! `/login?token=T` from a link) checks it and keeps it in a secure,
 //! HTTP-only cookie that the policy layer reads like a bearer token.
 
+pub mod hub_pages;
 pub mod live;
 pub mod pages;
 
@@ -119,7 +120,7 @@ pub fn render_main(site: &Site, page: &Page) -> Option<maud::Markup> {
 }
 
 async fn show(site: Site, page: Page) -> Response {
-    let cluster_id = site.cluster.cluster_id().to_string();
+    let cluster_id = format!("cluster {}", site.cluster.cluster_id());
     match render_main(&site, &page) {
         Some(main) => pages::page(&cluster_id, &page, main).into_response(),
         None => (
@@ -215,7 +216,7 @@ fn check(cluster: &Cluster, token: &str) -> Result<(), &'static str> {
         .map(|_| ())
 }
 
-fn signed_in(token: &str) -> Response {
+pub(crate) fn signed_in(token: &str) -> Response {
     let cookie = format!(
         "{TOKEN_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=2592000",
         token.trim()
@@ -231,10 +232,10 @@ fn signed_in(token: &str) -> Response {
 /// `GET /login?token=T` signs in from a link; `GET /login` shows the form.
 async fn login_link(cluster: Cluster, query: String) -> Response {
     match form_value(&query, "token") {
-        None => pages::login(None).into_response(),
+        None => pages::login(VIEWER, None).into_response(),
         Some(token) => match check(&cluster, &token) {
             Ok(()) => signed_in(&token),
-            Err(e) => (StatusCode::UNAUTHORIZED, pages::login(Some(e))).into_response(),
+            Err(e) => (StatusCode::UNAUTHORIZED, pages::login(VIEWER, Some(e))).into_response(),
         },
     }
 }
@@ -243,11 +244,13 @@ async fn login_form(cluster: Cluster, body: String) -> Response {
     let token = form_value(&body, "token").unwrap_or_default();
     match check(&cluster, &token) {
         Ok(()) => signed_in(&token),
-        Err(e) => (StatusCode::UNAUTHORIZED, pages::login(Some(e))).into_response(),
+        Err(e) => (StatusCode::UNAUTHORIZED, pages::login(VIEWER, Some(e))).into_response(),
     }
 }
 
-async fn logout() -> Response {
+const VIEWER: &str = "viewer token (gantry token create --role viewer)";
+
+pub(crate) async fn logout() -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::SET_COOKIE,

@@ -48,7 +48,7 @@ th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #e3e6ea;white-
 td.wrap{white-space:normal;min-width:16rem}
 .Ready,.Running{color:#146c2e;font-weight:600}
 .NotReady,.Failed{color:#b3261e;font-weight:600}
-.Draining,.Pending,.Starting,.Exited{color:#8a5a00;font-weight:600}
+.Draining,.Pending,.Pulling,.Starting,.Exited{color:#8a5a00;font-weight:600}
 .facts{display:flex;gap:1.2rem;flex-wrap:wrap;font-size:.9rem}
 .muted{color:#5f6b7a}
 form{margin:2rem 1rem;display:flex;gap:.5rem;flex-wrap:wrap}
@@ -65,22 +65,28 @@ source.onmessage = (event) => {
 };
 ";
 
-/// The whole document around `main`.
-pub fn page(cluster_id: &str, page: &Page, main: Markup) -> Markup {
+/// The whole document around `main`; `scope` names what it is about (the
+/// cluster, or the hub).
+pub fn page(scope: &str, page: &Page, main: Markup) -> Markup {
+    frame(scope, &page.title(), main)
+}
+
+pub fn frame(scope: &str, title: &str, main: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "gantry · " (page.title()) }
+                title { "gantry · " (title) }
                 style { (PreEscaped(STYLE)) }
                 noscript { meta http-equiv="refresh" content="5"; }
             }
             body {
                 header {
                     a href="/" { "gantry" }
-                    span.muted { "cluster " (cluster_id) }
+                    span.muted { (scope) }
+                    a href="/logout" style="margin-left:auto;font-weight:400" { "sign out" }
                 }
                 (main)
                 script { (PreEscaped(SCRIPT)) }
@@ -89,7 +95,7 @@ pub fn page(cluster_id: &str, page: &Page, main: Markup) -> Markup {
     }
 }
 
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -97,7 +103,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn state_cell(id: Option<String>, state: &Value) -> Markup {
+pub(super) fn state_cell(id: Option<String>, state: &Value) -> Markup {
     let s = text(state);
     html! { td id=[id] class=(s) { (s) } }
 }
@@ -308,8 +314,9 @@ pub fn gateway(cluster: &Cluster, name: &str) -> Option<Markup> {
     })
 }
 
-/// The sign-in form: a viewer or admin token, kept in an HTTP-only cookie.
-pub fn login(error: Option<&str>) -> Markup {
+/// The sign-in form: a token (`what` says which), kept in an HTTP-only
+/// cookie.
+pub fn login(what: &str, error: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -322,7 +329,7 @@ pub fn login(error: Option<&str>) -> Markup {
             body {
                 header { a href="/" { "gantry" } }
                 form method="post" action="/login" {
-                    input type="password" name="token" placeholder="viewer token (gantry token create --role viewer)" autocomplete="off";
+                    input type="password" name="token" placeholder=(what) autocomplete="off";
                     button type="submit" { "Sign in" }
                 }
                 @if let Some(error) = error { p.muted style="margin:0 1rem" { (error) } }

@@ -9,7 +9,9 @@ use http::HeaderMap;
 use tonic::Status;
 
 use super::sites::Sites;
-use crate::api::auth::{bearer, rule_for, unauthenticated, Need, Policy, Principal, Rule};
+use crate::api::auth::{
+    bearer, http_rule_for, rule_for, unauthenticated, Need, Policy, Principal, Rule,
+};
 use crate::tls::PeerInfo;
 
 /// The metadata key in which a site names itself on the link.
@@ -33,6 +35,12 @@ pub const HUB_POLICY: &[Rule] = &[
 pub const HUB_HTTP_POLICY: &[Rule] = &[
     ("/metrics", Need::HubAdmin, "reading metrics"),
     ("/healthz", Need::Anyone, "health"),
+    ("/", Need::HubAdmin, "the web page"),
+    ("/sites/*", Need::HubAdmin, "the web page"),
+    ("/live", Need::HubAdmin, "the web page"),
+    ("/live/*", Need::HubAdmin, "the web page"),
+    ("/login", Need::Anyone, "sign-in"),
+    ("/logout", Need::Anyone, "sign-out"),
 ];
 
 #[derive(Clone)]
@@ -47,7 +55,7 @@ impl Policy for HubPolicy {
         headers: &HeaderMap,
         _peer: Option<&PeerInfo>,
     ) -> Result<Principal, Status> {
-        let rule = rule_for(HUB_POLICY, path).or_else(|| rule_for(HUB_HTTP_POLICY, path));
+        let rule = rule_for(HUB_POLICY, path).or_else(|| http_rule_for(HUB_HTTP_POLICY, path));
         let Some((_, need, _)) = rule else {
             return Err(Status::unimplemented(format!("no method {path}")));
         };
@@ -74,7 +82,8 @@ impl Policy for HubPolicy {
                 }
                 Ok(Principal::Site(site.to_string()))
             }
-            // Only `/healthz`: it says nothing but "up".
+            // `/healthz` (it says nothing but "up") and the sign-in form,
+            // which checks the token itself.
             Need::Anyone => Ok(Principal::Anyone),
             Need::Member | Need::Token(_) => Err(Status::unimplemented("not a hub method")),
         }

@@ -93,17 +93,22 @@ pub async fn serve_on(
         sites: sites.clone(),
     });
     let exporter = Arc::new(super::metrics::HubExporter::new(sites.clone()));
+    // Live links and pages never end by themselves: close them when asked
+    // to stop.
+    let routes = tonic::service::Routes::from(crate::web::hub_pages::routes(
+        sites.clone(),
+        exporter,
+        closing.clone(),
+    ));
     let service = HubService {
         sites,
         closing: closing.clone(),
     };
-    // Live links never end by themselves: close them when asked to stop.
+    let routes = routes.add_service(HubServer::new(service));
     let stop = async move {
         stop.await;
         closing.cancel();
     };
-    let routes = tonic::service::Routes::from(crate::web::hub_routes(exporter))
-        .add_service(HubServer::new(service));
     tonic::transport::Server::builder()
         .http2_max_header_list_size(16 << 10)
         .accept_http1(true)
