@@ -100,12 +100,16 @@ impl Gateway {
         tasks.spawn(crate::cluster::fault::watch(shutdown.clone()));
         let link = crate::cloud::link::LinkHandle::default();
         let renewals = crate::trust::renewal::Renewals::default();
+        // A manifest is at most one Raft message; an answer is as large as
+        // the state it shows.
         let admin_service = AdminServer::new(AdminService {
             cluster: cluster.clone(),
             node: node.clone(),
             link: link.clone(),
             renewals: renewals.clone(),
-        });
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(usize::MAX);
         let bootstrap_service = BootstrapServer::new(BootstrapService {
             cluster: cluster.clone(),
         })

@@ -269,3 +269,54 @@ fn a_gateway_away_during_1000_writes_catches_up_by_snapshot() {
         "the log had been purged, so catching up must have gone through a snapshot"
     );
 }
+
+/// 150 workloads with 50 KB of env each. As one 7.5 MB manifest it is
+/// refused, saying why, and changes nothing (one Raft entry that size never
+/// reaches the followers within a heartbeat); applied in parts through a
+/// follower it goes in, and the answers, past gRPC's default 4 MiB, are read
+/// back whole from every gateway.
+#[test]
+fn large_manifests_are_refused_whole_and_answers_larger_than_four_mib_arrive() {
+    let cluster = three_gateways();
+    let addr = cluster.addr(0);
+    wait_for("3 Ready gateways", DEADLINE, || {
+        let status = cluster.try_json(&addr, &["status"])?;
+        let nodes = status["nodes"].as_array()?;
+        (nodes.len() == 3 && nodes.iter().all(|n| n["status"] == "Ready")).then_some(())
+    });
+    let filler = "x".repeat(50_000);
+    let manifest: Vec<String> = (0..150)
+        .map(|i| {
+            format!(
+                "name: big-{i:03}\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 0\nenv: {{FILLER: {filler}}}\n"
+            )
+        })
+        .collect();
+    let out = cluster.apply(&cluster.addr(1), &manifest.join("---\n"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("apply it in parts"), "{stderr}");
+    assert!(workload_names(&cluster, &addr).is_empty());
+    for part in manifest.chunks(15) {
+        let out = cluster.apply(&cluster.addr(1), &part.join("---\n"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for i in 0..3 {
+        let server = cluster.addr(i);
+        let names = wait_for("150 workloads everywhere", DEADLINE, || {
+            let names = workload_names(&cluster, &server);
+            (names.len() == 150).then_some(names)
+        });
+        assert_eq!(names[0], "big-000");
+        let out = cluster.cli(&server, &["get", "workloads"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -23,6 +23,13 @@ use crate::state::spec::parse_manifest;
 use crate::state::{Command, NodeId, Response as Answer, Role, Source, TokenKind};
 use crate::trust::renewal::Renewals;
 
+/// The largest manifest one `apply` takes. It becomes one Raft entry, which
+/// openraft must send to each follower within one heartbeat interval (its
+/// AppendEntries timeout): a 7.5 MB entry never committed on loopback in
+/// the dev profile and cost the leader its term. etcd caps a request at
+/// 1.5 MiB for the same reason.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
 pub struct AdminService {
     pub cluster: Cluster,
     pub node: NodeRuntime,
@@ -133,8 +140,15 @@ impl Admin for AdminService {
     }
 
     async fn apply(&self, request: Request<ApplyRequest>) -> Reply {
-        let workloads = parse_manifest(&request.into_inner().manifest)
-            .map_err(|e| Status::invalid_argument(e.0))?;
+        let manifest = request.into_inner().manifest;
+        if manifest.len() > MAX_MANIFEST_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the manifest is {} KiB; one apply takes at most {} KiB (it is one Raft entry, which must reach the other gateways within a heartbeat): apply it in parts",
+                manifest.len() >> 10,
+                MAX_MANIFEST_BYTES >> 10
+            )));
+        }
+        let workloads = parse_manifest(&manifest).map_err(|e| Status::invalid_argument(e.0))?;
         let command = Command::ApplyWorkloads {
             workloads,
             source: Source::Local,

@@ -153,7 +153,12 @@ pub async fn connect(server: &str, auth: &ClientAuth) -> Result<Admin> {
         "is it running? set --server or GANTRY_SERVER",
     )
     .await?;
-    Ok(AdminClient::with_interceptor(channel, Bearer::new(&token)?))
+    // Answers are as large as the cluster's state (150 workloads with 50 KB
+    // of env each pass gRPC's default 4 MiB); requests as large as one
+    // Raft message.
+    Ok(AdminClient::with_interceptor(channel, Bearer::new(&token)?)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(crate::cluster::network::MAX_MESSAGE_BYTES))
 }
 
 /// For programs that embed gateways (benchmarks, `gantry dev`): connects

@@ -104,7 +104,7 @@ pub async fn serve_on(
         sites,
         closing: closing.clone(),
     };
-    let routes = routes.add_service(HubServer::new(service));
+    let routes = routes.add_service(HubServer::new(service).max_encoding_message_size(usize::MAX));
     let stop = async move {
         stop.await;
         closing.cancel();
@@ -180,7 +180,9 @@ pub async fn connect(hub: &str, token: &str) -> Result<HubAdmin> {
         "is it running? set --hub or GANTRY_HUB",
     )
     .await?;
-    Ok(HubClient::with_interceptor(channel, Bearer::new(token)?))
+    // `hub status` is as large as every site's report.
+    Ok(HubClient::with_interceptor(channel, Bearer::new(token)?)
+        .max_decoding_message_size(usize::MAX))
 }
 
 /// For programs that embed a hub (benchmarks, `gantry dev`): its admin
