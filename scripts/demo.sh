@@ -11,4 +11,9 @@ cd "$(dirname "$0")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
 cargo build --bin gantry
+# The demo tells you to run `gantry status` in another shell: put this
+# build on the PATH (scripts/install.sh installs a release build instead).
+if [ ! -e /usr/local/bin/gantry ] || [ -L /usr/local/bin/gantry ]; then
+  ln -sf "$CARGO_TARGET_DIR/debug/gantry" /usr/local/bin/gantry
+fi
 exec "$CARGO_TARGET_DIR/debug/gantry" dev "$@"

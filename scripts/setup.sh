@@ -3,10 +3,11 @@
 # protoc and libclang for the build, containerd + runc + busybox-static for
 # the runtime tests, iproute2 for the network-namespace tests, curl and
 # prometheus (for `promtool check metrics`) for the metrics test, chromium
-# and chromium-driver for the web page test.
+# and chromium-driver for the web page test, systemd for
+# `systemd-analyze verify` of the units in dist/.
 set -euo pipefail
 
-packages=(build-essential pkg-config protobuf-compiler libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo curl prometheus chromium chromium-driver)
+packages=(build-essential pkg-config protobuf-compiler libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo curl prometheus chromium chromium-driver systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -191,6 +191,13 @@ pub enum Verb {
         #[command(subcommand)]
         verb: HubVerb,
     },
+    /// Print a shell completion script: `source <(gantry completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (gantry.1 and one per verb, like gantry-apply.1) into DIR.
+    Man { dir: PathBuf },
     /// Started by a gateway daemon: enforces singleton fence deadlines if
     /// the daemon dies (see agent::guard).
     #[command(hide = true)]

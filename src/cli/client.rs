@@ -235,7 +235,9 @@ fn auth_of(verb: &Verb) -> Option<ClientAuth> {
         | Verb::Run(_)
         | Verb::Dev(_)
         | Verb::Hub { .. }
-        | Verb::FenceGuard { .. } => return None,
+        | Verb::FenceGuard { .. }
+        | Verb::Completion { .. }
+        | Verb::Man { .. } => return None,
     };
     Some(auth)
 }
@@ -455,7 +457,9 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
         | Verb::Run(_)
         | Verb::Dev(_)
         | Verb::Hub { .. }
-        | Verb::FenceGuard { .. } => return Err(anyhow!("not a client verb")),
+        | Verb::FenceGuard { .. }
+        | Verb::Completion { .. }
+        | Verb::Man { .. } => return Err(anyhow!("not a client verb")),
     };
     print!("{}", output::render(view, format, &value)?);
     Ok(ExitCode::SUCCESS)

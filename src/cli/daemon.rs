@@ -564,7 +564,11 @@ pub async fn start_run(args: &RunArgs) -> Result<Gateway> {
 }
 
 async fn serve(gateway: Gateway) -> Result<ExitCode> {
-    match gateway.serve().await? {
+    let systemd = super::systemd::serving(gateway.cluster.clone());
+    let served = gateway.serve().await;
+    systemd.abort();
+    super::systemd::notify("STOPPING=1");
+    match served? {
         Stopped::Shutdown => Ok(ExitCode::SUCCESS),
         Stopped::LeftCluster => {
             println!("this gateway left the cluster; stopping");

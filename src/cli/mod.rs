@@ -7,6 +7,7 @@ pub mod client;
 pub mod daemon;
 pub mod dev;
 pub mod output;
+pub mod systemd;
 
 use std::process::ExitCode;
 
@@ -18,9 +19,23 @@ pub use args::{Cli, Verb};
 /// Parses the command line and runs the verb.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Verb::FenceGuard { data_dir } = &cli.verb {
-        // No async runtime, no logging setup: it must stay small.
-        return crate::agent::guard::main(data_dir);
+    match &cli.verb {
+        Verb::FenceGuard { data_dir } => {
+            // No async runtime, no logging setup: it must stay small.
+            return crate::agent::guard::main(data_dir);
+        }
+        Verb::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "gantry",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Verb::Man { dir } => return man_pages(dir),
+        _ => {}
     }
     init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -52,7 +67,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Verb::Dev(args) => dev::run(args).await,
         Verb::Hub { verb } => crate::cloud::hub::cli::run(verb, output).await,
         Verb::FenceGuard { data_dir } => Ok(crate::agent::guard::main(&data_dir)),
+        Verb::Completion { .. } | Verb::Man { .. } => Ok(ExitCode::SUCCESS),
         verb => client::run(&server, output, verb).await,
+    }
+}
+
+/// `gantry man DIR`: one page for gantry and one per verb (`gantry-apply.1`).
+fn man_pages(dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    let written =
+        std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(Cli::command(), dir));
+    match written {
+        Ok(()) => {
+            println!("man pages written to {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot write man pages to {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -82,6 +82,7 @@ pub async fn serve_on(
     std::fs::write(data_dir.join(ADDRESS_FILE), address.to_string())
         .context("cannot write the hub address file")?;
     tracing::info!(address = %address, data_dir = %data_dir.display(), ca = %hub_tls.ca, "hub started");
+    crate::cli::systemd::notify(&format!("READY=1\nSTATUS=serving on {address}"));
     let closing = tokio_util::sync::CancellationToken::new();
     let incoming = crate::tls::incoming(
         listener,
