@@ -42,7 +42,7 @@ pub enum View {
 pub fn render(view: View, format: OutputFormat, value: &Value) -> Result<String> {
     Ok(match format {
         OutputFormat::Json => format!("{}\n", serde_json::to_string_pretty(value)?),
-        OutputFormat::Yaml => serde_yaml::to_string(value)?,
+        OutputFormat::Yaml => serde_yaml_ng::to_string(value)?,
         OutputFormat::Table => table_view(view, value),
     })
 }
@@ -287,7 +287,7 @@ fn table_view(view: View, value: &Value) -> String {
                 text(&w["placed"]),
                 text(&w["running"])
             );
-            if let Ok(spec) = serde_yaml::to_string(&w["spec"]) {
+            if let Ok(spec) = serde_yaml_ng::to_string(&w["spec"]) {
                 out.push_str("Spec:\n");
                 for line in spec.lines() {
                     let _ = writeln!(out, "  {line}");

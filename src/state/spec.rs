@@ -212,9 +212,9 @@ impl Serialize for Memory {
 /// error, as is any name given twice.
 pub fn parse_manifest(text: &str) -> Result<Vec<WorkloadSpec>, SpecError> {
     let mut specs: Vec<WorkloadSpec> = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
-        let value = serde_yaml::Value::deserialize(document)
+        let value = serde_yaml_ng::Value::deserialize(document)
             .map_err(|e| SpecError(format!("document {number}: malformed YAML: {e}")))?;
         if value.is_null() {
             continue;

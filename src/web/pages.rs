@@ -252,7 +252,7 @@ pub fn workload(cluster: &Cluster, name: &str) -> Option<Markup> {
         .as_array()
         .map(|all| all.iter().rev().take(30).cloned().collect())
         .unwrap_or_default();
-    let spec = serde_yaml::to_string(&w["spec"]).unwrap_or_default();
+    let spec = serde_yaml_ng::to_string(&w["spec"]).unwrap_or_default();
     Some(html! {
         main {
             h2 { "Workload " (name) }

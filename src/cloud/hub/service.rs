@@ -53,7 +53,7 @@ fn document(value: serde_json::Value) -> Result<Response<JsonDocument>, Status> 
 /// name, so tests can make the hub send a desired state a site must refuse.
 fn unchecked_documents(text: &str) -> Result<Vec<(String, String)>, Status> {
     let mut docs = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = serde_json::Value::deserialize(document)
             .map_err(|e| Status::invalid_argument(format!("document {}: {e}", index + 1)))?;
         if value.is_null() {
