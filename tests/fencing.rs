@@ -411,7 +411,7 @@ fn a_rollback_keeps_the_replicas_that_never_left_the_good_spec() {
     // A bad image: the first upgraded replica fails, the rollout rolls back.
     apply(&cluster, &addr, &web("127.0.0.1:5000/gantry/missing:1"));
     wait_for("the rollback", LONG, || {
-        let rollout = cluster.try_json(&addr, &["rollout", "status", "web"])?;
+        let rollout = cluster.try_json(&addr, &["rollout", "status", "web", "--watch=false"])?;
         (!rollout["rolled_back"].is_null()).then_some(())
     });
     running(&cluster);

@@ -402,12 +402,20 @@ fn a_rollout_to_an_image_that_never_starts_is_rolled_back_never_taking_all_repli
     wait_for("generation 1 complete", LONG, || {
         let status = site
             .cluster
-            .try_json(&addr, &["rollout", "status", "roll"])?;
+            .try_json(&addr, &["rollout", "status", "roll", "--watch=false"])?;
         (status["complete"] == true && status["last_good"] == 1).then_some(())
     });
 
-    // Generation 2 names an image nobody has: it never starts.
+    // Generation 2 names an image nobody has: it never starts. A watch
+    // begun now (like kubectl's) ends in failure with the rollback.
     site.apply(&manifest("127.0.0.1:5000/gantry/never-there:1"));
+    let watcher = {
+        let mut watch = support::gantry();
+        watch
+            .args(["--server", &addr, "rollout", "status", "roll"])
+            .env("GANTRY_TOKEN_FILE", &site.cluster.token_file);
+        std::thread::spawn(move || watch.output().expect("rollout status"))
+    };
     let deadline = std::time::Instant::now() + LONG;
     let status = loop {
         let copies = site.cluster.copies("roll");
@@ -415,7 +423,10 @@ fn a_rollout_to_an_image_that_never_starts_is_rolled_back_never_taking_all_repli
             copies >= 2,
             "max_unavailable 1: at most one replica down, saw {copies} running"
         );
-        if let Some(status) = site.cluster.try_json(&addr, &["rollout", "status", "roll"]) {
+        if let Some(status) = site
+            .cluster
+            .try_json(&addr, &["rollout", "status", "roll", "--watch=false"])
+        {
             if status["rolled_back"].is_object() && status["complete"] == true {
                 break status;
             }
@@ -442,7 +453,24 @@ fn a_rollout_to_an_image_that_never_starts_is_rolled_back_never_taking_all_repli
         .iter()
         .any(|e| e["message"].as_str().unwrap_or("").contains("rolled back")));
     assert_eq!(site.cluster.copies("roll"), 3);
+    let watched = watcher.join().expect("the watch");
+    let said = String::from_utf8_lossy(&watched.stderr);
+    assert!(
+        !watched.status.success(),
+        "a rolled back rollout fails the watch"
+    );
+    assert!(
+        said.contains("generation 2 failed and was rolled back to the spec of generation 1"),
+        "{said}"
+    );
+    let progress = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        progress.contains("waiting for the rollout of roll to generation 2"),
+        "{progress}"
+    );
+    // Watching now: the rollback's generation is complete, exit 0.
     let table = site.cluster.cli(&addr, &["rollout", "status", "roll"]);
+    assert!(table.status.success());
     assert!(String::from_utf8_lossy(&table.stdout).contains("rolled back: generation 2"));
 }
 

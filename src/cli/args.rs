@@ -412,8 +412,18 @@ pub enum GetWhat {
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutVerb {
-    /// Generations, progress and the last rollback of a workload.
-    Status { name: String },
+    /// Waits until the workload's rollout finishes, like `kubectl rollout
+    /// status`: exit 0 once every replica of the generation runs, non-zero
+    /// if it was rolled back or `--timeout` passed; then prints generations,
+    /// progress and the last rollback. `--watch=false` prints at once.
+    Status {
+        name: String,
+        #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+        watch: bool,
+        /// With --watch: give up (exit non-zero) after this long.
+        #[arg(long, default_value = "10m")]
+        timeout: HumanDuration,
+    },
 }
 
 #[derive(Debug, Subcommand)]

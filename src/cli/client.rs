@@ -242,6 +242,93 @@ fn auth_of(verb: &Verb) -> Option<ClientAuth> {
     Some(auth)
 }
 
+/// Where a watched rollout stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RolloutProgress {
+    Waiting(String),
+    Complete,
+    /// Rolled back: the generation being watched failed.
+    Failed(String),
+}
+
+/// Reads a `rollout status` document against the generation the watch
+/// began with: a rollback of that generation (or a later one) is a
+/// failure, even though the rollback's own generation then completes.
+pub fn rollout_progress(value: &Value, watched: u64) -> RolloutProgress {
+    if let Some(r) = value["rolled_back"].as_object() {
+        if r["generation"].as_u64().is_some_and(|g| g >= watched) {
+            return RolloutProgress::Failed(format!(
+                "rollout of {} generation {} failed and was rolled back to the spec of generation {}: {}",
+                value["workload"].as_str().unwrap_or(""),
+                r["generation"],
+                r["to_spec_of"],
+                r["reason"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    if value["complete"] == true {
+        return RolloutProgress::Complete;
+    }
+    RolloutProgress::Waiting(format!(
+        "waiting for the rollout of {} to generation {}: {} of {} replicas updated, {} running",
+        value["workload"].as_str().unwrap_or(""),
+        value["generation"],
+        value["updated"],
+        value["replicas"],
+        value["running"]
+    ))
+}
+
+/// `rollout status` with `--watch`: polls until the rollout completes,
+/// fails or `timeout` passes, saying each change of progress on a table
+/// output, then prints the last document.
+async fn rollout_watch(
+    client: &mut Admin,
+    format: OutputFormat,
+    name: String,
+    timeout: Duration,
+) -> Result<ExitCode> {
+    let until = tokio::time::Instant::now() + timeout;
+    let mut watched = None;
+    let mut said = String::new();
+    loop {
+        let value = document(
+            client
+                .rollout_status(DescribeRequest { name: name.clone() })
+                .await,
+        )?;
+        let start = *watched.get_or_insert(value["generation"].as_u64().unwrap_or(0));
+        let progress = rollout_progress(&value, start);
+        let finished = |code: ExitCode| -> Result<ExitCode> {
+            print!("{}", output::render(output::View::Rollout, format, &value)?);
+            Ok(code)
+        };
+        match progress {
+            RolloutProgress::Complete => return finished(ExitCode::SUCCESS),
+            RolloutProgress::Failed(why) => {
+                let code = finished(ExitCode::FAILURE);
+                eprintln!("error: {why}");
+                return code;
+            }
+            RolloutProgress::Waiting(line) => {
+                if tokio::time::Instant::now() >= until {
+                    let code = finished(ExitCode::FAILURE);
+                    eprintln!(
+                        "error: the rollout of {name} did not finish within {}",
+                        crate::state::quantity::format_duration(timeout)
+                    );
+                    return code;
+                }
+                if line != said && format == OutputFormat::Table {
+                    println!("{line}");
+                    said = line;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn ttl_ms(ttl: Option<crate::state::quantity::HumanDuration>) -> u64 {
     ttl.map(|d| d.0.as_millis().min(u128::from(u64::MAX)) as u64)
         .unwrap_or(0)
@@ -330,12 +417,23 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
             document(client.delete_workload(DeleteWorkloadRequest { name }).await)?,
         ),
         Verb::Rollout {
-            what: RolloutVerb::Status { name },
+            what: RolloutVerb::Status {
+                name, watch: false, ..
+            },
             ..
         } => (
             output::View::Rollout,
             document(client.rollout_status(DescribeRequest { name }).await)?,
         ),
+        Verb::Rollout {
+            what:
+                RolloutVerb::Status {
+                    name,
+                    watch: true,
+                    timeout,
+                },
+            ..
+        } => return rollout_watch(&mut client, format, name, timeout.0).await,
         Verb::Leave { name, .. } => (
             output::View::Left,
             document(client.leave(LeaveRequest { name }).await)?,
@@ -652,5 +750,36 @@ async fn drain(
                 .describe_node(DescribeRequest { name: name.clone() })
                 .await,
         )?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_watched_rollout_fails_only_on_a_rollback_of_what_it_watched() {
+        let doc = |generation: u64, complete: bool, rolled_back: Value| {
+            json!({"workload": "web", "generation": generation, "updated": 1, "replicas": 3,
+                   "running": 1, "complete": complete, "rolled_back": rolled_back})
+        };
+        let old = json!({"generation": 2, "to_spec_of": 1, "reason": "r"});
+        // An earlier rollback does not fail a later rollout.
+        assert_eq!(
+            rollout_progress(&doc(4, true, old.clone()), 4),
+            RolloutProgress::Complete
+        );
+        assert!(matches!(
+            rollout_progress(&doc(4, false, old.clone()), 4),
+            RolloutProgress::Waiting(_)
+        ));
+        // The watched generation rolled back: failed, though the rollback's
+        // own generation completes.
+        let failed = json!({"generation": 4, "to_spec_of": 3, "reason": "not Running"});
+        match rollout_progress(&doc(5, true, failed), 4) {
+            RolloutProgress::Failed(why) => assert!(why.contains("generation 4 failed"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
