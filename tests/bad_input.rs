@@ -336,3 +336,52 @@ fn a_data_dir_made_before_tls_refuses_to_start_and_says_why() {
     );
     assert!(!dir.join("raft").exists(), "nothing was created");
 }
+
+/// `--config`: keys are the daemon's long flags, a flag given on the
+/// command line wins, and a file's bad key or bad value is refused before
+/// anything is written, naming the key, the way the flag would be.
+#[test]
+fn a_config_file_gives_flags_a_flag_beats_it_and_its_mistakes_are_refused() {
+    let mut cluster = TestCluster::new();
+    let file = cluster.tmp.path().join("config.toml");
+    std::fs::write(
+        &file,
+        "name = \"from-the-file\"\nlabels = {room = \"cellar\"}\ncapacity = \"cpu=1500m\"\nnode-grace = \"2s\"\npeer = \"only-join-reads-this:1\"\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap().to_string();
+    // The harness passes --name gw-a: it beats the file's name.
+    cluster.init("gw-a", &["--config", &path]);
+    let addr = cluster.addr(0);
+    let node = cluster.json(&addr, &["describe", "node", "gw-a"]);
+    assert_eq!(node["node"]["labels"]["room"], "cellar", "{node}");
+    assert_eq!(node["node"]["capacity"]["cpu_millis"], 1500, "{node}");
+    let settings = cluster.json(&addr, &["settings", "get"]);
+    assert_eq!(settings["node_grace"], "2s", "{settings}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gw");
+    let d = dir.to_str().unwrap();
+    for (text, wanted) in [
+        ("listen-port = 7400\n", "unknown key 'listen-port'"),
+        ("labels = \n", "not valid TOML"),
+        ("capacity = \"cpu=lots\"\n", "cpu"),
+    ] {
+        let bad = tmp.path().join("bad.toml");
+        std::fs::write(&bad, text).unwrap();
+        let out = run(&[
+            "init",
+            "--config",
+            bad.to_str().unwrap(),
+            "--data-dir",
+            d,
+            "--name",
+            "gw",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(!out.status.success(), "{text}");
+        assert!(stderr(&out).contains(wanted), "{text}: {}", stderr(&out));
+        assert!(!dir.exists(), "{text}: nothing written");
+    }
+}

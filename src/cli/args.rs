@@ -451,6 +451,10 @@ pub enum DeleteWhat {
 /// Flags shared by `init` and `join`.
 #[derive(Debug, Args)]
 pub struct MemberArgs {
+    /// A TOML file of these flags (keys are the long flags; a flag given
+    /// here wins) [default: /etc/gantry/config.toml when it exists].
+    #[arg(long, env = "GANTRY_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Where this gateway keeps its state; must not hold a gateway yet.
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -494,6 +498,7 @@ impl MemberArgs {
     /// default: what benches and embedded gateways start from.
     pub fn loopback(data_dir: PathBuf, name: &str) -> Self {
         Self {
+            config: None,
             data_dir,
             name: name.to_string(),
             listen: "127.0.0.1:0".into(),
@@ -567,6 +572,10 @@ pub struct JoinArgs {
 pub struct RunArgs {
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// A TOML file of these flags (keys are the long flags; a flag given
+    /// here wins) [default: /etc/gantry/config.toml when it exists].
+    #[arg(long, env = "GANTRY_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod client;
+pub mod config_file;
 pub mod daemon;
 pub mod dev;
 pub mod output;
@@ -18,7 +19,14 @@ pub use args::{Cli, Verb};
 
 /// Parses the command line and runs the verb.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match config_file::expand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     match &cli.verb {
         Verb::FenceGuard { data_dir } => {
             // No async runtime, no logging setup: it must stay small.
