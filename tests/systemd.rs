@@ -2,7 +2,8 @@
 //! pass `systemd-analyze verify` with nothing to say (it exits 0 on an
 //! unknown key, so its stderr is checked), a gateway and the hub say
 //! READY=1 on `$NOTIFY_SOCKET` once they serve and a gateway feeds the
-//! watchdog, the man pages and shell completions come out of the binary.
+//! watchdog, the man pages and shell completions come out of the binary,
+//! and `gantry check` gives a verdict per thing a gateway needs.
 
 mod support;
 
@@ -137,4 +138,65 @@ fn a_gateway_and_the_hub_tell_systemd_they_serve_and_the_gateway_feeds_the_watch
         seen.last().is_some_and(|m| m.contains("READY=1")),
         "{seen:?}"
     );
+}
+
+#[test]
+fn gantry_check_reports_each_thing_a_gateway_needs() {
+    let mut cluster = TestCluster::new();
+    cluster.init("gw-a", &[]);
+    let addr = cluster.addr(0);
+    let dir = cluster.gateways[0].dir.clone();
+    let socket = cluster.containerd.socket();
+    let check = |socket: &str| {
+        gantry()
+            .args(["check", "--data-dir"])
+            .arg(&dir)
+            .args(["--containerd-socket", socket])
+            .output()
+            .expect("gantry check")
+    };
+    let out = check(socket.to_str().expect("utf-8"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no {name} line: {text}"))
+            .to_string()
+    };
+    assert!(line("containerd").starts_with("ok"), "{text}");
+    assert!(line("data").contains("gateway gw-a"), "{text}");
+    assert_eq!(
+        line("port"),
+        format!("ok    port         {addr}: a gateway serves on it")
+    );
+    assert!(line("certificate").starts_with("ok"), "{text}");
+    assert!(line("certificate").contains("more days"), "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("verdict: ")),
+        "{text}"
+    );
+    assert!(!text.contains("FAIL"), "{text}");
+
+    let out = check("/nonexistent/containerd.sock");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL  containerd   cannot reach /nonexistent/containerd.sock")),
+        "{text}"
+    );
+    let out = gantry()
+        .args(["check", "-o", "json", "--data-dir"])
+        .arg(&dir)
+        .args(["--containerd-socket", "/nonexistent/containerd.sock"])
+        .output()
+        .expect("gantry check -o json");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(doc["failed"].as_u64() >= Some(1), "{doc}");
+    assert!(doc["checks"].as_array().is_some_and(|c| c
+        .iter()
+        .any(|c| c["check"] == "containerd" && c["verdict"] == "FAIL")));
 }

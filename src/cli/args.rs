@@ -191,6 +191,15 @@ pub enum Verb {
         #[command(subcommand)]
         verb: HubVerb,
     },
+    /// Check this machine for a gateway: containerd, cgroups, clock, disk,
+    /// port and certificates, one verdict line each (exit 1 if one failed).
+    Check {
+        #[command(flatten)]
+        files: AuthFiles,
+        /// containerd socket to try [default: the data dir's, else /run/containerd/containerd.sock].
+        #[arg(long)]
+        containerd_socket: Option<String>,
+    },
     /// Print a shell completion script: `source <(gantry completion bash)`.
     Completion {
         #[arg(value_enum)]

@@ -237,6 +237,7 @@ fn auth_of(verb: &Verb) -> Option<ClientAuth> {
         | Verb::Hub { .. }
         | Verb::FenceGuard { .. }
         | Verb::Completion { .. }
+        | Verb::Check { .. }
         | Verb::Man { .. } => return None,
     };
     Some(auth)
@@ -557,6 +558,7 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
         | Verb::Hub { .. }
         | Verb::FenceGuard { .. }
         | Verb::Completion { .. }
+        | Verb::Check { .. }
         | Verb::Man { .. } => return Err(anyhow!("not a client verb")),
     };
     print!("{}", output::render(view, format, &value)?);

@@ -3,6 +3,7 @@
 //! at `--server`, exactly like any script would be.
 
 pub mod args;
+pub mod check;
 pub mod client;
 pub mod config_file;
 pub mod daemon;
@@ -76,6 +77,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Verb::Hub { verb } => crate::cloud::hub::cli::run(verb, output).await,
         Verb::FenceGuard { data_dir } => Ok(crate::agent::guard::main(&data_dir)),
         Verb::Completion { .. } | Verb::Man { .. } => Ok(ExitCode::SUCCESS),
+        Verb::Check {
+            files,
+            containerd_socket,
+        } => Ok(check::run(files.data_dir, containerd_socket, output).await),
         verb => client::run(&server, output, verb).await,
     }
 }
