@@ -74,6 +74,19 @@ fn three_gateways_form_a_cluster_of_ready_voters() {
     assert_eq!(text.lines().count(), 4, "{text}");
     let yaml = cluster.cli(&addr, &["status", "-o", "yaml"]);
     assert!(String::from_utf8_lossy(&yaml.stdout).contains("leader:"));
+    // -o wide: the same rows with allocation and more.
+    let wide = cluster.cli(&addr, &["get", "nodes", "-o", "wide"]);
+    let text = String::from_utf8_lossy(&wide.stdout).to_string();
+    assert!(
+        text.lines().next().is_some_and(|h| h.contains("INSTANCES")),
+        "{text}"
+    );
+    assert!(
+        text.contains("0/2"),
+        "gw-a: nothing allocated of 2 CPUs: {text}"
+    );
+    assert_eq!(nodes[0]["allocated"]["cpu_millis"], 0, "{nodes}");
+    assert_eq!(nodes[0]["instances"], 0, "{nodes}");
 }
 
 #[test]

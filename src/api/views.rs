@@ -93,17 +93,43 @@ pub fn instance(state: &State, instance: &Instance) -> Value {
     })
 }
 
+/// `get nodes`: each gateway, with what the instances placed on it request
+/// (`allocated`) and how many there are (`instances`).
 pub fn nodes(cluster: &Cluster) -> Value {
     let (voters, learners) = (cluster.voters(), cluster.learners());
     let applied = cluster.state().read();
+    let state = &applied.state;
     Value::Array(
-        applied
-            .state
+        state
             .nodes
             .values()
-            .map(|n| node(n, &voters, &learners))
+            .map(|n| {
+                let mut doc = node(n, &voters, &learners);
+                let (cpu, memory, count) = allocated(state, n.id);
+                doc["allocated"] = json!({
+                    "cpu_millis": cpu,
+                    "memory_bytes": memory,
+                    "cpu": format_cpu(cpu),
+                    "memory": format_memory(memory),
+                });
+                doc["instances"] = json!(count);
+                doc
+            })
             .collect(),
     )
+}
+
+/// CPU, memory requested by the instances placed on `node`, and how many.
+fn allocated(state: &State, node: NodeId) -> (u64, u64, usize) {
+    let mut sum = (0u64, 0u64, 0usize);
+    for i in state.instances.values().filter(|i| i.node == Some(node)) {
+        if let Some(w) = state.workloads.get(&i.workload) {
+            sum.0 += w.spec.cpu_millis();
+            sum.1 += w.spec.memory_bytes();
+        }
+        sum.2 += 1;
+    }
+    sum
 }
 
 pub fn workloads(cluster: &Cluster) -> Value {
@@ -217,13 +243,7 @@ pub fn describe_node(cluster: &Cluster, name: &str, now_ms: u64) -> Option<Value
         .values()
         .filter(|i| i.node == Some(n.id))
         .collect();
-    let (mut cpu, mut memory) = (0u64, 0u64);
-    for i in &on_it {
-        if let Some(w) = state.workloads.get(&i.workload) {
-            cpu += w.spec.cpu_millis();
-            memory += w.spec.memory_bytes();
-        }
-    }
+    let (cpu, memory, _) = allocated(state, n.id);
     let waiting: Vec<Value> = crate::control::scheduling::drain_blockers(state, n.id, now_ms)
         .into_iter()
         .map(|(k, reason)| json!({"instance": k.to_string(), "reason": reason}))

@@ -37,8 +37,17 @@ pub struct Cli {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Table,
+    /// The table with more columns (`get nodes|workloads|instances`).
+    Wide,
     Json,
     Yaml,
+}
+
+impl OutputFormat {
+    /// For people (table or wide), not for programs.
+    pub fn is_table(self) -> bool {
+        matches!(self, OutputFormat::Table | OutputFormat::Wide)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -307,7 +307,7 @@ pub async fn run(
         count(Verdict::Fail),
     );
     match format {
-        OutputFormat::Table => {
+        OutputFormat::Table | OutputFormat::Wide => {
             for c in &checks {
                 println!("{:<5} {:<12} {}", c.verdict.word(), c.name, c.detail);
             }

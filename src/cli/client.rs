@@ -320,7 +320,7 @@ async fn rollout_watch(
                     );
                     return code;
                 }
-                if line != said && format == OutputFormat::Table {
+                if line != said && format.is_table() {
                     println!("{line}");
                     said = line;
                 }
@@ -654,7 +654,7 @@ async fn drain(
     timeout: Duration,
 ) -> Result<ExitCode> {
     use std::collections::BTreeMap;
-    let table = format == OutputFormat::Table;
+    let table = format.is_table();
     let start = document(client.drain(NodeRequest { name: name.clone() }).await)?;
     if table {
         println!("gateway {name} cordoned; draining");

@@ -44,7 +44,149 @@ pub fn render(view: View, format: OutputFormat, value: &Value) -> Result<String>
         OutputFormat::Json => format!("{}\n", serde_json::to_string_pretty(value)?),
         OutputFormat::Yaml => serde_yaml_ng::to_string(value)?,
         OutputFormat::Table => table_view(view, value),
+        OutputFormat::Wide => match view {
+            View::Nodes => nodes_wide(value),
+            View::Workloads => workloads_wide(value),
+            View::Instances => instances_wide(value),
+            other => table_view(other, value),
+        },
     })
+}
+
+fn nodes_wide(nodes: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(nodes)
+        .iter()
+        .map(|n| {
+            let mut status = text(&n["status"]);
+            if n["cordoned"].as_bool() == Some(true) {
+                status.push_str(",Cordoned");
+            }
+            vec![
+                text(&n["name"]),
+                text(&n["id"]),
+                text(&n["address"]),
+                text(&n["role"]),
+                status,
+                format!(
+                    "{}/{}",
+                    text(&n["allocated"]["cpu"]),
+                    text(&n["capacity"]["cpu"])
+                ),
+                format!(
+                    "{}/{}",
+                    text(&n["allocated"]["memory"]),
+                    text(&n["capacity"]["memory"])
+                ),
+                text(&n["instances"]),
+                text(&n["since"]),
+                n["devices"]
+                    .as_array()
+                    .map(|d| d.iter().map(text).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default(),
+                labels(&n["labels"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "ID",
+            "ADDRESS",
+            "ROLE",
+            "STATUS",
+            "CPU",
+            "MEMORY",
+            "INSTANCES",
+            "SINCE",
+            "DEVICES",
+            "LABELS",
+        ],
+        &rows,
+    )
+}
+
+fn workloads_wide(workloads: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(workloads)
+        .iter()
+        .map(|w| {
+            let spec = &w["spec"];
+            vec![
+                text(&w["name"]),
+                text(&w["image"]),
+                format!("{}/{}", text(&w["running"]), text(&w["replicas"])),
+                text(&w["placed"]),
+                text(&w["generation"]),
+                text(&w["source"]),
+                if spec["singleton"] == true {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_string(),
+                text(&spec["priority"]),
+                text(&spec["placement"]),
+                text(&spec["spread"]),
+                labels(&spec["node_selector"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "IMAGE",
+            "RUNNING",
+            "PLACED",
+            "GENERATION",
+            "SOURCE",
+            "SINGLETON",
+            "PRIORITY",
+            "PLACEMENT",
+            "SPREAD",
+            "SELECTOR",
+        ],
+        &rows,
+    )
+}
+
+fn instances_wide(instances: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(instances)
+        .iter()
+        .map(|i| {
+            let mut state = text(&i["state"]);
+            if let Some(code) = i["exit_code"].as_i64() {
+                let _ = write!(state, "({code})");
+            }
+            vec![
+                text(&i["workload"]),
+                text(&i["replica"]),
+                text(&i["node"]),
+                state,
+                text(&i["restarts"]),
+                text(&i["generation"]),
+                text(&i["container_id"]),
+                text(&i["previous_node"]),
+                text(&i["created"]),
+                text(&i["updated"]),
+                text(&i["reason"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "WORKLOAD",
+            "REPLICA",
+            "NODE",
+            "STATE",
+            "RESTARTS",
+            "GEN",
+            "CONTAINER",
+            "PREVIOUS",
+            "CREATED",
+            "SINCE",
+            "REASON",
+        ],
+        &rows,
+    )
 }
 
 /// Columns padded to their widest cell, two spaces apart.
@@ -544,5 +686,34 @@ mod tests {
         assert_eq!(lines[0], "A          BB");
         assert_eq!(lines[1], "long-cell  x");
         assert_eq!(lines[2], "s          y");
+    }
+
+    #[test]
+    fn wide_tables_add_columns_and_other_views_stay_tables() {
+        let nodes = serde_json::json!([{
+            "name": "gw-a", "id": 1, "address": "10.0.0.1:7400", "role": "voter",
+            "status": "Ready", "cordoned": true, "labels": {"zigbee": "true"},
+            "capacity": {"cpu": "2", "memory": "1Gi"},
+            "allocated": {"cpu": "500m", "memory": "256Mi"}, "instances": 3,
+            "since": "2026-11-30T10:00:00Z", "devices": ["/dev/ttyUSB0"]
+        }]);
+        let out = render(View::Nodes, OutputFormat::Wide, &nodes).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("NAME  ID  ADDRESS"), "{out}");
+        assert!(lines[0].contains("INSTANCES"), "{out}");
+        for cell in [
+            "Ready,Cordoned",
+            "500m/2",
+            "256Mi/1Gi",
+            "/dev/ttyUSB0",
+            "zigbee=true",
+        ] {
+            assert!(lines[1].contains(cell), "{cell}: {out}");
+        }
+        let status = serde_json::json!({"cluster": "c", "nodes": [], "workloads": []});
+        assert_eq!(
+            render(View::Status, OutputFormat::Wide, &status).unwrap(),
+            render(View::Status, OutputFormat::Table, &status).unwrap()
+        );
     }
 }
