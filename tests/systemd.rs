@@ -200,3 +200,53 @@ fn gantry_check_reports_each_thing_a_gateway_needs() {
         .iter()
         .any(|c| c["check"] == "containerd" && c["verdict"] == "FAIL")));
 }
+
+/// `image import` draws its progress on stderr when that is a terminal
+/// (run under `script`, a pseudo-terminal), and a pipe gets the answer
+/// alone, no carriage return or escape sequence in it.
+#[test]
+fn progress_is_drawn_on_a_terminal_and_never_into_a_pipe() {
+    let mut cluster = TestCluster::new();
+    let archive = cluster.tmp.path().join("busybox.tar");
+    gantry_node::testing::busybox_oci_archive(&archive, "127.0.0.1:5000/gantry/busybox:test")
+        .expect("busybox archive (install busybox-static)");
+    cluster.init("gw-a", &[]);
+    let addr = cluster.addr(0);
+    let import = format!(
+        "{} --server {addr} image import {} --all",
+        gantry_bin(),
+        archive.display()
+    );
+    let piped = Command::new("bash")
+        .args(["-c", &import])
+        .env("GANTRY_TOKEN_FILE", &cluster.token_file)
+        .output()
+        .expect("import through a pipe");
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    for stream in [&piped.stdout, &piped.stderr] {
+        assert!(
+            !stream.iter().any(|b| *b == b'\r' || *b == 0x1b),
+            "{}",
+            String::from_utf8_lossy(stream)
+        );
+    }
+    let on_terminal = Command::new("script")
+        .args(["-qefc", &import, "/dev/null"])
+        .env("GANTRY_TOKEN_FILE", &cluster.token_file)
+        .output()
+        .expect("script (util-linux)");
+    let seen = String::from_utf8_lossy(&on_terminal.stdout).to_string();
+    assert!(on_terminal.status.success(), "{seen}");
+    assert!(
+        seen.contains("uploading") || seen.contains("importing"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains('\u{1b}'),
+        "drawn with escape sequences: {seen:?}"
+    );
+}

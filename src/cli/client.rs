@@ -292,6 +292,7 @@ async fn rollout_watch(
     let until = tokio::time::Instant::now() + timeout;
     let mut watched = None;
     let mut said = String::new();
+    let spinner = super::progress::Progress::spinner(format, &format!("rollout of {name}"));
     loop {
         let value = document(
             client
@@ -301,6 +302,7 @@ async fn rollout_watch(
         let start = *watched.get_or_insert(value["generation"].as_u64().unwrap_or(0));
         let progress = rollout_progress(&value, start);
         let finished = |code: ExitCode| -> Result<ExitCode> {
+            spinner.clear();
             print!("{}", output::render(output::View::Rollout, format, &value)?);
             Ok(code)
         };
@@ -321,7 +323,7 @@ async fn rollout_watch(
                     return code;
                 }
                 if line != said && format.is_table() {
-                    println!("{line}");
+                    spinner.say(&line);
                     said = line;
                 }
             }
@@ -348,7 +350,7 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
             what: ImageVerb::Import { file, all },
             ..
         } => {
-            let value = import_image(&mut client, &file, all).await?;
+            let value = import_image(&mut client, &file, all, format).await?;
             print!(
                 "{}",
                 output::render(output::View::Imported, format, &value)?
@@ -570,11 +572,16 @@ pub(crate) async fn import_image(
     client: &mut Admin,
     file: &std::path::Path,
     all: bool,
+    format: OutputFormat,
 ) -> Result<Value> {
     use tokio::io::AsyncReadExt;
     let mut reader = tokio::fs::File::open(file)
         .await
         .with_context(|| format!("cannot read {}", file.display()))?;
+    let total = reader.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let progress =
+        std::sync::Arc::new(super::progress::Progress::bytes(format, total, "uploading"));
+    let uploaded = progress.clone();
     let file_name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -597,13 +604,20 @@ pub(crate) async fn import_image(
             };
             first = false;
             if tx.send(chunk).await.is_err() || read == 0 {
+                uploaded.then_wait(if all {
+                    "importing on every gateway"
+                } else {
+                    "importing"
+                });
                 return Ok(());
             }
+            uploaded.advance(read as u64);
         }
     });
     let reply = client
         .import_image(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
+    drop(progress);
     sender
         .await
         .context("archive reader")?
@@ -656,8 +670,9 @@ async fn drain(
     use std::collections::BTreeMap;
     let table = format.is_table();
     let start = document(client.drain(NodeRequest { name: name.clone() }).await)?;
+    let progress = super::progress::Progress::spinner(format, &format!("draining {name}"));
     if table {
-        println!("gateway {name} cordoned; draining");
+        progress.say(&format!("gateway {name} cordoned; draining"));
     }
     let deadline = std::time::Instant::now() + timeout;
     // Every instance seen on the gateway, and whether its move was printed.
@@ -687,7 +702,7 @@ async fn drain(
                 *printed = true;
                 reasons.remove(&k);
                 if table {
-                    println!("moved {k} to {to}");
+                    progress.say(&format!("moved {k} to {to}"));
                 }
                 moved.push(serde_json::json!({"instance": k, "to": to}));
             }
@@ -697,14 +712,16 @@ async fn drain(
             let (k, reason) = (output::text(&w["instance"]), output::text(&w["reason"]));
             if reasons.get(&k) != Some(&reason) {
                 if table {
-                    println!("waiting: {k} {reason}");
+                    progress.say(&format!("waiting: {k} {reason}"));
                 }
                 reasons.insert(k, reason);
             }
         }
         let left_on_it = output::items(&described["instances"]).len();
+        progress.message(&format!("draining {name}: {left_on_it} left on it"));
         let done = left_on_it == 0;
         if done || std::time::Instant::now() >= deadline {
+            progress.clear();
             let stuck: Vec<Value> = output::items(&described["instances"])
                 .iter()
                 .map(|i| {

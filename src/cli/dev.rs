@@ -232,7 +232,8 @@ async fn demo(
         }
     })
     .await?;
-    let imported = super::client::import_image(&mut site, archive, true).await?;
+    let imported =
+        super::client::import_image(&mut site, archive, true, OutputFormat::Table).await?;
     print!(
         "{}",
         output::render(View::Imported, OutputFormat::Table, &imported)?

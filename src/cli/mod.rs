@@ -9,6 +9,7 @@ pub mod config_file;
 pub mod daemon;
 pub mod dev;
 pub mod output;
+pub mod progress;
 pub mod systemd;
 
 use std::process::ExitCode;
