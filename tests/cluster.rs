@@ -333,3 +333,51 @@ fn large_manifests_are_refused_whole_and_answers_larger_than_four_mib_arrive() {
         );
     }
 }
+
+/// `get instances -w -o json`: one JSON object per line for each instance
+/// that appears or changes, as `kubectl get -w` does.
+#[test]
+fn get_watch_prints_each_change_as_it_happens() {
+    use std::io::{BufRead, BufReader};
+    let cluster = three_gateways();
+    let addr = cluster.addr(0);
+    let mut watch = support::gantry()
+        .args(["--server", &addr, "get", "instances", "-w", "-o", "json"])
+        .env("GANTRY_TOKEN_FILE", &cluster.token_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("gantry get -w");
+    let stdout = watch.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let out = cluster.apply(
+        &addr,
+        "name: watched\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 2\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut placed = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while placed.len() < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).expect("a line for each instance");
+        let item: serde_json::Value =
+            serde_json::from_str(&line).expect("one JSON object per line");
+        assert_eq!(item["workload"], "watched", "{line}");
+        if item["node"].is_string() {
+            placed.insert(item["replica"].to_string());
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+}

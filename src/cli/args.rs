@@ -75,6 +75,10 @@ pub enum Verb {
     Get {
         #[command(flatten)]
         auth: ClientAuth,
+        /// Keep watching: the list, then a row (or a JSON line) for each
+        /// object that appears or changes, until Ctrl-C.
+        #[arg(short = 'w', long, global = true)]
+        watch: bool,
         #[command(subcommand)]
         what: GetWhat,
     },

@@ -243,6 +243,85 @@ fn auth_of(verb: &Verb) -> Option<ClientAuth> {
     Some(auth)
 }
 
+/// The list `what` names, its table view, and each item's key.
+async fn list(client: &mut Admin, what: &GetWhat) -> Result<(output::View, Value)> {
+    Ok(match what {
+        GetWhat::Nodes => (
+            output::View::Nodes,
+            document(client.get_nodes(GetRequest {}).await)?,
+        ),
+        GetWhat::Workloads => (
+            output::View::Workloads,
+            document(client.get_workloads(GetRequest {}).await)?,
+        ),
+        GetWhat::Instances => (
+            output::View::Instances,
+            document(client.get_instances(GetRequest {}).await)?,
+        ),
+    })
+}
+
+/// What identifies an item of a list across polls.
+fn item_key(item: &Value) -> String {
+    match (item["workload"].as_str(), item["name"].as_str()) {
+        (Some(workload), _) => format!("{workload}/{}", item["replica"]),
+        (None, Some(name)) => name.to_string(),
+        _ => item.to_string(),
+    }
+}
+
+/// The items of `now` that are new or differ from `before`.
+pub fn changed_items(before: &Value, now: &Value) -> Vec<Value> {
+    let old: std::collections::BTreeMap<String, &Value> = output::items(before)
+        .iter()
+        .map(|i| (item_key(i), i))
+        .collect();
+    output::items(now)
+        .iter()
+        .filter(|i| old.get(&item_key(i)) != Some(i))
+        .cloned()
+        .collect()
+}
+
+/// `get -w`, like `kubectl get -w`: the list, then each item that appears
+/// or changes, polled twice a second; tables print rows under the first
+/// header, JSON one object per line, YAML one document each.
+async fn watch_list(client: &mut Admin, format: OutputFormat, what: GetWhat) -> Result<ExitCode> {
+    use std::io::Write;
+    let mut before = Value::Array(Vec::new());
+    let mut first = true;
+    loop {
+        let (view, now) = list(client, &what).await?;
+        let changed = changed_items(&before, &now);
+        if !changed.is_empty() || first {
+            let text = match format {
+                OutputFormat::Json => changed.iter().map(|i| format!("{i}\n")).collect::<String>(),
+                OutputFormat::Yaml => changed
+                    .iter()
+                    .map(|i| serde_yaml_ng::to_string(i).map(|y| format!("---\n{y}")))
+                    .collect::<Result<String, _>>()?,
+                _ => {
+                    let table = output::render(view, format, &Value::Array(changed))?;
+                    if first {
+                        table
+                    } else {
+                        // The header was printed with the first list.
+                        table.lines().skip(1).map(|l| format!("{l}\n")).collect()
+                    }
+                }
+            };
+            print!("{text}");
+            std::io::stdout().flush().context("stdout")?;
+        }
+        first = false;
+        before = now;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
 /// Where a watched rollout stands.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RolloutProgress {
@@ -377,6 +456,9 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
             output::View::Status,
             document(client.status(StatusRequest {}).await)?,
         ),
+        Verb::Get {
+            what, watch: true, ..
+        } => return watch_list(&mut client, format, what).await,
         Verb::Get {
             what: GetWhat::Nodes,
             ..
@@ -776,6 +858,26 @@ async fn drain(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_watch_prints_what_appeared_or_changed() {
+        let before = json!([
+            {"workload": "web", "replica": 0, "state": "Pending"},
+            {"workload": "web", "replica": 1, "state": "Running"},
+            {"name": "gw-a", "status": "Ready"}
+        ]);
+        let now = json!([
+            {"workload": "web", "replica": 0, "state": "Running"},
+            {"workload": "web", "replica": 1, "state": "Running"},
+            {"workload": "web", "replica": 2, "state": "Pending"},
+            {"name": "gw-a", "status": "Ready"}
+        ]);
+        let changed = changed_items(&before, &now);
+        assert_eq!(changed.len(), 2, "{changed:?}");
+        assert_eq!(changed[0]["replica"], 0);
+        assert_eq!(changed[1]["replica"], 2);
+        assert!(changed_items(&now, &now).is_empty());
+    }
 
     #[test]
     fn a_watched_rollout_fails_only_on_a_rollback_of_what_it_watched() {
