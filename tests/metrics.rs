@@ -313,3 +313,99 @@ fn the_hub_and_an_attached_site_export_their_link() {
     });
     promtool_check(&body);
 }
+
+/// A real Prometheus (Debian's) scrapes a gateway and the hub over HTTPS
+/// with their CAs, server names and tokens, as the README's config says,
+/// and answers queries on what it scraped.
+#[test]
+fn prometheus_scrapes_a_gateway_and_the_hub() {
+    let mut cluster = TestCluster::new();
+    let hub = cluster.start_hub();
+    cluster.init("gw-a", &[]);
+    let addr = cluster.addr(0);
+    let out = cluster.cli(&addr, &["token", "create", "--role", "viewer"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = cluster.tmp.path().join("prometheus");
+    std::fs::create_dir_all(&dir).expect("prometheus dir");
+    std::fs::write(
+        dir.join("viewer.token"),
+        String::from_utf8_lossy(&out.stdout).trim(),
+    )
+    .expect("token file");
+    let hub_dir = cluster.hub.as_ref().expect("a hub").dir.clone();
+    let config = format!(
+        "global: {{scrape_interval: 1s, scrape_timeout: 1s}}
+scrape_configs:
+  - job_name: gantry
+    scheme: https
+    authorization: {{credentials_file: {viewer}}}
+    tls_config: {{ca_file: {gw_ca}, server_name: gateway.gantry}}
+    static_configs: [{{targets: ['{addr}']}}]
+  - job_name: gantry-hub
+    scheme: https
+    authorization: {{credentials_file: {hub_token}}}
+    tls_config: {{ca_file: {hub_ca}, server_name: hub.gantry}}
+    static_configs: [{{targets: ['{hub}']}}]
+",
+        viewer = dir.join("viewer.token").display(),
+        gw_ca = cluster.gateways[0].dir.join("pki/ca.crt").display(),
+        hub_token = hub_dir.join("admin-token").display(),
+        hub_ca = hub_dir.join("pki/ca.crt").display(),
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).expect("config");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("log"))
+        .spawn()
+        .expect("prometheus (Debian's prometheus package: scripts/setup.sh installs it)");
+    let query = |q: &str| -> Option<Vec<serde_json::Value>> {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "-G"])
+            .arg(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .args(["--data-urlencode", &format!("query={q}")])
+            .output()
+            .ok()?;
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        doc["data"]["result"].as_array().cloned()
+    };
+    let value = |r: &serde_json::Value| r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok());
+    let up = wait_for("both targets up in Prometheus", LONG, || {
+        let result = query("up")?;
+        (result.len() == 2 && result.iter().all(|r| value(r) == Some(1.0))).then_some(result)
+    });
+    let jobs: Vec<&str> = up
+        .iter()
+        .filter_map(|r| r["metric"]["job"].as_str())
+        .collect();
+    assert!(
+        jobs.contains(&"gantry") && jobs.contains(&"gantry-hub"),
+        "{up:?}"
+    );
+    let term = wait_for("the gateway's term", LONG, || {
+        query("gantry_raft_term")?.first().cloned()
+    });
+    assert!(value(&term).is_some_and(|t| t >= 1.0), "{term}");
+    let sites = wait_for("the hub's sites", LONG, || {
+        query("gantry_hub_sites")?.first().cloned()
+    });
+    assert_eq!(value(&sites), Some(0.0), "{sites}");
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+}
