@@ -57,6 +57,8 @@ pub struct Metrics {
     /// Bytes of the cloud link's messages (protobuf, before HTTP/2 and TLS
     /// framing), by direction.
     pub link_bytes: Family<Labels, Counter>,
+    /// What this gateway's agent pulled and fetched from peers.
+    pub images: std::sync::Arc<gantry_node::agent::ImageStats>,
 }
 
 /// 1 ms doubling to about 8 s: etcd's disk buckets.
@@ -78,6 +80,7 @@ impl Default for Metrics {
                 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
             ]),
             link_bytes: Family::default(),
+            images: Default::default(),
         }
     }
 }
@@ -314,6 +317,7 @@ impl Collector for Live {
             "1 while this gateway holds the cloud link (the leader of an attached site)",
             i64::from(link.connected),
         )?;
+        encode_images(&mut e, &self.cluster.telemetry().images)?;
         if let Some(rss) = resident_bytes() {
             gauge(
                 &mut e,
@@ -447,6 +451,43 @@ fn encode_state(e: &mut DescriptorEncoder, state: &State) -> Result<(), fmt::Err
             "Cloud workloads not taken because a local workload owns the name",
             state.meta.cloud.refused.len() as i64,
         )?;
+    }
+    Ok(())
+}
+
+/// Image pulls (registry) and fetches (peer gateways' archives), by
+/// source and result, and their bytes.
+fn encode_images(
+    e: &mut DescriptorEncoder,
+    images: &gantry_node::agent::ImageStats,
+) -> Result<(), fmt::Error> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut family = e.encode_descriptor(
+        "gantry_image_pulls",
+        "Images brought in by this gateway's agent, by source (registry, peer) and result",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (source, result, n) in [
+        ("registry", "ok", images.registry_pulls.load(Relaxed)),
+        ("registry", "failed", images.registry_failures.load(Relaxed)),
+        ("peer", "ok", images.peer_fetches.load(Relaxed)),
+    ] {
+        let labels = [("source", source), ("result", result)];
+        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+    }
+    let mut family = e.encode_descriptor(
+        "gantry_image_pull_bytes",
+        "Bytes those images brought: downloaded layers (registry), archives (peer)",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (source, n) in [
+        ("registry", images.registry_bytes.load(Relaxed)),
+        ("peer", images.peer_bytes.load(Relaxed)),
+    ] {
+        let labels = [("source", source)];
+        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }

@@ -374,6 +374,40 @@ fn images_come_from_a_registry_once_then_from_peer_gateways() {
         manifests_before,
         "no second pull over the uplink"
     );
+    // Each gateway's metrics say where its image came from and its bytes.
+    let out = site
+        .cluster
+        .cli(&addr, &["token", "create", "--role", "viewer"]);
+    let viewer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let metric = |index: usize, series: &str| -> Option<f64> {
+        let gateway = site.addr(index);
+        let port = gateway.rsplit(':').next()?.to_string();
+        let ca = site.cluster.gateways[index].dir.join("pki/ca.crt");
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&ca)
+            .args(["--resolve", &format!("gateway.gantry:{port}:127.0.0.1")])
+            .args(["-H", &format!("Authorization: Bearer {viewer}")])
+            .arg(format!("https://gateway.gantry:{port}/metrics"))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    let registry_ok = "gantry_image_pulls_total{source=\"registry\",result=\"ok\"}";
+    let peer_ok = "gantry_image_pulls_total{source=\"peer\",result=\"ok\"}";
+    assert_eq!(metric(0, registry_ok), Some(1.0));
+    assert!(
+        metric(0, "gantry_image_pull_bytes_total{source=\"registry\"}")
+            .is_some_and(|b| b > 100_000.0),
+        "busybox's layer came down"
+    );
+    assert_eq!(metric(1, registry_ok), Some(0.0));
+    assert_eq!(metric(1, peer_ok), Some(1.0));
+    assert!(
+        metric(1, "gantry_image_pull_bytes_total{source=\"peer\"}").is_some_and(|b| b > 100_000.0)
+    );
 
     // `image_pull: never` with an image nobody has: Failed, no registry request.
     site.apply(&format!(

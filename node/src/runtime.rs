@@ -150,12 +150,13 @@ pub trait Runtime: Send + Sync + 'static {
     }
 
     /// Fetches (or refreshes) the image from its registry, transferring
-    /// only what the engine does not have yet. The default cannot pull.
+    /// only what the engine does not have yet; the layer bytes it
+    /// downloaded. The default cannot pull.
     fn pull_image(
         &self,
         image: &str,
         registry: &RegistryConfig,
-    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+    ) -> impl Future<Output = Result<u64, RuntimeError>> + Send {
         let _ = registry;
         async move {
             Err(RuntimeError::Pull {

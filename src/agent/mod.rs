@@ -122,7 +122,10 @@ pub fn start_node<R: Runtime>(
         None => agent,
     };
     let (gate, gate_link) = fence::gate(cluster);
-    let agent = agent.wait_for_desired().with_start_gate(gate);
+    let agent = agent
+        .wait_for_desired()
+        .with_start_gate(gate)
+        .with_image_stats(cluster.telemetry().images.clone());
     let stop = shutdown.clone();
     tasks.spawn(async move { agent.run(stop.cancelled_owned()).await });
     tasks.spawn(desired::feed(

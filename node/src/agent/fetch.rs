@@ -7,6 +7,7 @@ use crate::registry::RegistryConfig;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::PullPolicy;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +24,17 @@ pub trait ImageSource: Send + Sync + 'static {
     async fn fetch(&self, image: &str, dest: &Path) -> Result<bool, String>;
 }
 
+/// What a gateway's agent fetched, for its metrics: pulls from registries
+/// and archives from peer gateways, by outcome, and the bytes each brought.
+#[derive(Debug, Default)]
+pub struct ImageStats {
+    pub registry_pulls: AtomicU64,
+    pub registry_failures: AtomicU64,
+    pub registry_bytes: AtomicU64,
+    pub peer_fetches: AtomicU64,
+    pub peer_bytes: AtomicU64,
+}
+
 /// What the agent's jobs need to fetch images.
 #[derive(Clone)]
 pub(crate) struct Fetcher {
@@ -30,6 +42,7 @@ pub(crate) struct Fetcher {
     pub source: Option<Arc<dyn ImageSource>>,
     /// Where peer archives are written before import.
     pub scratch_dir: PathBuf,
+    pub stats: Arc<ImageStats>,
 }
 
 impl Fetcher {
@@ -67,7 +80,19 @@ impl Fetcher {
         if from_peer && policy == PullPolicy::IfNotPresent {
             return Ok(());
         }
-        runtime.pull_image(image, &self.registry).await
+        match runtime.pull_image(image, &self.registry).await {
+            Ok(bytes) => {
+                self.stats.registry_pulls.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .registry_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.registry_failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
     }
 
     /// Tries the peer source; true when the image is now present.
@@ -86,7 +111,18 @@ impl Fetcher {
         ));
         let result = match source.fetch(&image, &dest).await {
             Ok(true) => match runtime.import_image(&dest).await {
-                Ok(()) => runtime.has_image(&image).await,
+                Ok(()) => {
+                    let present = runtime.has_image(&image).await;
+                    if matches!(present, Ok(true)) {
+                        let bytes = tokio::fs::metadata(&dest)
+                            .await
+                            .map(|m| m.len())
+                            .unwrap_or(0);
+                        self.stats.peer_fetches.fetch_add(1, Ordering::Relaxed);
+                        self.stats.peer_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    }
+                    present
+                }
                 Err(e) if e.is_unavailable() => Err(e),
                 Err(e) => {
                     tracing::warn!(image = %image, error = %e, "archive from image source not importable; trying the registry");

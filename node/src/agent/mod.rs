@@ -8,7 +8,7 @@ mod ops;
 mod report;
 
 pub use decide::{decide, Book, DesiredInstance, InstanceKey, SlotPlan, Step};
-pub use fetch::ImageSource;
+pub use fetch::{ImageSource, ImageStats};
 pub use report::{AgentEvent, InstanceReport, InstanceState};
 
 use crate::registry::RegistryConfig;
@@ -153,6 +153,7 @@ pub struct Agent<R: Runtime> {
     events: mpsc::Sender<AgentEvent>,
     source: Option<Arc<dyn ImageSource>>,
     gate: Option<Arc<dyn StartGate>>,
+    image_stats: Arc<ImageStats>,
     progress_tx: mpsc::UnboundedSender<InstanceReport>,
     progress_rx: mpsc::UnboundedReceiver<InstanceReport>,
     books: HashMap<String, Book>,
@@ -191,6 +192,7 @@ impl<R: Runtime> Agent<R> {
             events,
             source: None,
             gate: None,
+            image_stats: Arc::default(),
             progress_tx,
             progress_rx,
             books: HashMap::new(),
@@ -221,6 +223,13 @@ impl<R: Runtime> Agent<R> {
     }
 
     /// Asks `gate` before each start and restart (see `StartGate`).
+    /// Counts what it pulls and fetches into `stats` (the gateway's
+    /// metrics read them).
+    pub fn with_image_stats(mut self, stats: Arc<ImageStats>) -> Self {
+        self.image_stats = stats;
+        self
+    }
+
     pub fn with_start_gate(mut self, gate: Arc<dyn StartGate>) -> Self {
         self.gate = Some(gate);
         self
@@ -427,6 +436,7 @@ impl<R: Runtime> Agent<R> {
                     registry: self.config.registry.clone(),
                     source: self.source.clone(),
                     scratch_dir: self.config.scratch_dir.clone(),
+                    stats: self.image_stats.clone(),
                 },
                 progress: self.progress_tx.clone(),
                 desired: self.desired.clone(),

@@ -29,6 +29,9 @@ pub struct ImportedImage {
     pub name: String,
     /// Digest of the image's top-level target (index or manifest).
     pub digest: String,
+    /// Layer bytes a pull downloaded (layers already present cost
+    /// nothing); 0 for an archive import.
+    pub downloaded_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +105,7 @@ async fn write_and_unpack(
         out.push(ImportedImage {
             name: name.clone(),
             digest: target.digest.clone(),
+            downloaded_bytes: 0,
         });
     }
     Ok(out)

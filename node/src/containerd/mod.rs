@@ -254,8 +254,12 @@ impl Runtime for ContainerdRuntime {
         ContainerdRuntime::has_image(self, image).await
     }
 
-    async fn pull_image(&self, image: &str, registry: &RegistryConfig) -> Result<(), RuntimeError> {
-        self.pull(image, registry).await.map(|_| ())
+    async fn pull_image(
+        &self,
+        image: &str,
+        registry: &RegistryConfig,
+    ) -> Result<u64, RuntimeError> {
+        self.pull(image, registry).await.map(|i| i.downloaded_bytes)
     }
 
     async fn import_image(&self, archive: &Path) -> Result<(), RuntimeError> {

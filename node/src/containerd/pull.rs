@@ -101,10 +101,10 @@ impl Remote<'_> {
         svc: Svc,
         desc: &Descriptor,
         labels: HashMap<String, String>,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<u64, RuntimeError> {
         if exists(svc.clone(), &desc.digest).await? {
             tracing::debug!(layer = %desc.digest, "layer already present");
-            return update_labels(svc, &desc.digest, labels).await;
+            return update_labels(svc, &desc.digest, labels).await.map(|()| 0);
         }
         let size = u64::try_from(desc.size)
             .map_err(|_| self.fail(format!("layer {} has a negative size", desc.digest)))?;
@@ -124,7 +124,8 @@ impl Remote<'_> {
                     desc.digest, self.registry
                 )),
                 other => other,
-            })
+            })?;
+        Ok(size)
     }
 }
 
@@ -191,11 +192,12 @@ pub(crate) async fn pull(
     let lease = create_lease(rt, "pull").await?;
     let result = store_and_unpack(rt, &lease.id, &remote, &resolved).await;
     delete_lease(rt, lease).await;
-    result?;
-    tracing::info!(image = %name, digest = %resolved.top.digest, "image pulled");
+    let downloaded_bytes = result?;
+    tracing::info!(image = %name, digest = %resolved.top.digest, downloaded_bytes, "image pulled");
     Ok(ImportedImage {
         name,
         digest: resolved.top.digest,
+        downloaded_bytes,
     })
 }
 
@@ -289,13 +291,14 @@ async fn store_and_unpack(
     lease: &str,
     remote: &Remote<'_>,
     resolved: &Resolved,
-) -> Result<(), RuntimeError> {
+) -> Result<u64, RuntimeError> {
     let svc = rt.svc_with_lease(lease)?;
+    let mut downloaded = 0u64;
     // Children before parents, so every GC reference points at content
     // that already exists.
     for (layer, diff_id) in resolved.manifest.layers.iter().zip(&resolved.diff_ids) {
         let labels = HashMap::from([("containerd.io/uncompressed".to_string(), diff_id.clone())]);
-        remote.layer(svc.clone(), layer, labels).await?;
+        downloaded += remote.layer(svc.clone(), layer, labels).await?;
     }
     let chains = chain_ids(&resolved.diff_ids);
     for (desc, bytes, labels) in resolved.documents.iter().rev() {
@@ -322,7 +325,8 @@ async fn store_and_unpack(
         diff_ids: resolved.diff_ids.clone(),
     };
     unpack_layers(rt, svc.clone(), &plan).await?;
-    put_image(svc, &remote.name, &resolved.top).await
+    put_image(svc, &remote.name, &resolved.top).await?;
+    Ok(downloaded)
 }
 
 /// The registry's body as an `AsyncRead` that hashes what passes through
