@@ -317,6 +317,14 @@ impl Collector for Live {
             "1 while this gateway holds the cloud link (the leader of an attached site)",
             i64::from(link.connected),
         )?;
+        if link.hub_revision > 0 {
+            gauge(
+                &mut e,
+                "gantry_cloud_desired_revision",
+                "The hub's desired revision for this site, as this gateway's link last heard it",
+                link.hub_revision as i64,
+            )?;
+        }
         encode_images(&mut e, &self.cluster.telemetry().images)?;
         if let Some(rss) = resident_bytes() {
             gauge(

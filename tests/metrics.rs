@@ -305,6 +305,7 @@ fn the_hub_and_an_attached_site_export_their_link() {
         let body = scrape(&cluster, 0, &viewer)?;
         let ok = sample(&body, "gantry_cloud_link_connected") == Some(1.0)
             && sample(&body, "gantry_cloud_acked_revision") == Some(1.0)
+            && sample(&body, "gantry_cloud_desired_revision") == Some(1.0)
             && sample(&body, "gantry_cloud_link_bytes_total{direction=\"down\"}")
                 .is_some_and(|b| b > 0.0)
             && sample(&body, "gantry_cloud_link_bytes_total{direction=\"up\"}")

@@ -37,6 +37,9 @@ pub struct LinkStatus {
     pub connected: bool,
     pub since_ms: u64,
     pub last_error: Option<String>,
+    /// The hub's desired revision for this site, as this leader's link last
+    /// heard it (Welcome, then each delivery); 0 before any.
+    pub hub_revision: u64,
 }
 
 /// Shared between the link loop and the Admin API's `status`.
@@ -48,6 +51,12 @@ pub struct LinkHandle {
 impl LinkHandle {
     pub fn get(&self) -> LinkStatus {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The hub said its desired revision is (at least) `revision`.
+    pub(crate) fn heard_revision(&self, revision: u64) {
+        let mut status = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        status.hub_revision = status.hub_revision.max(revision);
     }
 
     fn set(&self, connected: bool, error: Option<String>) {
@@ -185,6 +194,7 @@ pub fn status_view(cluster: &Cluster, handle: &LinkHandle) -> Value {
         "hub": cloud.link.as_ref().map(|l| l.hub.clone()),
         "site": cloud.link.as_ref().map(|l| l.site.clone()),
         "acked_revision": cloud.acked_revision,
+        "hub_revision": (known_by == "leader").then(|| handle.get().hub_revision),
         "since": (since_ms > 0).then(|| timestamp(since_ms)),
         "since_ms": since_ms,
         "connection_known_by": known_by,

@@ -93,6 +93,7 @@ impl SessionEnd {
 struct Link<'a> {
     cluster: &'a Cluster,
     link: &'a CloudLink,
+    handle: &'a LinkHandle,
     tx: mpsc::Sender<SiteMessage>,
     /// What the hub has been told (the view both ends share).
     sent: SiteView,
@@ -269,7 +270,11 @@ pub async fn run(
         Err(status) => return SessionEnd::Failed(format!("hub: {}", status.message())),
     };
     match inbound.message().await {
-        Ok(Some(message)) if matches!(message.msg, Some(In::Welcome(_))) => {}
+        Ok(Some(message)) if matches!(message.msg, Some(In::Welcome(_))) => {
+            if let Some(In::Welcome(welcome)) = &message.msg {
+                handle.heard_revision(welcome.desired_revision);
+            }
+        }
         Ok(_) => return SessionEnd::Failed("the hub did not welcome the link".into()),
         Err(status) if status.code() == tonic::Code::Unauthenticated => {
             return SessionEnd::Refused(format!(
@@ -286,6 +291,7 @@ pub async fn run(
     let mut session = Link {
         cluster,
         link,
+        handle,
         tx,
         sent: SiteView::default(),
         reports: 0,
@@ -327,6 +333,7 @@ async fn serve(
                     .link_bytes("down", prost::Message::encoded_len(&message));
                 match message.msg {
                     Some(In::Desired(desired)) => {
+                        link.handle.heard_revision(desired.revision);
                         link.still_wanted()?;
                         let cluster = link.cluster;
                         deliver::deliver(cluster, link, desired).await?;
