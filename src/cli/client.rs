@@ -349,14 +349,23 @@ pub fn rollout_progress(value: &Value, watched: u64) -> RolloutProgress {
     if value["complete"] == true {
         return RolloutProgress::Complete;
     }
-    RolloutProgress::Waiting(format!(
+    // Replicas of the new generation still bringing their image in.
+    let pulling = output::items(&value["instances"])
+        .iter()
+        .filter(|i| i["generation"] == value["generation"] && i["state"] == "Pulling")
+        .count();
+    let mut line = format!(
         "waiting for the rollout of {} to generation {}: {} of {} replicas updated, {} running",
         value["workload"].as_str().unwrap_or(""),
         value["generation"],
         value["updated"],
         value["replicas"],
         value["running"]
-    ))
+    );
+    if pulling > 0 {
+        line.push_str(&format!(", {pulling} pulling the image"));
+    }
+    RolloutProgress::Waiting(line)
 }
 
 /// `rollout status` with `--watch`: polls until the rollout completes,
@@ -895,6 +904,18 @@ mod tests {
             rollout_progress(&doc(4, false, old.clone()), 4),
             RolloutProgress::Waiting(_)
         ));
+        let mut pulling = doc(4, false, Value::Null);
+        pulling["instances"] = json!([
+            {"generation": 4, "state": "Pulling"},
+            {"generation": 3, "state": "Pulling"},
+            {"generation": 4, "state": "Running"}
+        ]);
+        match rollout_progress(&pulling, 4) {
+            RolloutProgress::Waiting(line) => {
+                assert!(line.ends_with("1 running, 1 pulling the image"), "{line}")
+            }
+            other => panic!("{other:?}"),
+        }
         // The watched generation rolled back: failed, though the rollback's
         // own generation completes.
         let failed = json!({"generation": 4, "to_spec_of": 3, "reason": "not Running"});
