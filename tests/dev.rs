@@ -103,6 +103,38 @@ fn gantry_dev_shows_a_hub_and_a_site_running_the_samples_then_cleans_up() {
         String::from_utf8_lossy(&status.stderr)
     );
 
+    // The sign-in link it prints opens the live page of the site.
+    let link = seen
+        .iter()
+        .find_map(|l| l.split_whitespace().find(|w| w.contains("/login?token=")))
+        .expect("gantry dev prints a sign-in link")
+        .to_string();
+    let data_dir = env
+        .iter()
+        .find(|(k, _)| k == "GANTRY_DATA_DIR")
+        .map(|(_, v)| v.clone())
+        .expect("GANTRY_DATA_DIR");
+    let jar = std::env::temp_dir().join(format!("gantry-dev-cookies-{}", std::process::id()));
+    let page = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-L", "--cacert"])
+        .arg(format!("{data_dir}/pki/ca.crt"))
+        .arg("-c")
+        .arg(&jar)
+        .arg("-b")
+        .arg(&jar)
+        .arg(&link)
+        .output()
+        .expect("curl");
+    let _ = std::fs::remove_file(&jar);
+    let html = String::from_utf8_lossy(&page.stdout);
+    for name in ["gw-a", "gw-b", "gw-c", "zigbee-bridge"] {
+        assert!(html.contains(name), "{name} on the page: {html}");
+    }
+    assert!(
+        html.contains("EventSource"),
+        "the page follows the cluster live"
+    );
+
     let dir = seen
         .iter()
         .find_map(|l| l.strip_prefix("working in "))
