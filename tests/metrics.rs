@@ -132,6 +132,33 @@ fn a_gateway_serves_metrics_that_follow_the_cluster_and_pass_promtool() {
     let forged = format!("{}0", &viewer[..viewer.len() - 1]);
     assert_eq!(get(&cluster, 0, "/metrics", Some(&forged)).0, 401);
     assert_eq!(get(&cluster, 0, "/nowhere", Some(&viewer)).0, 404);
+    // Plain answers are never framed, cached or given a referrer.
+    let port = addr.rsplit(':').next().expect("port").to_string();
+    let head = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
+        .arg(cluster.gateways[0].dir.join("pki/ca.crt"))
+        .args(["--resolve", &format!("gateway.gantry:{port}:127.0.0.1")])
+        .arg(format!("https://gateway.gantry:{port}/login"))
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
+    for wanted in [
+        "x-frame-options: deny",
+        "referrer-policy: no-referrer",
+        "cache-control: no-store",
+        "x-content-type-options: nosniff",
+    ] {
+        assert!(head.contains(wanted), "{wanted}: {head}");
+    }
 
     let body = wait_for("3 Ready gateways in the metrics", DEADLINE, || {
         let body = scrape(&cluster, 0, &viewer)?;

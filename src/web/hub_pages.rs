@@ -44,7 +44,7 @@ pub fn routes(
         hub.clone(),
         hub.clone(),
     );
-    super::hub_routes(exporter)
+    let router = super::hub_routes(exporter)
         .route("/", get(move || show(h1.clone(), None)))
         .route(
             "/sites/{name}",
@@ -70,7 +70,8 @@ pub fn routes(
                 )
             }),
         )
-        .route("/logout", get(super::logout))
+        .route("/logout", get(super::logout));
+    super::with_page_headers(router)
 }
 
 async fn login(hub: Hub, token: Option<String>) -> Response {

@@ -92,15 +92,45 @@ pub fn gateway_routes(site: Site) -> axum::Router {
         );
     let login_cluster = site.cluster.clone();
     let form_cluster = site.cluster.clone();
-    router
-        .route(
-            "/login",
-            get(move |RawQuery(query): RawQuery| {
-                login_link(login_cluster.clone(), query.unwrap_or_default())
-            })
-            .post(move |body: String| login_form(form_cluster.clone(), body)),
-        )
-        .route("/logout", get(logout))
+    with_page_headers(
+        router
+            .route(
+                "/login",
+                get(move |RawQuery(query): RawQuery| {
+                    login_link(login_cluster.clone(), query.unwrap_or_default())
+                })
+                .post(move |body: String| login_form(form_cluster.clone(), body)),
+            )
+            .route("/logout", get(logout)),
+    )
+}
+
+/// Headers every plain answer carries: never framed by another site, never
+/// cached (they show the cluster), no referrer (a sign-in link holds a
+/// token), no content sniffing.
+pub fn with_page_headers(router: axum::Router) -> axum::Router {
+    router.layer(axum::middleware::map_response(page_headers))
+}
+
+async fn page_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// The hub's routes (and the part every server has).
