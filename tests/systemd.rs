@@ -127,17 +127,29 @@ fn a_gateway_and_the_hub_tell_systemd_they_serve_and_the_gateway_feeds_the_watch
         .arg(&hub_dir)
         .args(["--listen", "127.0.0.1:0"])
         .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "2000000")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("gantry hub serve");
     let seen = until(&socket, "serving on 127.0.0.1:", Duration::from_secs(60));
-    let _ = hub.kill();
-    let _ = hub.wait();
     assert!(
         seen.last().is_some_and(|m| m.contains("READY=1")),
         "{seen:?}"
     );
+    // The gateway feeds its watchdog too: wait for a ping that is the
+    // hub's alone (no STATUS line with it).
+    let start = Instant::now();
+    let mut hub_ping = false;
+    let mut buf = vec![0u8; 4096];
+    while !hub_ping && start.elapsed() < Duration::from_secs(30) {
+        if let Ok(n) = socket.recv(&mut buf) {
+            hub_ping = &buf[..n] == b"WATCHDOG=1";
+        }
+    }
+    let _ = hub.kill();
+    let _ = hub.wait();
+    assert!(hub_ping, "the hub feeds its watchdog");
 }
 
 #[test]

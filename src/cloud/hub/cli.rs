@@ -83,6 +83,16 @@ pub async fn serve_on(
         .context("cannot write the hub address file")?;
     tracing::info!(address = %address, data_dir = %data_dir.display(), ca = %hub_tls.ca, "hub started");
     crate::cli::systemd::notify(&format!("READY=1\nSTATUS=serving on {address}"));
+    // Fed while the server runs (its loop is this task's; a hung runtime
+    // starves it and systemd restarts the hub).
+    let watchdog = crate::cli::systemd::watchdog_every().map(|every| {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                crate::cli::systemd::notify("WATCHDOG=1");
+            }
+        })
+    });
     let closing = tokio_util::sync::CancellationToken::new();
     let incoming = crate::tls::incoming(
         listener,
@@ -110,14 +120,18 @@ pub async fn serve_on(
         stop.await;
         closing.cancel();
     };
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .http2_max_header_list_size(16 << 10)
         .accept_http1(true)
         .layer(policy)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop)
         .await
-        .context("the hub's gRPC server stopped")?;
+        .context("the hub's gRPC server stopped");
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
+    served?;
     tracing::info!("hub stopped");
     Ok(())
 }
