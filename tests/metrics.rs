@@ -248,51 +248,17 @@ fn a_gateway_serves_metrics_that_follow_the_cluster_and_pass_promtool() {
 #[test]
 fn the_hub_and_an_attached_site_export_their_link() {
     let mut cluster = TestCluster::new();
-    cluster.start_hub();
+    let hub = cluster.start_hub();
     cluster.init("gw-a", &[]);
     let addr = cluster.addr(0);
-    let out = cluster.hub_cli(&["site-token", "--site", "plant"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let site_token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let hub = cluster.hub_addr();
-    let out = cluster.cli(
+    let site_token = cluster.attach_with(
         &addr,
-        &[
-            "cloud",
-            "attach",
-            "--hub",
-            &hub,
-            "--site",
-            "plant",
-            "--token",
-            &site_token,
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cluster.hub_apply(
         "plant",
         "name: web\nimage: 127.0.0.1:5000/gantry/img:1\n",
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 
     let hub_dir = cluster.hub.as_ref().expect("a hub").dir.clone();
-    let admin = std::fs::read_to_string(hub_dir.join("admin-token"))
-        .expect("the hub admin token")
-        .trim()
-        .to_string();
+    let admin = cluster.hub_admin_token();
     let ca = hub_dir.join("pki/ca.crt");
     assert_eq!(https_get(&hub, "hub.gantry", &ca, "/healthz", None).0, 200);
     let (code, body) = https_get(&hub, "hub.gantry", &ca, "/metrics", None);

@@ -277,50 +277,16 @@ fn the_hub_page_lists_sites_and_follows_a_link_going_down() {
     let hub = cluster.start_hub();
     cluster.init("gw-a", &[]);
     let addr = cluster.addr(0);
-    let out = cluster.hub_cli(&["site-token", "--site", "plant-7"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let site_token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let out = cluster.cli(
+    let site_token = cluster.attach_with(
         &addr,
-        &[
-            "cloud",
-            "attach",
-            "--hub",
-            &hub,
-            "--site",
-            "plant-7",
-            "--token",
-            &site_token,
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cluster.hub_apply(
         "plant-7",
         "name: web\nimage: 127.0.0.1:5000/gantry/img:1\n",
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     wait_for("the site in sync", DEADLINE, || {
         let site = cluster.hub_site("plant-7");
         (site["connected"] == true && site["acked_revision"] == 1).then_some(())
     });
-    let hub_dir = cluster.hub.as_ref().expect("a hub").dir.clone();
-    let admin = std::fs::read_to_string(hub_dir.join("admin-token"))
-        .expect("the hub admin token")
-        .trim()
-        .to_string();
+    let admin = cluster.hub_admin_token();
 
     let browser = Browser::start();
     let base = format!("https://{hub}");

@@ -45,148 +45,12 @@ pub fn render(view: View, format: OutputFormat, value: &Value) -> Result<String>
         OutputFormat::Yaml => serde_yaml_ng::to_string(value)?,
         OutputFormat::Table => table_view(view, value),
         OutputFormat::Wide => match view {
-            View::Nodes => nodes_wide(value),
-            View::Workloads => workloads_wide(value),
-            View::Instances => instances_wide(value),
+            View::Nodes => nodes_table(value, true),
+            View::Workloads => workloads_table(value, true),
+            View::Instances => instances_table(value, true),
             other => table_view(other, value),
         },
     })
-}
-
-fn nodes_wide(nodes: &Value) -> String {
-    let rows: Vec<Vec<String>> = items(nodes)
-        .iter()
-        .map(|n| {
-            let mut status = text(&n["status"]);
-            if n["cordoned"].as_bool() == Some(true) {
-                status.push_str(",Cordoned");
-            }
-            vec![
-                text(&n["name"]),
-                text(&n["id"]),
-                text(&n["address"]),
-                text(&n["role"]),
-                status,
-                format!(
-                    "{}/{}",
-                    text(&n["allocated"]["cpu"]),
-                    text(&n["capacity"]["cpu"])
-                ),
-                format!(
-                    "{}/{}",
-                    text(&n["allocated"]["memory"]),
-                    text(&n["capacity"]["memory"])
-                ),
-                text(&n["instances"]),
-                text(&n["since"]),
-                n["devices"]
-                    .as_array()
-                    .map(|d| d.iter().map(text).collect::<Vec<_>>().join(","))
-                    .unwrap_or_default(),
-                labels(&n["labels"]),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "NAME",
-            "ID",
-            "ADDRESS",
-            "ROLE",
-            "STATUS",
-            "CPU",
-            "MEMORY",
-            "INSTANCES",
-            "SINCE",
-            "DEVICES",
-            "LABELS",
-        ],
-        &rows,
-    )
-}
-
-fn workloads_wide(workloads: &Value) -> String {
-    let rows: Vec<Vec<String>> = items(workloads)
-        .iter()
-        .map(|w| {
-            let spec = &w["spec"];
-            vec![
-                text(&w["name"]),
-                text(&w["image"]),
-                format!("{}/{}", text(&w["running"]), text(&w["replicas"])),
-                text(&w["placed"]),
-                text(&w["generation"]),
-                text(&w["source"]),
-                if spec["singleton"] == true {
-                    "yes"
-                } else {
-                    "no"
-                }
-                .to_string(),
-                text(&spec["priority"]),
-                text(&spec["placement"]),
-                text(&spec["spread"]),
-                labels(&spec["node_selector"]),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "NAME",
-            "IMAGE",
-            "RUNNING",
-            "PLACED",
-            "GENERATION",
-            "SOURCE",
-            "SINGLETON",
-            "PRIORITY",
-            "PLACEMENT",
-            "SPREAD",
-            "SELECTOR",
-        ],
-        &rows,
-    )
-}
-
-fn instances_wide(instances: &Value) -> String {
-    let rows: Vec<Vec<String>> = items(instances)
-        .iter()
-        .map(|i| {
-            let mut state = text(&i["state"]);
-            if let Some(code) = i["exit_code"].as_i64() {
-                let _ = write!(state, "({code})");
-            }
-            vec![
-                text(&i["workload"]),
-                text(&i["replica"]),
-                text(&i["node"]),
-                state,
-                text(&i["restarts"]),
-                text(&i["generation"]),
-                text(&i["container_id"]),
-                text(&i["previous_node"]),
-                text(&i["created"]),
-                text(&i["updated"]),
-                text(&i["reason"]),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "WORKLOAD",
-            "REPLICA",
-            "NODE",
-            "STATE",
-            "RESTARTS",
-            "GEN",
-            "CONTAINER",
-            "PREVIOUS",
-            "CREATED",
-            "SINCE",
-            "REASON",
-        ],
-        &rows,
-    )
 }
 
 /// Columns padded to their widest cell, two spaces apart.
@@ -243,7 +107,9 @@ pub fn items(value: &Value) -> &[Value] {
     value.as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
-fn nodes_table(nodes: &Value) -> String {
+/// `wide` adds allocation (allocated/total), instance count, since and
+/// devices.
+fn nodes_table(nodes: &Value, wide: bool) -> String {
     let rows: Vec<Vec<String>> = items(nodes)
         .iter()
         .map(|n| {
@@ -251,47 +117,82 @@ fn nodes_table(nodes: &Value) -> String {
             if n["cordoned"].as_bool() == Some(true) {
                 status.push_str(",Cordoned");
             }
-            vec![
+            let (cpu, memory) = (text(&n["capacity"]["cpu"]), text(&n["capacity"]["memory"]));
+            let mut row = vec![
                 text(&n["name"]),
                 text(&n["id"]),
                 text(&n["address"]),
                 text(&n["role"]),
                 status,
-                text(&n["capacity"]["cpu"]),
-                text(&n["capacity"]["memory"]),
-                labels(&n["labels"]),
-            ]
+            ];
+            if wide {
+                row.extend([
+                    format!("{}/{cpu}", text(&n["allocated"]["cpu"])),
+                    format!("{}/{memory}", text(&n["allocated"]["memory"])),
+                    text(&n["instances"]),
+                    text(&n["since"]),
+                    n["devices"]
+                        .as_array()
+                        .map(|d| d.iter().map(text).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default(),
+                ]);
+            } else {
+                row.extend([cpu, memory]);
+            }
+            row.push(labels(&n["labels"]));
+            row
         })
         .collect();
-    table(
-        &[
-            "NAME", "ID", "ADDRESS", "ROLE", "STATUS", "CPU", "MEMORY", "LABELS",
-        ],
-        &rows,
-    )
+    let mut headers = vec!["NAME", "ID", "ADDRESS", "ROLE", "STATUS", "CPU", "MEMORY"];
+    if wide {
+        headers.extend(["INSTANCES", "SINCE", "DEVICES"]);
+    }
+    headers.push("LABELS");
+    table(&headers, &rows)
 }
 
-fn workloads_table(workloads: &Value) -> String {
+/// `wide` adds the placement rules: singleton, priority, placement,
+/// spread and node selector.
+fn workloads_table(workloads: &Value, wide: bool) -> String {
     let rows: Vec<Vec<String>> = items(workloads)
         .iter()
         .map(|w| {
-            vec![
+            let mut row = vec![
                 text(&w["name"]),
                 text(&w["image"]),
                 format!("{}/{}", text(&w["running"]), text(&w["replicas"])),
                 text(&w["placed"]),
                 text(&w["generation"]),
                 text(&w["source"]),
-            ]
+            ];
+            if wide {
+                let spec = &w["spec"];
+                row.extend([
+                    if spec["singleton"] == true {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                    .to_string(),
+                    text(&spec["priority"]),
+                    text(&spec["placement"]),
+                    text(&spec["spread"]),
+                    labels(&spec["node_selector"]),
+                ]);
+            }
+            row
         })
         .collect();
-    table(
-        &["NAME", "IMAGE", "RUNNING", "PLACED", "GENERATION", "SOURCE"],
-        &rows,
-    )
+    let mut headers = vec!["NAME", "IMAGE", "RUNNING", "PLACED", "GENERATION", "SOURCE"];
+    if wide {
+        headers.extend(["SINGLETON", "PRIORITY", "PLACEMENT", "SPREAD", "SELECTOR"]);
+    }
+    table(&headers, &rows)
 }
 
-fn instances_table(instances: &Value) -> String {
+/// `wide` adds the container id, the previous gateway and when the
+/// instance was created.
+fn instances_table(instances: &Value, wide: bool) -> String {
     let rows: Vec<Vec<String>> = items(instances)
         .iter()
         .map(|i| {
@@ -299,24 +200,31 @@ fn instances_table(instances: &Value) -> String {
             if let Some(code) = i["exit_code"].as_i64() {
                 let _ = write!(state, "({code})");
             }
-            vec![
+            let mut row = vec![
                 text(&i["workload"]),
                 text(&i["replica"]),
                 text(&i["node"]),
                 state,
                 text(&i["restarts"]),
                 text(&i["generation"]),
-                text(&i["updated"]),
-                text(&i["reason"]),
-            ]
+            ];
+            if wide {
+                row.extend([
+                    text(&i["container_id"]),
+                    text(&i["previous_node"]),
+                    text(&i["created"]),
+                ]);
+            }
+            row.extend([text(&i["updated"]), text(&i["reason"])]);
+            row
         })
         .collect();
-    table(
-        &[
-            "WORKLOAD", "REPLICA", "NODE", "STATE", "RESTARTS", "GEN", "SINCE", "REASON",
-        ],
-        &rows,
-    )
+    let mut headers = vec!["WORKLOAD", "REPLICA", "NODE", "STATE", "RESTARTS", "GEN"];
+    if wide {
+        headers.extend(["CONTAINER", "PREVIOUS", "CREATED"]);
+    }
+    headers.extend(["SINCE", "REASON"]);
+    table(&headers, &rows)
 }
 
 fn hub_status_table(value: &Value) -> String {
@@ -387,7 +295,7 @@ fn table_view(view: View, value: &Value) -> String {
                 text(&value["gateway"])
             );
             out.push('\n');
-            out.push_str(&nodes_table(&value["nodes"]));
+            out.push_str(&nodes_table(&value["nodes"], false));
             let cloud = &value["cloud"];
             if cloud["attached"].as_bool() == Some(true) {
                 let _ = writeln!(
@@ -408,13 +316,13 @@ fn table_view(view: View, value: &Value) -> String {
             if items(&value["workloads"]).is_empty() {
                 out.push_str("No workloads.\n");
             } else {
-                out.push_str(&workloads_table(&value["workloads"]));
+                out.push_str(&workloads_table(&value["workloads"], false));
             }
             out
         }
-        View::Nodes => nodes_table(value),
-        View::Workloads => workloads_table(value),
-        View::Instances => instances_table(value),
+        View::Nodes => nodes_table(value, false),
+        View::Workloads => workloads_table(value, false),
+        View::Instances => instances_table(value, false),
         View::DescribeWorkload => {
             let w = &value["workload"];
             let mut out = String::new();
@@ -436,7 +344,7 @@ fn table_view(view: View, value: &Value) -> String {
                 }
             }
             out.push_str("Instances:\n");
-            for line in instances_table(&value["instances"]).lines() {
+            for line in instances_table(&value["instances"], false).lines() {
                 let _ = writeln!(out, "  {line}");
             }
             out.push_str("Events:\n");
@@ -485,7 +393,7 @@ fn table_view(view: View, value: &Value) -> String {
                     text(&r["reason"])
                 );
             }
-            out.push_str(&instances_table(&value["instances"]));
+            out.push_str(&instances_table(&value["instances"], false));
             out
         }
         View::Imported => {
@@ -652,7 +560,7 @@ fn describe_node(value: &Value) -> String {
         text(&a["memory"])
     );
     out.push_str("Instances:\n");
-    for line in instances_table(&value["instances"]).lines() {
+    for line in instances_table(&value["instances"], false).lines() {
         let _ = writeln!(out, "  {line}");
     }
     let waiting = items(&value["drain"]["waiting"]);

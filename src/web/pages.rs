@@ -122,10 +122,7 @@ pub fn overview(cluster: &Cluster, link: &crate::cloud::link::LinkHandle) -> Mar
     let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
     let workloads = status["workloads"].as_array().cloned().unwrap_or_default();
     let instances = instances.as_array().cloned().unwrap_or_default();
-    let events: Vec<Value> = events
-        .as_array()
-        .map(|all| all.iter().rev().take(20).cloned().collect())
-        .unwrap_or_default();
+    let events = newest(&events, 20);
     html! {
         main {
             div.facts {
@@ -205,6 +202,15 @@ fn instance_table(instances: &[Value]) -> Markup {
     }
 }
 
+/// The newest `n` events of a list (oldest first in the documents),
+/// newest first.
+fn newest(events: &Value, n: usize) -> Vec<Value> {
+    events
+        .as_array()
+        .map(|all| all.iter().rev().take(n).cloned().collect())
+        .unwrap_or_default()
+}
+
 fn event_table(events: &[Value]) -> Markup {
     html! {
         div.scroll { table #events {
@@ -248,10 +254,7 @@ pub fn workload(cluster: &Cluster, name: &str) -> Option<Markup> {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let events: Vec<Value> = described["events"]
-        .as_array()
-        .map(|all| all.iter().rev().take(30).cloned().collect())
-        .unwrap_or_default();
+    let events = newest(&described["events"], 30);
     let spec = serde_yaml_ng::to_string(&w["spec"]).unwrap_or_default();
     Some(html! {
         main {
@@ -286,10 +289,7 @@ pub fn gateway(cluster: &Cluster, name: &str) -> Option<Markup> {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let events: Vec<Value> = described["events"]
-        .as_array()
-        .map(|all| all.iter().rev().take(30).cloned().collect())
-        .unwrap_or_default();
+    let events = newest(&described["events"], 30);
     Some(html! {
         main {
             h2 { "Gateway " (name) }

@@ -313,6 +313,41 @@ impl TestCluster {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Attaches the site of gateway `server` to the hub as `site` with a
+    /// new site token, then applies `manifest` to it at the hub; returns
+    /// the site token.
+    pub fn attach_with(&self, server: &str, site: &str, manifest: &str) -> String {
+        let token = self.site_token(site);
+        let hub = self.hub_addr();
+        let out = self.cli(
+            server,
+            &[
+                "cloud", "attach", "--hub", &hub, "--site", site, "--token", &token,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "cloud attach: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = self.hub_apply(site, manifest, &[]);
+        assert!(
+            out.status.success(),
+            "hub apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        token
+    }
+
+    /// The hub's admin token, from its data dir.
+    pub fn hub_admin_token(&self) -> String {
+        let dir = &self.hub.as_ref().expect("a hub was started").dir;
+        std::fs::read_to_string(dir.join("admin-token"))
+            .expect("the hub admin token")
+            .trim()
+            .to_string()
+    }
+
     /// `gantry hub status -o json`, the entry of `site` (Null if absent).
     pub fn hub_site(&self, site: &str) -> Value {
         let out = self.hub_cli(&["status", "-o", "json"]);
