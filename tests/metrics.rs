@@ -12,7 +12,6 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use gantry_node::testing::busybox_oci_archive;
 use support::{wait_for, TestCluster, DEADLINE};
 
 const IMAGE: &str = "127.0.0.1:5000/gantry/busybox:test";
@@ -96,28 +95,12 @@ fn promtool_check(body: &str) {
 #[test]
 fn a_gateway_serves_metrics_that_follow_the_cluster_and_pass_promtool() {
     let mut cluster = TestCluster::new();
-    let archive = cluster.tmp.path().join("busybox.tar");
-    busybox_oci_archive(&archive, IMAGE).expect("busybox archive (install busybox-static)");
     cluster.init("gw-a", &[]);
     cluster.join("gw-b", &[]);
     cluster.join("gw-c", &[]);
     let addr = cluster.addr(0);
-    let out = cluster.cli(
-        &addr,
-        &["image", "import", archive.to_str().expect("utf-8"), "--all"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cluster.cli(&addr, &["token", "create", "--role", "viewer"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let viewer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    cluster.import_busybox(&addr, IMAGE);
+    let viewer = cluster.viewer_token(&addr);
 
     // Health needs no credential; metrics need a token that checks out.
     assert_eq!(get(&cluster, 0, "/healthz", None), (200, "ok\n".into()));
@@ -287,13 +270,7 @@ fn the_hub_and_an_attached_site_export_their_link() {
         "{body}"
     );
 
-    let out = cluster.cli(&addr, &["token", "create", "--role", "viewer"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let viewer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let viewer = cluster.viewer_token(&addr);
     let body = wait_for("the gateway's link figures", DEADLINE, || {
         let body = scrape(&cluster, 0, &viewer)?;
         let ok = sample(&body, "gantry_cloud_link_connected") == Some(1.0)
@@ -317,19 +294,10 @@ fn prometheus_scrapes_a_gateway_and_the_hub() {
     let hub = cluster.start_hub();
     cluster.init("gw-a", &[]);
     let addr = cluster.addr(0);
-    let out = cluster.cli(&addr, &["token", "create", "--role", "viewer"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let viewer = cluster.viewer_token(&addr);
     let dir = cluster.tmp.path().join("prometheus");
     std::fs::create_dir_all(&dir).expect("prometheus dir");
-    std::fs::write(
-        dir.join("viewer.token"),
-        String::from_utf8_lossy(&out.stdout).trim(),
-    )
-    .expect("token file");
+    std::fs::write(dir.join("viewer.token"), viewer).expect("token file");
     let hub_dir = cluster.hub.as_ref().expect("a hub").dir.clone();
     let config = format!(
         "global: {{scrape_interval: 1s, scrape_timeout: 1s}}

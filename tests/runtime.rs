@@ -375,10 +375,7 @@ fn images_come_from_a_registry_once_then_from_peer_gateways() {
         "no second pull over the uplink"
     );
     // Each gateway's metrics say where its image came from and its bytes.
-    let out = site
-        .cluster
-        .cli(&addr, &["token", "create", "--role", "viewer"]);
-    let viewer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let viewer = site.cluster.viewer_token(&addr);
     let metric = |index: usize, series: &str| -> Option<f64> {
         let gateway = site.addr(index);
         let port = gateway.rsplit(':').next()?.to_string();

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use gantry_node::testing::busybox_oci_archive;
 use serde_json::{json, Value};
 use support::{wait_for, TestCluster, DEADLINE};
 
@@ -146,21 +145,11 @@ fn shots_dir() -> PathBuf {
 #[test]
 fn the_page_shows_the_cluster_and_follows_a_lost_gateway_without_a_reload() {
     let mut cluster = TestCluster::new();
-    let archive = cluster.tmp.path().join("busybox.tar");
-    busybox_oci_archive(&archive, IMAGE).expect("busybox archive (install busybox-static)");
     cluster.init("gw-a", &[]);
     cluster.join("gw-b", &[]);
     cluster.join("gw-c", &[]);
     let addr = cluster.addr(0);
-    let out = cluster.cli(
-        &addr,
-        &["image", "import", archive.to_str().expect("utf-8"), "--all"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.import_busybox(&addr, IMAGE);
     let out = cluster.apply(
         &addr,
         &format!(
@@ -172,13 +161,7 @@ fn the_page_shows_the_cluster_and_follows_a_lost_gateway_without_a_reload() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = cluster.cli(&addr, &["token", "create", "--role", "viewer"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let viewer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let viewer = cluster.viewer_token(&addr);
     wait_for("web and camera Running", DEADLINE, || {
         let instances = cluster.try_json(&addr, &["get", "instances"])?;
         let running = instances

@@ -75,15 +75,13 @@ pub fn routes(
 }
 
 async fn login(hub: Hub, token: Option<String>) -> Response {
-    match token {
-        None => super::pages::login(ADMIN, None).into_response(),
-        Some(token) if hub.sites.check_admin_token(token.trim()) => super::signed_in(&token),
-        Some(_) => (
-            StatusCode::UNAUTHORIZED,
-            super::pages::login(ADMIN, Some("unknown hub admin token")),
-        )
-            .into_response(),
-    }
+    super::sign_in(token, ADMIN, |t| {
+        if hub.sites.check_admin_token(t) {
+            Ok(())
+        } else {
+            Err("unknown hub admin token")
+        }
+    })
 }
 
 fn site_of(status: &Value, name: &str) -> Option<Value> {

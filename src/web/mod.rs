@@ -242,11 +242,11 @@ fn percent_decode(text: &str) -> String {
 /// A token checked against this replica, or why not.
 fn check(cluster: &Cluster, token: &str) -> Result<(), &'static str> {
     let applied = cluster.state().read();
-    crate::trust::tokens::check_admin(&applied.state, token.trim(), crate::cluster::node::now_ms())
+    crate::trust::tokens::check_admin(&applied.state, token, crate::cluster::node::now_ms())
         .map(|_| ())
 }
 
-pub(crate) fn signed_in(token: &str) -> Response {
+fn signed_in(token: &str) -> Response {
     let cookie = format!(
         "{TOKEN_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=2592000",
         token.trim()
@@ -259,23 +259,31 @@ pub(crate) fn signed_in(token: &str) -> Response {
     (StatusCode::SEE_OTHER, headers).into_response()
 }
 
-/// `GET /login?token=T` signs in from a link; `GET /login` shows the form.
-async fn login_link(cluster: Cluster, query: String) -> Response {
-    match form_value(&query, "token") {
-        None => pages::login(VIEWER, None).into_response(),
-        Some(token) => match check(&cluster, &token) {
-            Ok(()) => signed_in(&token),
-            Err(e) => (StatusCode::UNAUTHORIZED, pages::login(VIEWER, Some(e))).into_response(),
-        },
+/// `GET /login?token=T` signs in from a link, `GET /login` shows the form
+/// (`token` None), `POST /login` signs in from it: the token is checked by
+/// `check` (the gateway's replica, or the hub's admin tokens) and kept in
+/// the cookie, or the form comes back with the reason.
+pub(crate) fn sign_in(
+    token: Option<String>,
+    what: &str,
+    check: impl Fn(&str) -> Result<(), &'static str>,
+) -> Response {
+    let Some(token) = token else {
+        return pages::login(what, None).into_response();
+    };
+    match check(token.trim()) {
+        Ok(()) => signed_in(&token),
+        Err(e) => (StatusCode::UNAUTHORIZED, pages::login(what, Some(e))).into_response(),
     }
+}
+
+async fn login_link(cluster: Cluster, query: String) -> Response {
+    sign_in(form_value(&query, "token"), VIEWER, |t| check(&cluster, t))
 }
 
 async fn login_form(cluster: Cluster, body: String) -> Response {
     let token = form_value(&body, "token").unwrap_or_default();
-    match check(&cluster, &token) {
-        Ok(()) => signed_in(&token),
-        Err(e) => (StatusCode::UNAUTHORIZED, pages::login(VIEWER, Some(e))).into_response(),
-    }
+    sign_in(Some(token), VIEWER, |t| check(&cluster, t))
 }
 
 const VIEWER: &str = "viewer token (gantry token create --role viewer)";

@@ -71,15 +71,23 @@ pub fn page(scope: &str, page: &Page, main: Markup) -> Markup {
     frame(scope, &page.title(), main)
 }
 
+/// What every page's `head` holds: the title, a phone-sized viewport and
+/// the style sheet.
+fn head(title: &str) -> Markup {
+    html! {
+        meta charset="utf-8";
+        meta name="viewport" content="width=device-width, initial-scale=1";
+        title { "gantry · " (title) }
+        style { (PreEscaped(STYLE)) }
+    }
+}
+
 pub fn frame(scope: &str, title: &str, main: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "gantry · " (title) }
-                style { (PreEscaped(STYLE)) }
+                (head(title))
                 noscript { meta http-equiv="refresh" content="5"; }
             }
             body {
@@ -321,10 +329,7 @@ pub fn login(what: &str, error: Option<&str>) -> Markup {
         (DOCTYPE)
         html lang="en" {
             head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "gantry · sign in" }
-                style { (PreEscaped(STYLE)) }
+                (head("sign in"))
             }
             body {
                 header { a href="/" { "gantry" } }

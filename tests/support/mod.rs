@@ -313,6 +313,32 @@ impl TestCluster {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// A new viewer token, made through `server`.
+    pub fn viewer_token(&self, server: &str) -> String {
+        let out = self.cli(server, &["token", "create", "--role", "viewer"]);
+        assert!(
+            out.status.success(),
+            "token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Builds a busybox OCI archive named `image` and imports it into every
+    /// gateway through `server`; returns the archive.
+    pub fn import_busybox(&self, server: &str, image: &str) -> PathBuf {
+        let archive = self.tmp.path().join("busybox.tar");
+        gantry_node::testing::busybox_oci_archive(&archive, image)
+            .expect("busybox archive (install busybox-static)");
+        let out = self.cli(server, &["image", "import", path_str(&archive), "--all"]);
+        assert!(
+            out.status.success(),
+            "image import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        archive
+    }
+
     /// Attaches the site of gateway `server` to the hub as `site` with a
     /// new site token, then applies `manifest` to it at the hub; returns
     /// the site token.
