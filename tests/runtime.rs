@@ -422,6 +422,126 @@ fn images_come_from_a_registry_once_then_from_peer_gateways() {
 }
 
 #[test]
+fn image_pull_shows_progress_and_fans_out_over_the_cluster_with_all() {
+    use gantry_node::testing::LoopbackRegistry;
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("gp")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut registry = tokio
+        .block_on(LoopbackRegistry::start(dir.path().join("registry")))
+        .expect("a loopback registry (install docker-registry and skopeo)");
+    let archive = dir.path().join("busybox.tar");
+    busybox_oci_archive(&archive, IMAGE).unwrap();
+    let reference = registry.reference("gantry/busybox:pull");
+    tokio
+        .block_on(registry.push_archive(&archive, "gantry/busybox:pull"))
+        .expect("push to the loopback registry");
+    let mut cluster = TestCluster::new();
+    let insecure = ["--insecure-registry", registry.addr()];
+    cluster.init("gw-a", &insecure);
+    cluster.join("gw-b", &[&insecure[..], &["--labels", "spot=b"]].concat());
+    let site = Site { cluster, archive };
+    let addr = site.addr(0);
+
+    // Not a terminal: one line as each gateway starts, one as it ends.
+    let out = site
+        .cluster
+        .cli(&addr, &["image", "pull", &reference, "--all"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("gw-a: pulling {reference} from registry")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("gw-a: pulled {reference} sha256:")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("downloaded)"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("gw-b: pulled {reference} sha256:"))
+            && stdout.contains("from gw-a)"),
+        "gw-b fetched it from gw-a: {stdout}"
+    );
+    assert!(!stdout.contains('\r'), "no bar drawn into a pipe");
+    // The uplink carried the layer once: gw-b's copy came over the cluster.
+    let layer_requests = registry.requests_matching("/blobs/sha256:");
+    for gateway in ["gw-a", "gw-b"] {
+        assert!(
+            tokio
+                .block_on(site.runtime(gateway).has_image(&reference))
+                .unwrap(),
+            "{gateway} holds the image"
+        );
+    }
+    // gw-b runs it without any pull of its own.
+    site.apply(&format!(
+        "name: pinned\nimage: {reference}\nimage_pull: never\nnode_selector: {{spot: b}}\ncommand: [sleep, '100000']\n"
+    ));
+    let pinned = site.wait_instance("pinned", "Running on gw-b", running);
+    assert_eq!(pinned["node"], "gw-b");
+
+    // Again, as JSON: every layer is present, nothing comes down.
+    let again = site.cluster.json(&addr, &["image", "pull", &reference]);
+    assert_eq!(again["image"], reference.as_str());
+    let gateways = again["gateways"].as_array().unwrap();
+    assert_eq!(gateways.len(), 1, "{again}");
+    assert_eq!(gateways[0]["gateway"], "gw-a");
+    assert_eq!(gateways[0]["source"], "registry");
+    assert_eq!(gateways[0]["downloaded_bytes"], 0, "{again}");
+    assert!(gateways[0]["error"].is_null());
+    assert!(
+        gateways[0]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{again}"
+    );
+    assert_eq!(
+        registry.requests_matching("/blobs/sha256:"),
+        layer_requests,
+        "no blob fetched again"
+    );
+
+    // An image the registry does not have: a clear failure, non-zero exit,
+    // and with --all the other gateways are not asked.
+    let absent = registry.reference("gantry/absent:1");
+    let out = site
+        .cluster
+        .cli(&addr, &["image", "pull", &absent, "--all"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("gw-a: failed:"), "{stdout}");
+    assert!(stdout.contains("gw-b: failed: not attempted"), "{stdout}");
+    // A registry this gateway may not use is refused before any traffic.
+    let out = site
+        .cluster
+        .cli(&addr, &["image", "pull", "registry.example.com/app:1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("not among this gateway's allowed registries"),
+        "{stdout}"
+    );
+    // No reference at all.
+    let out = site.cluster.cli(&addr, &["image", "pull", " "]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give the image to pull"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(site);
+    registry.stop();
+}
+
+#[test]
 fn a_rollout_to_an_image_that_never_starts_is_rolled_back_never_taking_all_replicas_down() {
     let site = site(&["gw-a", "gw-b"]);
     site.import_all();

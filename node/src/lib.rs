@@ -42,7 +42,7 @@ pub use agent::{
     Agent, AgentConfig, AgentEvent, DesiredInstance, ImageSource, InstanceReport, InstanceState,
     StartGate,
 };
-pub use containerd::{ContainerdConfig, ContainerdRuntime, ImportedImage};
+pub use containerd::{ContainerdConfig, ContainerdRuntime, ImportedImage, PullProgress};
 pub use registry::RegistryConfig;
 pub use runtime::{ActualContainer, ExitEvent, Runtime, RuntimeError, Started, TaskState};
 pub use spec::{ContainerSpec, MountSpec, PullPolicy, RestartPolicy};

@@ -100,7 +100,7 @@ impl RegistryConfig {
 }
 
 /// Parses a normalised image reference for the registry client.
-pub(crate) fn parse_reference(name: &str) -> Result<Reference, String> {
+pub fn parse_reference(name: &str) -> Result<Reference, String> {
     name.parse::<Reference>()
         .map_err(|e| format!("not a valid image reference: {e}"))
 }

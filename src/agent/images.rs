@@ -170,7 +170,7 @@ impl gantry_node::agent::ImageSource for PeerImages {
 }
 
 /// Ok(false) when the peer does not hold the image.
-async fn fetch_from(
+pub(crate) async fn fetch_from(
     cluster: &Cluster,
     node: crate::state::NodeId,
     image: &str,

@@ -11,6 +11,7 @@ pub mod health;
 pub mod images;
 mod in_flight;
 pub mod logs;
+pub mod pull;
 pub mod reporter;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ pub struct NodeRuntime {
     pub log_dir: PathBuf,
     /// Where uploaded archives wait for their import.
     pub scratch_dir: PathBuf,
+    /// The registries this gateway may pull from (`gantry image pull`).
+    pub registry: gantry_node::RegistryConfig,
 }
 
 /// Starts the node agent and the loops around it.
@@ -83,6 +86,7 @@ pub fn start(
         health,
         log_dir,
         scratch_dir,
+        registry: config.registry.clone(),
     })
 }
 

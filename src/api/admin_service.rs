@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{json_document, status_from, views};
 use crate::agent::logs::LogStream;
-use crate::agent::{images, logs, NodeRuntime};
+use crate::agent::{images, logs, pull, NodeRuntime};
 use crate::cluster::node::now_ms;
 use crate::cluster::node::{LeaderOp, LeaderReply};
 use crate::cluster::Cluster;
@@ -261,6 +261,22 @@ impl Admin for AdminService {
             }
         }
         reply(json!({ "gateways": gateways }))
+    }
+
+    type PullImageStream = pull::PullStream;
+
+    async fn pull_image(
+        &self,
+        request: Request<gantry_proto::v1::PullImageRequest>,
+    ) -> Result<Response<pull::PullStream>, Status> {
+        let req = request.into_inner();
+        let image = pull::check_reference(&req.image)?;
+        Ok(Response::new(pull::serve(
+            &self.node,
+            &self.cluster,
+            image,
+            req.all,
+        )))
     }
 
     type LogsStream = LogStream;

@@ -75,6 +75,7 @@ pub const GATEWAY_POLICY: &[Rule] = &[
         Need::Member,
         "image export",
     ),
+    ("/gantry.v1.Cluster/PullImage", Need::Member, "image pull"),
     (
         "/gantry.v1.Admin/Status",
         Need::Token(Role::Viewer),
@@ -137,6 +138,11 @@ pub const GATEWAY_POLICY: &[Rule] = &[
         "/gantry.v1.Admin/ImportImage",
         Need::Token(Role::Admin),
         "image import",
+    ),
+    (
+        "/gantry.v1.Admin/PullImage",
+        Need::Token(Role::Admin),
+        "image pull",
     ),
     (
         "/gantry.v1.Admin/SetSettings",

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::caller_node;
 use super::status_from;
 use crate::agent::logs::LogStream;
-use crate::agent::{images, logs, NodeRuntime};
+use crate::agent::{images, logs, pull, NodeRuntime};
 use crate::cluster::node::{JoinArgs, LeaderOp, LeaderReply};
 use crate::cluster::{Cluster, NodeId};
 use crate::control::liveness::Liveness;
@@ -374,6 +374,27 @@ impl ClusterRpc for ClusterService {
         let rx = images::export(&self.node, &req.image).await?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type PullImageStream = pull::PullStream;
+
+    async fn pull_image(
+        &self,
+        request: Request<gantry_proto::v1::PullImageRequest>,
+    ) -> Result<Response<pull::PullStream>, Status> {
+        let req = request.into_inner();
+        if req.cluster_id != self.handlers.cluster.cluster_id() {
+            return Err(Status::failed_precondition(
+                "the gateway belongs to another cluster",
+            ));
+        }
+        let image = pull::check_reference(&req.image)?;
+        Ok(Response::new(pull::serve_member(
+            &self.node,
+            &self.handlers.cluster,
+            image,
+            req.from_node,
         )))
     }
 }

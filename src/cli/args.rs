@@ -457,6 +457,15 @@ pub enum ImageVerb {
         #[arg(long)]
         all: bool,
     },
+    /// Pull an image from its registry onto the gateway, showing its bytes
+    /// as they arrive (the gateway's allowed and insecure registries apply).
+    Pull {
+        image: String,
+        /// Onto every gateway: this one pulls from the registry, the others
+        /// fetch it from this one (the uplink carries it once).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -435,6 +435,10 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
     let mut client = connect(server, &auth).await?;
     let (view, value) = match verb {
         Verb::Image {
+            what: ImageVerb::Pull { image, all },
+            ..
+        } => return super::image_pull::run(&mut client, image, all, format).await,
+        Verb::Image {
             what: ImageVerb::Import { file, all },
             ..
         } => {

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config_file;
 pub mod daemon;
 pub mod dev;
+mod image_pull;
 pub mod output;
 pub mod progress;
 pub mod systemd;

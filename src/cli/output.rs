@@ -19,6 +19,7 @@ pub enum View {
     Deleted,
     Left,
     Imported,
+    Pulled,
     Rollout,
     DescribeNode,
     Settings,
@@ -413,6 +414,26 @@ fn table_view(view: View, value: &Value) -> String {
                 })
                 .collect();
             table(&["GATEWAY", "IMAGES", "RESULT"], &rows)
+        }
+        View::Pulled => {
+            let rows: Vec<Vec<String>> = items(&value["gateways"])
+                .iter()
+                .map(|g| {
+                    let result = if g["error"].is_null() {
+                        "pulled".to_string()
+                    } else {
+                        text(&g["error"])
+                    };
+                    vec![
+                        text(&g["gateway"]),
+                        text(&g["source"]),
+                        text(&g["digest"]),
+                        text(&g["downloaded_bytes"]),
+                        result,
+                    ]
+                })
+                .collect();
+            table(&["GATEWAY", "SOURCE", "DIGEST", "BYTES", "RESULT"], &rows)
         }
         View::DescribeNode => describe_node(value),
         View::Settings => {

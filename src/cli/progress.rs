@@ -3,10 +3,11 @@
 //! log gets the plain lines alone, never `\r` or escape sequences). Lines
 //! the verb prints go to stdout around the bar.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::args::OutputFormat;
 
@@ -86,5 +87,77 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// One byte bar per gateway, for work that runs on several at once (a
+/// pull with `--all`); nothing at all when not drawn.
+pub struct GatewayBars {
+    multi: Option<MultiProgress>,
+    /// Each bar and whether its style shows a total yet.
+    bars: BTreeMap<String, (ProgressBar, Option<bool>)>,
+}
+
+impl GatewayBars {
+    pub fn new(format: OutputFormat) -> Self {
+        Self {
+            multi: drawn(format)
+                .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            bars: BTreeMap::new(),
+        }
+    }
+
+    /// Moves `gateway`'s bar to `bytes` of `total` (a spinner with a byte
+    /// count while the total is unknown).
+    pub fn update(&mut self, gateway: &str, message: &str, bytes: u64, total: Option<u64>) {
+        let Some(multi) = &self.multi else {
+            return;
+        };
+        let (bar, styled) = self.bars.entry(gateway.to_string()).or_insert_with(|| {
+            let bar = multi.add(ProgressBar::no_length());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            (bar, None)
+        });
+        let measured = total.is_some();
+        if *styled != Some(measured) {
+            *styled = Some(measured);
+            let template = if measured {
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"
+            } else {
+                "{spinner} {msg} {bytes} {bytes_per_sec}"
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+        }
+        if let Some(total) = total {
+            bar.set_length(total);
+        }
+        bar.set_message(message.to_string());
+        bar.set_position(bytes);
+    }
+
+    /// Prints `line` on stdout without tearing the bars.
+    pub fn say(&self, line: &str) {
+        match &self.multi {
+            Some(multi) => multi.suspend(|| println!("{line}")),
+            None => println!("{line}"),
+        }
+    }
+
+    /// Takes `gateway`'s bar off the screen and prints `line` in its place.
+    pub fn finish(&mut self, gateway: &str, line: &str) {
+        if let Some((bar, _)) = self.bars.remove(gateway) {
+            bar.finish_and_clear();
+        }
+        self.say(line);
+    }
+}
+
+impl Drop for GatewayBars {
+    fn drop(&mut self) {
+        for (bar, _) in self.bars.values() {
+            bar.finish_and_clear();
+        }
     }
 }

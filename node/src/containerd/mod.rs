@@ -11,6 +11,7 @@ mod task;
 mod unpack;
 
 pub use import::ImportedImage;
+pub use pull::PullProgress;
 
 use crate::registry::RegistryConfig;
 use crate::runtime::{ActualContainer, ExitEvent, Runtime, RuntimeError, Started};
@@ -164,7 +165,18 @@ impl ContainerdRuntime {
         reference: &str,
         registry: &RegistryConfig,
     ) -> Result<ImportedImage, RuntimeError> {
-        pull::pull(self, reference, registry).await
+        pull::pull(self, reference, registry, Default::default()).await
+    }
+
+    /// [`pull`](Self::pull), counting its layer bytes into `progress` as
+    /// they arrive.
+    pub async fn pull_with_progress(
+        &self,
+        reference: &str,
+        registry: &RegistryConfig,
+        progress: std::sync::Arc<PullProgress>,
+    ) -> Result<ImportedImage, RuntimeError> {
+        pull::pull(self, reference, registry, progress).await
     }
 
     /// Writes an OCI image-layout tar of `image_name` (this platform only)

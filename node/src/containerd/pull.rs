@@ -23,6 +23,8 @@ use oci_client::{Client, Reference};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -34,6 +36,31 @@ const ACCEPT: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
 
+/// How far a pull has come, readable while it runs: `gantry image pull`
+/// samples it for its bars, since the pull itself runs on the gateway.
+/// Layers already in the content store count as done at once.
+#[derive(Debug, Default)]
+pub struct PullProgress {
+    total: AtomicU64,
+    done: AtomicU64,
+}
+
+impl PullProgress {
+    /// The image's layer bytes; 0 until the manifest is resolved.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Layer bytes present or downloaded so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    fn advance(&self, by: u64) {
+        self.done.fetch_add(by, Ordering::Relaxed);
+    }
+}
+
 /// One registry conversation about one image.
 struct Remote<'a> {
     client: Client,
@@ -41,6 +68,7 @@ struct Remote<'a> {
     reference: Reference,
     name: String,
     registry: String,
+    progress: Arc<PullProgress>,
 }
 
 impl Remote<'_> {
@@ -102,19 +130,22 @@ impl Remote<'_> {
         desc: &Descriptor,
         labels: HashMap<String, String>,
     ) -> Result<u64, RuntimeError> {
-        if exists(svc.clone(), &desc.digest).await? {
-            tracing::debug!(layer = %desc.digest, "layer already present");
-            return update_labels(svc, &desc.digest, labels).await.map(|()| 0);
-        }
         let size = u64::try_from(desc.size)
             .map_err(|_| self.fail(format!("layer {} has a negative size", desc.digest)))?;
+        if exists(svc.clone(), &desc.digest).await? {
+            tracing::debug!(layer = %desc.digest, "layer already present");
+            update_labels(svc, &desc.digest, labels).await?;
+            self.progress.advance(size);
+            return Ok(0);
+        }
         let stream = self
             .client
             .pull_blob_stream(&self.reference, desc.digest.as_str())
             .await
             .map_err(|e| self.registry_error(&e))?;
         tracing::info!(image = %self.name, layer = %desc.digest, size, "downloading layer");
-        let body = VerifiedBody::new(stream.stream, &desc.digest, size);
+        let body = VerifiedBody::new(stream.stream, &desc.digest, size)
+            .counting_into(self.progress.clone());
         write_blob(svc, &desc.digest, size, labels, body)
             .await
             .map_err(|e| match e {
@@ -164,6 +195,7 @@ pub(crate) async fn pull(
     rt: &ContainerdRuntime,
     reference: &str,
     config: &RegistryConfig,
+    progress: Arc<PullProgress>,
 ) -> Result<ImportedImage, RuntimeError> {
     let name = normalize_image_ref(reference);
     let parsed = parse_reference(&name).map_err(|message| RuntimeError::Pull {
@@ -186,9 +218,17 @@ pub(crate) async fn pull(
         registry: parsed.registry().to_string(),
         reference: parsed,
         name: name.clone(),
+        progress,
     };
     tracing::info!(image = %name, registry = %remote.registry, insecure = config.is_insecure(&remote.registry), "pulling image");
     let resolved = resolve(&remote, rt.svc()).await?;
+    let layer_bytes = resolved
+        .manifest
+        .layers
+        .iter()
+        .map(|l| u64::try_from(l.size).unwrap_or(0))
+        .sum();
+    remote.progress.total.store(layer_bytes, Ordering::Relaxed);
     let lease = create_lease(rt, "pull").await?;
     let result = store_and_unpack(rt, &lease.id, &remote, &resolved).await;
     delete_lease(rt, lease).await;
@@ -339,6 +379,7 @@ struct VerifiedBody {
     expected: String,
     size: u64,
     seen: u64,
+    progress: Option<Arc<PullProgress>>,
 }
 
 impl VerifiedBody {
@@ -354,7 +395,13 @@ impl VerifiedBody {
             expected: expected.to_string(),
             size,
             seen: 0,
+            progress: None,
         }
+    }
+
+    fn counting_into(mut self, progress: Arc<PullProgress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 }
 
@@ -384,6 +431,9 @@ impl AsyncRead for VerifiedBody {
         let chunk = this.pending.split_to(n);
         this.hasher.update(&chunk);
         this.seen += n as u64;
+        if let Some(progress) = &this.progress {
+            progress.advance(n as u64);
+        }
         if this.seen == this.size {
             let actual = format!("sha256:{}", hex::encode(this.hasher.clone().finalize()));
             if actual != this.expected {
