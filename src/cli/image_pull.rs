@@ -2,7 +2,7 @@
 //! documents, a bar per gateway on a terminal, one line per gateway as it
 //! starts and ends otherwise; `-o json|yaml` prints only the outcome.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -58,14 +58,14 @@ pub async fn run(
     let table = format.is_table();
     let mut bars = GatewayBars::new(format);
     let mut outcome: BTreeMap<String, Value> = BTreeMap::new();
-    let mut started: BTreeMap<String, ()> = BTreeMap::new();
+    let mut started: BTreeSet<String> = BTreeSet::new();
     while let Some(doc) = stream.message().await.map_err(status_error)? {
         let doc: Value =
             serde_json::from_str(&doc.json).context("the gateway sent malformed JSON")?;
         let gateway = output::text(&doc["gateway"]);
         match doc["phase"].as_str() {
             Some("pulling") => {
-                if table && started.insert(gateway.clone(), ()).is_none() {
+                if table && started.insert(gateway.clone()) {
                     bars.say(&format!(
                         "{gateway}: pulling {} from {}",
                         output::text(&doc["image"]),
