@@ -48,6 +48,23 @@ fn bad_manifests_are_refused_naming_the_field_and_change_nothing() {
             "name: web\nimage: 127.0.0.1:5000/gantry/img:2\n---\nname: web\nimage: 127.0.0.1:5000/gantry/img:3\n",
             "defined twice",
         ),
+        // Probes: no port, a negative period, an unknown kind, none at all.
+        (
+            "name: web\nimage: 127.0.0.1:5000/gantry/img:2\nprobes: {liveness: {http: {path: /healthz}}}\n",
+            "field `probes.liveness.http`: missing field `port`",
+        ),
+        (
+            "name: web\nimage: 127.0.0.1:5000/gantry/img:2\nprobes: {readiness: {tcp: {port: 1883}, period: -2s}}\n",
+            "field `probes.readiness.period`",
+        ),
+        (
+            "name: web\nimage: 127.0.0.1:5000/gantry/img:2\nprobes: {liveness: {grpc: {port: 80}}}\n",
+            "unknown field `grpc`",
+        ),
+        (
+            "name: web\nimage: 127.0.0.1:5000/gantry/img:2\nprobes: {startup: {period: 2s}}\n",
+            "field `probes.startup`: give one of exec, http or tcp",
+        ),
         // One good and one bad document: neither is applied.
         (
             "name: fresh\nimage: 127.0.0.1:5000/gantry/img\n---\nname: web\nimage: 127.0.0.1:5000/gantry/img\nrestart: sometimes\n",

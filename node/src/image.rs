@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::spec::{Probe, ProbeCheck};
 
 pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -63,6 +66,53 @@ pub struct RunConfig {
     pub cmd: Option<Vec<String>>,
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// Docker's `HEALTHCHECK`.
+    #[serde(default)]
+    pub healthcheck: Option<HealthConfig>,
+}
+
+/// Docker's health check in an image config; durations in nanoseconds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthConfig {
+    #[serde(default)]
+    pub test: Option<Vec<String>>,
+    #[serde(default)]
+    pub interval: Option<i64>,
+    #[serde(default)]
+    pub timeout: Option<i64>,
+    #[serde(default)]
+    pub start_period: Option<i64>,
+    #[serde(default)]
+    pub retries: Option<i64>,
+}
+
+impl HealthConfig {
+    /// As a probe, with Docker's defaults (every 30 s, 30 s to answer, 3
+    /// retries); None for `NONE`, an empty test or one we cannot run.
+    pub fn as_probe(&self) -> Option<Probe> {
+        let test = self.test.as_ref()?;
+        let command = match test.first().map(String::as_str) {
+            Some("CMD") if test.len() > 1 => test[1..].to_vec(),
+            Some("CMD-SHELL") if test.len() == 2 => {
+                vec!["/bin/sh".into(), "-c".into(), test[1].clone()]
+            }
+            _ => return None,
+        };
+        let nanos = |v: Option<i64>, default: Duration| match v {
+            Some(n) if n > 0 => Duration::from_nanos(n as u64),
+            _ => default,
+        };
+        let mut probe = Probe::new(ProbeCheck::Exec { command });
+        probe.period = nanos(self.interval, Duration::from_secs(30));
+        probe.timeout = nanos(self.timeout, Duration::from_secs(30));
+        probe.initial_delay = nanos(self.start_period, Duration::ZERO);
+        probe.failure_threshold = match self.retries {
+            Some(n) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
+            _ => 3,
+        };
+        Some(probe)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -44,5 +44,7 @@ pub use agent::{
 };
 pub use containerd::{ContainerdConfig, ContainerdRuntime, ImportedImage, PullProgress};
 pub use registry::RegistryConfig;
-pub use runtime::{ActualContainer, ExitEvent, Runtime, RuntimeError, Started, TaskState};
-pub use spec::{ContainerSpec, MountSpec, PullPolicy, RestartPolicy};
+pub use runtime::{
+    ActualContainer, ExecOutcome, ExitEvent, Runtime, RuntimeError, Started, TaskState,
+};
+pub use spec::{ContainerSpec, MountSpec, Probe, ProbeCheck, Probes, PullPolicy, RestartPolicy};

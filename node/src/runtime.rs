@@ -2,7 +2,7 @@
 //! so the reconcile loop can be tested against a fake.
 
 use crate::registry::RegistryConfig;
-use crate::spec::ContainerSpec;
+use crate::spec::{ContainerSpec, Probe};
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
@@ -56,6 +56,14 @@ pub struct ExitEvent {
 pub struct Started {
     pub container_id: String,
     pub pid: u32,
+}
+
+/// How a process run inside a container ended (an exec probe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    pub exit_code: i32,
+    /// The end of what it wrote to stdout and stderr.
+    pub output: String,
 }
 
 /// Why a runtime call failed, sorted by what the caller can do about it.
@@ -205,6 +213,51 @@ pub trait Runtime: Send + Sync + 'static {
             self.remove(&spec.id, Duration::from_secs(1)).await?;
             self.start(spec).await
         }
+    }
+
+    /// Runs `command` inside the running container, killed once `timeout`
+    /// passes (then `Err`). The default cannot.
+    fn exec(
+        &self,
+        container_id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecOutcome, RuntimeError>> + Send {
+        let _ = (command, timeout);
+        async move {
+            Err(RuntimeError::Engine {
+                op: "exec".into(),
+                message: format!("this runtime cannot exec in {container_id}"),
+            })
+        }
+    }
+
+    /// Stops the container's task (SIGTERM, `grace`, SIGKILL) and keeps the
+    /// container, so that it restarts like any exited one (a failed
+    /// liveness probe). The exit code if a task stopped. The default
+    /// cannot.
+    fn stop_task(
+        &self,
+        container_id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<Option<i32>, RuntimeError>> + Send {
+        let _ = grace;
+        async move {
+            Err(RuntimeError::Engine {
+                op: "stop task".into(),
+                message: format!("this runtime cannot stop {container_id}"),
+            })
+        }
+    }
+
+    /// The image's own health check (Docker's `HEALTHCHECK`), as a probe.
+    /// The default knows none.
+    fn image_health_check(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<Option<Probe>, RuntimeError>> + Send {
+        let _ = image;
+        async { Ok(None) }
     }
 
     /// All gantry containers with their task state.

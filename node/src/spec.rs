@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// One replica of a workload, as it should run on this gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +42,69 @@ pub struct ContainerSpec {
     /// Makes the root filesystem read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// Health checks the agent runs against the running container.
+    #[serde(default)]
+    pub probes: Probes,
+}
+
+/// Kubernetes' three probes. A startup probe holds the other two until it
+/// passes; liveness failures restart the container; readiness only marks
+/// it ready or not.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Probes {
+    #[serde(default)]
+    pub startup: Option<Probe>,
+    #[serde(default)]
+    pub liveness: Option<Probe>,
+    #[serde(default)]
+    pub readiness: Option<Probe>,
+}
+
+impl Probes {
+    pub fn is_empty(&self) -> bool {
+        self.startup.is_none() && self.liveness.is_none() && self.readiness.is_none()
+    }
+}
+
+/// One probe: what to check and how often, with Kubernetes' defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub check: ProbeCheck,
+    pub period: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that make the verdict "failed".
+    pub failure_threshold: u32,
+    /// Consecutive successes that make it "passed" again (readiness).
+    pub success_threshold: u32,
+    pub initial_delay: Duration,
+}
+
+impl Probe {
+    /// A probe with Kubernetes' defaults: every 10 s, 1 s to answer, 3
+    /// failures, 1 success, no initial delay.
+    pub fn new(check: ProbeCheck) -> Self {
+        Probe {
+            check,
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 3,
+            success_threshold: 1,
+            initial_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// How a probe asks. `Http` and `Tcp` target the container's network,
+/// which is the host's (there is no CNI), so they connect to loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeCheck {
+    /// Runs inside the container (containerd exec); exit code 0 passes.
+    Exec { command: Vec<String> },
+    /// A GET; a status from 200 to 399 passes.
+    Http { port: u16, path: String },
+    /// A TCP connect passes.
+    Tcp { port: u16 },
 }
 
 fn default_true() -> bool {
@@ -117,6 +181,7 @@ impl ContainerSpec {
             devices: Vec::new(),
             host_network: true,
             read_only: false,
+            probes: Probes::default(),
         }
     }
 }

@@ -6,13 +6,15 @@
 
 use std::time::Duration;
 
-use gantry_node::{ContainerSpec, DesiredInstance, MountSpec, PullPolicy, RestartPolicy};
+use gantry_node::{
+    ContainerSpec, DesiredInstance, MountSpec, ProbeCheck, PullPolicy, RestartPolicy,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, NodeId};
 use crate::control::fencing;
-use crate::state::spec::{ImagePull, RestartPolicy as SpecRestart};
+use crate::state::spec::{ImagePull, ProbeSpec, RestartPolicy as SpecRestart};
 use crate::state::{Instance, NodeStatus, State, Workload};
 
 /// containerd container id: unique per generation so a replacement never
@@ -53,7 +55,47 @@ fn container_spec(instance: &Instance, workload: &Workload) -> ContainerSpec {
         .collect();
     container.devices = spec.devices.clone();
     container.read_only = spec.read_only;
+    container.probes = gantry_node::Probes {
+        startup: spec.probes.startup.as_ref().map(probe),
+        liveness: spec.probes.liveness.as_ref().map(probe),
+        readiness: spec.probes.readiness.as_ref().map(probe),
+    };
     container
+}
+
+/// A validated manifest probe in the agent's terms, defaults filled in.
+fn probe(spec: &ProbeSpec) -> gantry_node::Probe {
+    let check = if let Some(command) = &spec.exec {
+        ProbeCheck::Exec {
+            command: command.clone(),
+        }
+    } else if let Some(http) = &spec.http {
+        ProbeCheck::Http {
+            port: http.port,
+            path: http.path.clone(),
+        }
+    } else {
+        ProbeCheck::Tcp {
+            port: spec.tcp.as_ref().map(|t| t.port).unwrap_or(0),
+        }
+    };
+    let mut probe = gantry_node::Probe::new(check);
+    if let Some(d) = spec.period {
+        probe.period = d.0;
+    }
+    if let Some(d) = spec.timeout {
+        probe.timeout = d.0;
+    }
+    if let Some(d) = spec.initial_delay {
+        probe.initial_delay = d.0;
+    }
+    if let Some(n) = spec.failure_threshold {
+        probe.failure_threshold = n;
+    }
+    if let Some(n) = spec.success_threshold {
+        probe.success_threshold = n;
+    }
+    probe
 }
 
 fn restart_policy(policy: SpecRestart) -> RestartPolicy {

@@ -636,6 +636,7 @@ pub async fn run(
                     stopping_seen: true,
                     stop_mark_seen: Some(i.stop_mark),
                     fence_seen: i.stop_after_ms(),
+                    ready: None,
                 },
             );
             false

@@ -49,6 +49,7 @@ pub fn convert(report: &AgentReport) -> Option<InstanceReport> {
         stopping_seen: report.stop_mark.is_some(),
         stop_mark_seen: report.stop_mark,
         fence_seen: None,
+        ready: report.ready,
     })
 }
 
@@ -77,6 +78,7 @@ fn disagrees(state: &State, node: u64, report: &InstanceReport) -> bool {
         || instance.exit_code != report.exit_code
         || instance.restarts != report.restarts
         || instance.reason != report.reason
+        || instance.ready != report.ready
         || instance.container_id != report.container_id
 }
 
@@ -100,6 +102,7 @@ fn stopped_for_move(state: &State, node: u64, removed: &AgentReport) -> Option<I
         stopping_seen: true,
         stop_mark_seen: Some(mark),
         fence_seen: instance.stop_after_ms(),
+        ready: None,
     })
 }
 

@@ -56,12 +56,14 @@ pub fn workload(state: &State, workload: &Workload) -> Value {
         .filter(|i| i.state == crate::state::InstanceState::Running)
         .count();
     let placed = instances.iter().filter(|i| i.node.is_some()).count();
+    let ready = instances.iter().filter(|i| i.is_up()).count();
     json!({
         "name": workload.spec.name,
         "image": workload.spec.image,
         "replicas": workload.spec.replicas,
         "placed": placed,
         "running": running,
+        "ready": ready,
         "generation": workload.generation,
         "source": workload.source.to_string(),
         "created": timestamp(workload.created_ms),
@@ -83,6 +85,7 @@ pub fn instance(state: &State, instance: &Instance) -> Value {
         "previous_node": node_name(instance.previous_node),
         "generation": instance.generation,
         "state": instance.state.to_string(),
+        "ready": instance.is_up(),
         "exit_code": instance.exit_code,
         "reason": instance.reason,
         "restarts": instance.restarts,
@@ -309,7 +312,12 @@ pub fn rollout_status(cluster: &Cluster, name: &str) -> Option<Value> {
         .iter()
         .filter(|i| i.generation == w.generation && i.state == crate::state::InstanceState::Running)
         .count();
-    let complete = on_target == w.spec.replicas as usize && running == on_target;
+    // Up: Running, and ready where the workload has a readiness probe.
+    let ready = instances
+        .iter()
+        .filter(|i| i.generation == w.generation && i.is_up())
+        .count();
+    let complete = on_target == w.spec.replicas as usize && ready == on_target;
     Some(json!({
         "workload": name,
         "generation": w.generation,
@@ -317,6 +325,7 @@ pub fn rollout_status(cluster: &Cluster, name: &str) -> Option<Value> {
         "replicas": w.spec.replicas,
         "updated": on_target,
         "running": running,
+        "ready": ready,
         "complete": complete,
         "max_unavailable": w.spec.max_unavailable.unwrap_or(1),
         "progress_deadline": w.spec.progress_deadline

@@ -362,6 +362,13 @@ pub fn rollout_progress(value: &Value, watched: u64) -> RolloutProgress {
         value["replicas"],
         value["running"]
     );
+    let running = value["running"].as_u64().unwrap_or(0);
+    // Documents from before readiness have no count: all running are up.
+    let ready = value["ready"].as_u64().unwrap_or(running);
+    let unready = running.saturating_sub(ready);
+    if unready > 0 {
+        line.push_str(&format!(" ({unready} not ready)"));
+    }
     if pulling > 0 {
         line.push_str(&format!(", {pulling} pulling the image"));
     }

@@ -162,6 +162,7 @@ fn workloads_table(workloads: &Value, wide: bool) -> String {
                 text(&w["name"]),
                 text(&w["image"]),
                 format!("{}/{}", text(&w["running"]), text(&w["replicas"])),
+                text(&w["ready"]),
                 text(&w["placed"]),
                 text(&w["generation"]),
                 text(&w["source"]),
@@ -184,7 +185,15 @@ fn workloads_table(workloads: &Value, wide: bool) -> String {
             row
         })
         .collect();
-    let mut headers = vec!["NAME", "IMAGE", "RUNNING", "PLACED", "GENERATION", "SOURCE"];
+    let mut headers = vec![
+        "NAME",
+        "IMAGE",
+        "RUNNING",
+        "READY",
+        "PLACED",
+        "GENERATION",
+        "SOURCE",
+    ];
     if wide {
         headers.extend(["SINGLETON", "PRIORITY", "PLACEMENT", "SPREAD", "SELECTOR"]);
     }
@@ -206,6 +215,7 @@ fn instances_table(instances: &Value, wide: bool) -> String {
                 text(&i["replica"]),
                 text(&i["node"]),
                 state,
+                text(&i["ready"]),
                 text(&i["restarts"]),
                 text(&i["generation"]),
             ];
@@ -220,7 +230,9 @@ fn instances_table(instances: &Value, wide: bool) -> String {
             row
         })
         .collect();
-    let mut headers = vec!["WORKLOAD", "REPLICA", "NODE", "STATE", "RESTARTS", "GEN"];
+    let mut headers = vec![
+        "WORKLOAD", "REPLICA", "NODE", "STATE", "READY", "RESTARTS", "GEN",
+    ];
     if wide {
         headers.extend(["CONTAINER", "PREVIOUS", "CREATED"]);
     }

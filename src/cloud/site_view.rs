@@ -73,6 +73,7 @@ impl SiteView {
                         node: node_name(i.node),
                         state: i.state.to_string(),
                         generation: i.generation,
+                        ready: i.is_up(),
                     };
                     (instance_key(&i.workload, i.replica), status)
                 })

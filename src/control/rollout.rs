@@ -22,8 +22,9 @@ fn deadline(workload: &Workload) -> Duration {
         .unwrap_or(DEFAULT_PROGRESS_DEADLINE)
 }
 
+/// Running and ready (where it has a readiness probe) on a gateway.
 fn available(instance: &Instance) -> bool {
-    instance.state == InstanceState::Running && instance.node.is_some()
+    instance.is_up() && instance.node.is_some()
 }
 
 /// The rollout commands worth committing now.
@@ -51,12 +52,16 @@ pub fn steps(state: &State, now: u64) -> Vec<Command> {
                     .as_deref()
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default();
+                let state = if late.state == InstanceState::Running {
+                    "Running, not ready".to_string()
+                } else {
+                    late.state.to_string()
+                };
                 let reason = format!(
-                    "instance {}/{} was not Running {} after its upgrade (state {}{why})",
+                    "instance {}/{} was not Running and ready {} after its upgrade (state {state}{why})",
                     late.workload,
                     late.replica,
                     format_duration(deadline(workload)),
-                    late.state
                 );
                 commands.push(Command::RollBack {
                     workload: name.clone(),
@@ -209,6 +214,7 @@ mod tests {
                 stopping_seen: false,
                 stop_mark_seen: None,
                 fence_seen: None,
+                ready: None,
             })
             .collect();
         apply(state, at, Command::ReportInstances { node: 1, reports });

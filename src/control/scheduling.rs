@@ -717,6 +717,7 @@ mod tests {
                 stopping_seen,
                 stop_mark_seen: None,
                 fence_seen: None,
+                ready: None,
             }],
         }
     }

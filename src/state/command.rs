@@ -215,6 +215,9 @@ pub struct InstanceReport {
     /// instance (`Instance::stop_after_ms`): acknowledges a pending fence.
     #[serde(default)]
     pub fence_seen: Option<u64>,
+    /// The readiness probe's verdict; None when the instance has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
 }
 
 /// The answer to a command. A refusal is an answer too: it is deterministic,

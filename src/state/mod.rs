@@ -696,6 +696,7 @@ impl State {
                             created_ms: at,
                             updated_ms: at,
                             generation_since_ms: at,
+                            ready: None,
                         },
                     );
                     changes.insert(StateKey::Instance(key));
@@ -1152,6 +1153,12 @@ impl State {
         reports: &[InstanceReport],
         changes: &mut ChangeSet,
     ) -> Response {
+        let mut probe_events = Vec::new();
+        let node_name = self
+            .nodes
+            .get(&node)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| node.to_string());
         for report in reports {
             // The copy of a deleted singleton, confirmed stopped here.
             let retired = self.meta.retired.iter().position(|r| {
@@ -1209,6 +1216,7 @@ impl State {
                 report.reason.clone(),
                 report.restarts,
                 report.container_id.clone(),
+                report.ready,
             );
             let current = (
                 instance.state,
@@ -1216,21 +1224,65 @@ impl State {
                 instance.reason.clone(),
                 instance.restarts,
                 instance.container_id.clone(),
+                instance.ready,
             );
             if updated != current {
+                probe_events.extend(probe_event(&node_name, instance, report));
                 (
                     instance.state,
                     instance.exit_code,
                     instance.reason,
                     instance.restarts,
                     instance.container_id,
+                    instance.ready,
                 ) = updated;
                 instance.updated_ms = at;
                 changes.insert(StateKey::Instance(report.instance.clone()));
             }
         }
+        for (kind, message) in probe_events {
+            self.event(at, kind, message, changes);
+        }
         Response::Ok
     }
+}
+
+/// The event a report makes when a probe changed something people look
+/// for: a container stopped by its liveness or startup probe, or an
+/// instance that was ready and is no longer.
+fn probe_event(
+    node: &str,
+    before: &Instance,
+    report: &InstanceReport,
+) -> Option<(&'static str, String)> {
+    let reason = report.reason.as_deref().unwrap_or("");
+    let probe_stop =
+        reason.starts_with("liveness probe failed") || reason.starts_with("startup probe failed");
+    if probe_stop && report.state == InstanceState::Exited && before.state != InstanceState::Exited
+    {
+        return Some((
+            "probe-restart",
+            format!(
+                "{} on gateway {node} stopped for a restart: {reason}",
+                report.instance
+            ),
+        ));
+    }
+    // The same container losing its readiness (a new container starts
+    // unready, which says nothing).
+    let same = before.container_id == report.container_id;
+    if same && before.ready == Some(true) && report.ready == Some(false) {
+        let why = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
+        };
+        return Some((
+            "not-ready",
+            format!("{} on gateway {node} is not ready{why}", report.instance),
+        ));
+    }
+    None
 }
 
 #[cfg(test)]

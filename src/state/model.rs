@@ -196,6 +196,10 @@ pub struct Instance {
     /// When it was given its current generation (rollout progress deadline).
     #[serde(default)]
     pub generation_since_ms: u64,
+    /// The readiness probe's verdict as its gateway last reported it; None
+    /// when it has no readiness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
 }
 
 impl Instance {
@@ -236,6 +240,12 @@ impl Instance {
     /// seen, the pending fence included (it is in this replica).
     pub fn stop_after_ms(&self) -> Option<u64> {
         self.fence_ms.or(self.fence_pending)
+    }
+
+    /// Running, and ready where it has a readiness probe: what a rollout
+    /// waits for and what counts as serving.
+    pub fn is_up(&self) -> bool {
+        self.state == InstanceState::Running && self.ready != Some(false)
     }
 
     pub fn key(&self) -> InstanceKey {

@@ -149,7 +149,7 @@ impl State {
         let all_running = instances.len() == replicas
             && instances
                 .iter()
-                .all(|i| i.generation == generation && i.state == InstanceState::Running);
+                .all(|i| i.generation == generation && i.is_up());
         if all_running {
             if let Some(workload) = self.workloads.get_mut(name) {
                 workload.last_good = Some(generation);

@@ -66,6 +66,131 @@ pub struct WorkloadSpec {
     pub max_unavailable: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline: Option<HumanDuration>,
+    /// Health checks run by the gateway that runs each replica.
+    #[serde(default, skip_serializing_if = "Probes::is_empty")]
+    pub probes: Probes,
+}
+
+/// Kubernetes' startup, liveness and readiness probes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Probes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<ProbeSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<ProbeSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ProbeSpec>,
+}
+
+impl Probes {
+    pub fn is_empty(&self) -> bool {
+        self.startup.is_none() && self.liveness.is_none() && self.readiness.is_none()
+    }
+
+    fn each(&self) -> impl Iterator<Item = (&'static str, &ProbeSpec)> {
+        [
+            ("startup", &self.startup),
+            ("liveness", &self.liveness),
+            ("readiness", &self.readiness),
+        ]
+        .into_iter()
+        .filter_map(|(name, p)| p.as_ref().map(|p| (name, p)))
+    }
+}
+
+/// One probe: exactly one of `exec`, `http`, `tcp`, and its timing
+/// (Kubernetes' defaults when absent: period 10s, timeout 1s,
+/// failure_threshold 3, success_threshold 1, initial_delay 0s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<HumanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    pub port: u16,
+    #[serde(default = "root_path")]
+    pub path: String,
+}
+
+fn root_path() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbe {
+    pub port: u16,
+}
+
+impl ProbeSpec {
+    /// What the types cannot say; `field` is where the probe sits.
+    fn validate(&self, field: &str, kind: &str) -> Result<(), SpecError> {
+        let fail = |sub: &str, why: &str| Err(SpecError(format!("field `{field}{sub}`: {why}")));
+        let kinds = [self.exec.is_some(), self.http.is_some(), self.tcp.is_some()];
+        match kinds.iter().filter(|k| **k).count() {
+            0 => return fail("", "give one of exec, http or tcp"),
+            1 => {}
+            _ => return fail("", "give only one of exec, http or tcp"),
+        }
+        if let Some(command) = &self.exec {
+            if command.is_empty() || command[0].trim().is_empty() {
+                return fail(".exec", "needs a command to run");
+            }
+        }
+        if let Some(http) = &self.http {
+            if http.port == 0 {
+                return fail(".http.port", "must be between 1 and 65535");
+            }
+            if !http.path.starts_with('/') || http.path.chars().any(|c| c.is_whitespace()) {
+                return fail(
+                    ".http.path",
+                    &format!("'{}' must start with / and hold no spaces", http.path),
+                );
+            }
+        }
+        if self.tcp.as_ref().is_some_and(|t| t.port == 0) {
+            return fail(".tcp.port", "must be between 1 and 65535");
+        }
+        for (sub, value) in [(".period", self.period), (".timeout", self.timeout)] {
+            if value.is_some_and(|d| d.0.is_zero()) {
+                return fail(sub, "must be more than 0s");
+            }
+        }
+        for (sub, value) in [
+            (".failure_threshold", self.failure_threshold),
+            (".success_threshold", self.success_threshold),
+        ] {
+            if value == Some(0) {
+                return fail(sub, "must be at least 1");
+            }
+        }
+        if kind != "readiness" && self.success_threshold.is_some_and(|n| n != 1) {
+            return fail(
+                ".success_threshold",
+                &format!("must be 1 for a {kind} probe"),
+            );
+        }
+        Ok(())
+    }
 }
 
 fn one() -> u32 {
@@ -345,6 +470,9 @@ impl WorkloadSpec {
         if self.max_unavailable == Some(0) {
             return fail("max_unavailable", "must be at least 1".into());
         }
+        for (kind, probe) in self.probes.each() {
+            probe.validate(&format!("probes.{kind}"), kind)?;
+        }
         Ok(())
     }
 
@@ -449,5 +577,81 @@ resources: {cpu: 1, memory: 1048576}
         assert!(err("image: x\n").contains("name"));
         assert!(err("").contains("no workload"));
         assert!(err("name: web\nimage: x\ndevices: [ttyUSB0]\n").contains("devices[0]"));
+    }
+
+    #[test]
+    fn probes_take_kubernetes_forms_and_bad_ones_name_their_field() {
+        let specs = parse_manifest(
+            "name: web\nimage: x\nprobes:\n  startup: {exec: [/bin/check], period: 2s, failure_threshold: 30}\n  \
+             liveness: {http: {port: 8080, path: /healthz}, period: 5s, timeout: 1s, failure_threshold: 3, initial_delay: 10s}\n  \
+             readiness: {tcp: {port: 1883}, period: 2s}\n",
+        )
+        .unwrap();
+        let probes = &specs[0].probes;
+        assert_eq!(
+            probes.startup.as_ref().unwrap().exec,
+            Some(vec!["/bin/check".to_string()])
+        );
+        assert_eq!(
+            probes
+                .liveness
+                .as_ref()
+                .unwrap()
+                .http
+                .as_ref()
+                .unwrap()
+                .port,
+            8080
+        );
+        assert_eq!(
+            probes
+                .readiness
+                .as_ref()
+                .unwrap()
+                .tcp
+                .as_ref()
+                .unwrap()
+                .port,
+            1883
+        );
+        // A spec without probes serialises as before (digests stay put).
+        let plain = parse_manifest("name: web\nimage: x\n").unwrap();
+        let json = serde_json::to_string(&plain[0]).unwrap();
+        assert!(!json.contains("probes"), "{json}");
+
+        let err = |probe: &str| {
+            parse_manifest(&format!("name: web\nimage: x\nprobes:\n  {probe}\n"))
+                .unwrap_err()
+                .0
+        };
+        let no_port = err("liveness: {http: {path: /x}}");
+        assert!(
+            no_port.contains("probes.liveness.http") && no_port.contains("port"),
+            "{no_port}"
+        );
+        let negative = err("readiness: {tcp: {port: 80}, period: -5s}");
+        assert!(negative.contains("probes.readiness.period"), "{negative}");
+        let unknown = err("liveness: {grpc: {port: 80}}");
+        assert!(
+            unknown.contains("probes.liveness") && unknown.contains("grpc"),
+            "{unknown}"
+        );
+        let none = err("liveness: {period: 5s}");
+        assert!(
+            none.contains("`probes.liveness`") && none.contains("one of exec, http or tcp"),
+            "{none}"
+        );
+        let two = err("liveness: {tcp: {port: 80}, exec: [x]}");
+        assert!(two.contains("only one"), "{two}");
+        assert!(err("liveness: {tcp: {port: 0}}").contains("probes.liveness.tcp.port"));
+        assert!(err("liveness: {exec: []}").contains("probes.liveness.exec"));
+        assert!(err("liveness: {tcp: {port: 80}, period: 0s}").contains("probes.liveness.period"));
+        assert!(err("liveness: {tcp: {port: 80}, failure_threshold: 0}")
+            .contains("probes.liveness.failure_threshold"));
+        assert!(err("liveness: {tcp: {port: 80}, success_threshold: 2}")
+            .contains("must be 1 for a liveness probe"));
+        assert!(err("liveness: {http: {port: 80, path: healthz}}")
+            .contains("probes.liveness.http.path"));
+        assert!(err("sideness: {tcp: {port: 80}}").contains("sideness"));
     }
 }

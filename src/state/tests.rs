@@ -335,6 +335,7 @@ fn plans_place_and_stale_reports_are_ignored() {
         stopping_seen: false,
         stop_mark_seen: None,
         fence_seen: None,
+        ready: None,
     };
     // From the wrong node, or for an old generation: ignored.
     state.apply(
@@ -380,6 +381,95 @@ fn plans_place_and_stale_reports_are_ignored() {
     state.apply(&req(70, left), &mut ChangeSet::new());
     assert_eq!(state.instances[&key].node, None);
     assert_eq!(state.instances[&key].previous_node, Some(1));
+}
+
+#[test]
+fn readiness_and_probe_restarts_are_recorded_once_with_their_events() {
+    let mut state = initialised();
+    register(&mut state, "gw-a");
+    apply_manifest(&mut state, "name: web\nimage: img\n", Source::Local);
+    let key = InstanceKey {
+        workload: "web".into(),
+        replica: 0,
+    };
+    let plan = PlanRecord {
+        placements: vec![(key.clone(), 1)],
+        ..Default::default()
+    };
+    state.apply(&req(50, Command::ApplyPlan { plan }), &mut ChangeSet::new());
+    let report = |state: InstanceState, ready: Option<bool>, reason: Option<&str>| {
+        Command::ReportInstances {
+            node: 1,
+            reports: vec![InstanceReport {
+                instance: key.clone(),
+                generation: 1,
+                state,
+                exit_code: None,
+                reason: reason.map(String::from),
+                restarts: 0,
+                container_id: Some("web-0-g1".into()),
+                stopping_seen: false,
+                stop_mark_seen: None,
+                fence_seen: None,
+                ready,
+            }],
+        }
+    };
+    let kinds =
+        |state: &State| -> Vec<String> { state.events.iter().map(|e| e.kind.clone()).collect() };
+    // A new container starts unready: no event, but the state says so.
+    state.apply(
+        &req(60, report(InstanceState::Running, Some(false), None)),
+        &mut ChangeSet::new(),
+    );
+    assert_eq!(state.instances[&key].ready, Some(false));
+    assert!(!state.instances[&key].is_up());
+    assert!(!kinds(&state).contains(&"not-ready".to_string()));
+    state.apply(
+        &req(61, report(InstanceState::Running, Some(true), None)),
+        &mut ChangeSet::new(),
+    );
+    assert!(state.instances[&key].is_up());
+    // The same report again changes nothing (a probe that keeps passing).
+    let mut changes = ChangeSet::new();
+    state.apply(
+        &req(62, report(InstanceState::Running, Some(true), None)),
+        &mut changes,
+    );
+    assert!(changes.is_empty(), "{changes:?}");
+    // Losing readiness is an event with the reason.
+    let why = "readiness probe failed: tcp port 1883: refused";
+    state.apply(
+        &req(63, report(InstanceState::Running, Some(false), Some(why))),
+        &mut ChangeSet::new(),
+    );
+    let last = state.events.back().unwrap();
+    assert_eq!(last.kind, "not-ready");
+    assert!(last.message.contains(why), "{}", last.message);
+    // A liveness stop: one event when it exits, none while it restarts.
+    let killed = "liveness probe failed: exit code 1";
+    state.apply(
+        &req(64, report(InstanceState::Exited, Some(false), Some(killed))),
+        &mut ChangeSet::new(),
+    );
+    state.apply(
+        &req(
+            65,
+            report(InstanceState::Starting, Some(false), Some(killed)),
+        ),
+        &mut ChangeSet::new(),
+    );
+    let restarts = kinds(&state)
+        .iter()
+        .filter(|k| *k == "probe-restart")
+        .count();
+    assert_eq!(restarts, 1);
+    // Without a readiness probe an instance is up when Running.
+    state.apply(
+        &req(66, report(InstanceState::Running, None, None)),
+        &mut ChangeSet::new(),
+    );
+    assert!(state.instances[&key].is_up());
 }
 
 #[test]

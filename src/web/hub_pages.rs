@@ -215,12 +215,13 @@ fn detail(s: &Value) -> Markup {
             } }
             h2 { "Instances" }
             div.scroll { table {
-                tr { th { "instance" } th { "gateway" } th { "state" } th { "generation" } }
+                tr { th { "instance" } th { "gateway" } th { "state" } th { "ready" } th { "generation" } }
                 @for i in &instances {
                     tr {
                         td { (text(&i["workload"])) "/" (text(&i["replica"])) }
                         td { (text(&i["node"])) }
                         (state_cell(None, &i["state"]))
+                        td { (text(&i["ready"])) }
                         td { (text(&i["generation"])) }
                     }
                 }

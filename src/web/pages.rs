@@ -159,12 +159,12 @@ pub fn overview(cluster: &Cluster, link: &crate::cloud::link::LinkHandle) -> Mar
             } }
             h2 { "Workloads" }
             div.scroll { table #workloads {
-                tr { th { "name" } th { "running / placed / wanted" } th { "generation" } th { "source" } th { "image" } }
+                tr { th { "name" } th { "running / ready / placed / wanted" } th { "generation" } th { "source" } th { "image" } }
                 @for w in &workloads {
                     @let name = text(&w["name"]);
                     tr id={ "wl-" (name) } {
                         td { a href={ "/workloads/" (name) } { (name) } }
-                        td { (text(&w["running"])) " / " (text(&w["placed"])) " / " (text(&w["replicas"])) }
+                        td { (text(&w["running"])) " / " (text(&w["ready"])) " / " (text(&w["placed"])) " / " (text(&w["replicas"])) }
                         td { (text(&w["generation"])) }
                         td { (text(&w["source"])) }
                         td.muted { (text(&w["image"])) }
@@ -194,13 +194,14 @@ pub fn overview(cluster: &Cluster, link: &crate::cloud::link::LinkHandle) -> Mar
 fn instance_table(instances: &[Value]) -> Markup {
     html! {
         div.scroll { table #instances {
-            tr { th { "instance" } th { "gateway" } th { "state" } th { "restarts" } th { "generation" } th { "reason" } }
+            tr { th { "instance" } th { "gateway" } th { "state" } th { "ready" } th { "restarts" } th { "generation" } th { "reason" } }
             @for i in instances {
                 @let key = format!("{}/{}", text(&i["workload"]), text(&i["replica"]));
                 tr id={ "in-" (key.replace('/', "-")) } {
                     td { (key) }
                     td { @if let Some(node) = i["node"].as_str() { a href={ "/gateways/" (node) } { (node) } } }
                     (state_cell(None, &i["state"]))
+                    td { (text(&i["ready"])) }
                     td { (text(&i["restarts"])) }
                     td { (text(&i["generation"])) }
                     td.wrap.muted { (text(&i["reason"])) }

@@ -5,6 +5,7 @@
 mod decide;
 mod fetch;
 mod ops;
+mod probe;
 mod report;
 
 pub use decide::{decide, Book, DesiredInstance, InstanceKey, SlotPlan, Step};
@@ -141,6 +142,7 @@ impl Ident {
             container_id: self.container_id.clone(),
             pid: None,
             stop_mark: None,
+            ready: None,
         }
     }
 }
@@ -165,6 +167,15 @@ pub struct Agent<R: Runtime> {
     unavailable_delay: Duration,
     retry_runtime_at: Option<Instant>,
     subscribed_at: Option<Instant>,
+    probe_tx: mpsc::UnboundedSender<probe::ProbeEvent>,
+    probe_rx: mpsc::UnboundedReceiver<probe::ProbeEvent>,
+    /// One probe watcher per running task: (pid, its handle) by container.
+    watchers: HashMap<String, (u32, tokio::task::AbortHandle)>,
+    watcher_tasks: JoinSet<()>,
+    /// The readiness verdict of each probed task, with why when not ready.
+    readiness: HashMap<String, (bool, Option<String>)>,
+    /// Why a probe had a container restarted; kept as its reason.
+    probe_kills: HashMap<String, String>,
     /// False until the caller published a desired set, when it asked to be
     /// waited for (`wait_for_desired`): until then nothing is removed, so
     /// an agent that starts before its caller knows what should run does
@@ -184,7 +195,14 @@ impl<R: Runtime> Agent<R> {
         let (events, rx) = mpsc::channel(1024);
         let unavailable_delay = config.backoff_initial;
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        let (probe_tx, probe_rx) = mpsc::unbounded_channel();
         let agent = Agent {
+            probe_tx,
+            probe_rx,
+            watchers: HashMap::new(),
+            watcher_tasks: JoinSet::new(),
+            readiness: HashMap::new(),
+            probe_kills: HashMap::new(),
             runtime,
             config,
             desired,
@@ -262,6 +280,10 @@ impl<R: Runtime> Agent<R> {
                     self.report(report).await;
                     continue;
                 }
+                Some(event) = self.probe_rx.recv() => {
+                    self.probed(event, &mut jobs).await;
+                    continue;
+                }
                 Some(done) = jobs.join_next(), if !jobs.is_empty() => match done {
                     Ok(result) => self.finish(result).await,
                     Err(e) => tracing::error!(error = %e, "agent job panicked"),
@@ -300,6 +322,7 @@ impl<R: Runtime> Agent<R> {
                 d.stop && d.spec.workload == report.workload && d.spec.replica == report.replica
             })
             .and_then(|d| d.stop_mark);
+        self.add_probe_verdicts(&mut report);
         if self.last.get(&report.container_id) == Some(&report) {
             return;
         }
@@ -370,6 +393,7 @@ impl<R: Runtime> Agent<R> {
         }
         let desired = self.desired.borrow().clone();
         self.observe(&desired, &actual).await;
+        self.watch_probes(&desired, &actual);
         let now = Instant::now();
         let mut plans = decide(&desired, &actual, &self.books, &self.busy, now);
         if !self.desired_known {
@@ -429,20 +453,12 @@ impl<R: Runtime> Agent<R> {
                 continue;
             }
             self.busy.insert(plan.key.clone());
-            let runtime = self.runtime.clone();
-            let context = JobContext {
-                grace: self.config.stop_grace,
-                fetcher: Fetcher {
-                    registry: self.config.registry.clone(),
-                    source: self.source.clone(),
-                    scratch_dir: self.config.scratch_dir.clone(),
-                    stats: self.image_stats.clone(),
-                },
-                progress: self.progress_tx.clone(),
-                desired: self.desired.clone(),
-                gate: self.gate.clone(),
-            };
-            jobs.spawn(run_ops(runtime, context, plan.key, ops));
+            jobs.spawn(run_ops(
+                self.runtime.clone(),
+                self.job_context(),
+                plan.key,
+                ops,
+            ));
         }
         // Forget containers that are neither wanted nor present.
         let known: HashSet<&str> = desired
@@ -454,6 +470,8 @@ impl<R: Runtime> Agent<R> {
         self.backoffs.retain(|id, _| known.contains(id.as_str()));
         self.failures.retain(|id, _| known.contains(id.as_str()));
         self.last.retain(|id, _| known.contains(id.as_str()));
+        self.readiness.retain(|id, _| known.contains(id.as_str()));
+        self.probe_kills.retain(|id, _| known.contains(id.as_str()));
     }
 
     /// Reports what the runtime shows, skipping slots with an operation in
@@ -554,6 +572,11 @@ impl<R: Runtime> Agent<R> {
                     r.exit_code = code;
                     self.report(r).await;
                 }
+                // The next reconcile sees the exit and restarts it as the
+                // restart policy says.
+                Outcome::Stopped(ident, code) => {
+                    tracing::info!(container = %ident.container_id, exit_code = ?code, "task stopped for a failed probe");
+                }
                 Outcome::Failed(ident, error, op) => {
                     if error.is_unavailable() {
                         // Not the instance's fault; the next reconcile
@@ -581,6 +604,13 @@ impl<R: Runtime> Agent<R> {
                             tracing::warn!(container = %id, error = %error, "remove failed; will retry");
                             continue;
                         }
+                        Op::Stop(_) => {
+                            // The watcher is gone; the next reconcile starts
+                            // a new one, which asks again.
+                            tracing::warn!(container = %id, error = %error, "stop for a failed probe failed");
+                            self.watchers.remove(&id);
+                            continue;
+                        }
                     };
                     self.failures.insert(id, error.to_string());
                     let mut r = ident.report(InstanceState::Failed, restarts);
@@ -588,6 +618,129 @@ impl<R: Runtime> Agent<R> {
                     self.report(r).await;
                 }
             }
+        }
+    }
+
+    /// The probes' verdicts on a report: readiness where the container has
+    /// a readiness probe, and why a probe restarted it.
+    fn add_probe_verdicts(&self, report: &mut InstanceReport) {
+        let probed = self
+            .desired
+            .borrow()
+            .iter()
+            .any(|d| d.spec.id == report.container_id && d.spec.probes.readiness.is_some());
+        if report.reason.is_none() {
+            report.reason = self.probe_kills.get(&report.container_id).cloned();
+        }
+        if !probed {
+            return;
+        }
+        let running = report.state == InstanceState::Running;
+        let verdict = self.readiness.get(&report.container_id);
+        let ready = running && verdict.is_some_and(|(ready, _)| *ready);
+        report.ready = Some(ready);
+        if running && !ready && report.reason.is_none() {
+            report.reason = verdict.and_then(|(_, why)| why.clone());
+        }
+    }
+
+    /// Keeps one probe watcher per running task of a wanted container, and
+    /// none for anything else.
+    fn watch_probes(&mut self, desired: &[DesiredInstance], actual: &[ActualContainer]) {
+        while self.watcher_tasks.try_join_next().is_some() {}
+        let mut live = HashSet::new();
+        for c in actual {
+            let (TaskState::Running, Some(pid)) = (c.task, c.pid) else {
+                continue;
+            };
+            let Some(d) = desired.iter().find(|d| d.spec.id == c.id && !d.stop) else {
+                continue;
+            };
+            live.insert(c.id.clone());
+            if self.watchers.get(&c.id).is_some_and(|(p, _)| *p == pid) {
+                continue;
+            }
+            if let Some((_, old)) = self.watchers.remove(&c.id) {
+                old.abort();
+            }
+            // A new task starts unready.
+            self.readiness.remove(&c.id);
+            let handle = self.watcher_tasks.spawn(probe::watch(
+                self.runtime.clone(),
+                c.id.clone(),
+                pid,
+                d.spec.probes.clone(),
+                d.spec.image.clone(),
+                self.probe_tx.clone(),
+            ));
+            self.watchers.insert(c.id.clone(), (pid, handle));
+        }
+        self.watchers.retain(|id, (_, handle)| {
+            let keep = live.contains(id);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+    }
+
+    /// A watcher's verdict about a task that still runs: a new readiness
+    /// report, or the task stopped so that it restarts.
+    async fn probed(&mut self, event: probe::ProbeEvent, jobs: &mut JoinSet<JobResult>) {
+        let current =
+            self.watchers.get(&event.container_id).map(|(pid, _)| *pid) == Some(event.pid);
+        let Some(last) = self.last.get(&event.container_id).cloned() else {
+            return;
+        };
+        if !current || last.state != InstanceState::Running {
+            return;
+        }
+        match event.verdict {
+            probe::Verdict::Ready(ready, why) => {
+                self.readiness
+                    .insert(event.container_id.clone(), (ready, why));
+                let mut report = last;
+                report.reason = None;
+                report.ready = None;
+                self.report(report).await;
+            }
+            probe::Verdict::Restart(why) => {
+                self.watchers.remove(&event.container_id);
+                let key = (last.workload.clone(), last.replica);
+                if self.busy.contains(&key) {
+                    return;
+                }
+                self.readiness.remove(&event.container_id);
+                self.probe_kills.insert(event.container_id.clone(), why);
+                let ident = Ident {
+                    workload: last.workload.clone(),
+                    replica: last.replica,
+                    generation: last.generation,
+                    container_id: last.container_id.clone(),
+                };
+                self.busy.insert(key.clone());
+                jobs.spawn(run_ops(
+                    self.runtime.clone(),
+                    self.job_context(),
+                    key,
+                    vec![Op::Stop(ident)],
+                ));
+            }
+        }
+    }
+
+    fn job_context(&self) -> JobContext {
+        JobContext {
+            grace: self.config.stop_grace,
+            fetcher: Fetcher {
+                registry: self.config.registry.clone(),
+                source: self.source.clone(),
+                scratch_dir: self.config.scratch_dir.clone(),
+                stats: self.image_stats.clone(),
+            },
+            progress: self.progress_tx.clone(),
+            desired: self.desired.clone(),
+            gate: self.gate.clone(),
         }
     }
 

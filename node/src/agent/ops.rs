@@ -16,6 +16,9 @@ pub(super) enum Op {
     /// With the spec when the policy is `always`: the registry is asked
     /// again and a changed image replaces the container.
     Restart(Ident, u32, Option<Box<ContainerSpec>>),
+    /// Stops the task and keeps the container (a probe gave up on it); the
+    /// exit then restarts it under its restart policy and back-off.
+    Stop(Ident),
 }
 
 /// What a job needs besides the runtime.
@@ -71,6 +74,7 @@ pub(super) enum Outcome {
     Started(Ident, u32),
     Restarted(Ident, u32, u32),
     Removed(Ident, Option<i32>),
+    Stopped(Ident, Option<i32>),
     Failed(Ident, Box<RuntimeError>, Op),
 }
 
@@ -89,7 +93,7 @@ pub(super) async fn run_ops<R: Runtime>(
     let mut outcomes = Vec::new();
     for op in ops {
         let (id, generation) = match &op {
-            Op::Remove(_) => (None, 0),
+            Op::Remove(_) | Op::Stop(_) => (None, 0),
             Op::Start(spec, _) => (Some(spec.id.as_str()), spec.generation),
             Op::Restart(ident, ..) => (Some(ident.container_id.as_str()), ident.generation),
         };
@@ -101,6 +105,10 @@ pub(super) async fn run_ops<R: Runtime>(
             Op::Remove(ident) => match runtime.remove(&ident.container_id, context.grace).await {
                 Ok(code) => Outcome::Removed(ident, code),
                 Err(e) => Outcome::Failed(ident.clone(), Box::new(e), Op::Remove(ident)),
+            },
+            Op::Stop(ident) => match runtime.stop_task(&ident.container_id, context.grace).await {
+                Ok(code) => Outcome::Stopped(ident, code),
+                Err(e) => Outcome::Failed(ident.clone(), Box::new(e), Op::Stop(ident)),
             },
             Op::Start(spec, policy) => {
                 let ident = Ident::of_spec(&spec);

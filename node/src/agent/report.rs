@@ -37,6 +37,9 @@ pub struct InstanceReport {
     /// report was made (None: the slot was not to stop).
     #[serde(default)]
     pub stop_mark: Option<u64>,
+    /// The readiness probe's verdict; None when the container has none.
+    #[serde(default)]
+    pub ready: Option<bool>,
 }
 
 /// Everything the agent reports, in the order it happened.

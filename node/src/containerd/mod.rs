@@ -2,6 +2,7 @@
 //! scoped to our namespace through an interceptor.
 
 mod content;
+mod exec;
 mod export;
 mod images;
 mod import;
@@ -272,6 +273,35 @@ impl Runtime for ContainerdRuntime {
         registry: &RegistryConfig,
     ) -> Result<u64, RuntimeError> {
         self.pull(image, registry).await.map(|i| i.downloaded_bytes)
+    }
+
+    async fn exec(
+        &self,
+        container_id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<crate::runtime::ExecOutcome, RuntimeError> {
+        exec::exec(self, container_id, command, timeout).await
+    }
+
+    async fn stop_task(
+        &self,
+        container_id: &str,
+        grace: Duration,
+    ) -> Result<Option<i32>, RuntimeError> {
+        task::stop_task(self, container_id, grace).await
+    }
+
+    async fn image_health_check(
+        &self,
+        image: &str,
+    ) -> Result<Option<crate::spec::Probe>, RuntimeError> {
+        let resolved = unpack::resolve_image(self, image).await?;
+        Ok(resolved
+            .config
+            .healthcheck
+            .as_ref()
+            .and_then(|h| h.as_probe()))
     }
 
     async fn import_image(&self, archive: &Path) -> Result<(), RuntimeError> {

@@ -44,7 +44,7 @@ struct RuncOptions {
     root: String,
 }
 
-fn tasks(svc: Svc) -> TasksClient<Svc> {
+pub(crate) fn tasks(svc: Svc) -> TasksClient<Svc> {
     TasksClient::new(svc)
 }
 
@@ -320,10 +320,21 @@ pub(crate) async fn restart(
 }
 
 async fn wait_exit(svc: Svc, id: &str, limit: Duration) -> Result<Option<i32>, RuntimeError> {
+    wait_process(svc, id, "", limit).await
+}
+
+/// Waits up to `limit` for the task (`exec_id` empty) or an exec'd process
+/// to exit; None if it did not (or there is none).
+pub(crate) async fn wait_process(
+    svc: Svc,
+    id: &str,
+    exec_id: &str,
+    limit: Duration,
+) -> Result<Option<i32>, RuntimeError> {
     let mut client = tasks(svc);
     let wait = client.wait(WaitRequest {
         container_id: id.to_string(),
-        exec_id: String::new(),
+        exec_id: exec_id.to_string(),
     });
     match tokio::time::timeout(limit, wait).await {
         Err(_) => Ok(None),
@@ -334,10 +345,20 @@ async fn wait_exit(svc: Svc, id: &str, limit: Duration) -> Result<Option<i32>, R
 }
 
 async fn kill(svc: Svc, id: &str, signal: u32, all: bool) -> Result<(), RuntimeError> {
+    kill_process(svc, id, "", signal, all).await
+}
+
+pub(crate) async fn kill_process(
+    svc: Svc,
+    id: &str,
+    exec_id: &str,
+    signal: u32,
+    all: bool,
+) -> Result<(), RuntimeError> {
     match tasks(svc)
         .kill(KillRequest {
             container_id: id.to_string(),
-            exec_id: String::new(),
+            exec_id: exec_id.to_string(),
             signal,
             all,
         })
@@ -348,6 +369,59 @@ async fn kill(svc: Svc, id: &str, signal: u32, all: bool) -> Result<(), RuntimeE
         Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => Ok(()),
         Err(s) => Err(status_error("kill task", s)),
     }
+}
+
+/// SIGTERM, `grace`, then SIGKILL to every process of the task; the task
+/// and the container stay (exited), to be restarted or removed.
+async fn stop_live_task(svc: Svc, id: &str, grace: Duration) -> Result<Option<i32>, RuntimeError> {
+    kill(svc.clone(), id, 15, false).await?;
+    let mut code = wait_exit(svc.clone(), id, grace).await?;
+    if code.is_none() {
+        tracing::info!(container = %id, grace_secs = grace.as_secs(), "grace period over, killing");
+        kill(svc.clone(), id, 9, true).await?;
+        code = wait_exit(svc, id, Duration::from_secs(30)).await?;
+    }
+    Ok(code)
+}
+
+/// Stops the task if it is live, keeping the container.
+pub(crate) async fn stop_task(
+    rt: &ContainerdRuntime,
+    id: &str,
+    grace: Duration,
+) -> Result<Option<i32>, RuntimeError> {
+    let svc = rt.svc();
+    if task_is_live(svc.clone(), id).await? {
+        let code = stop_live_task(svc, id, grace).await?;
+        tracing::info!(container = %id, exit_code = ?code, "task stopped");
+        return Ok(code);
+    }
+    Ok(None)
+}
+
+/// Whether the container has a task that has not exited.
+async fn task_is_live(svc: Svc, id: &str) -> Result<bool, RuntimeError> {
+    let status = match tasks(svc)
+        .get(GetRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().process.map(|p| p.status),
+        Err(s) if s.code() == Code::NotFound => None,
+        Err(s) => return Err(status_error("get task", s)),
+    };
+    Ok(status.is_some_and(|status| {
+        [
+            TaskStatus::Running,
+            TaskStatus::Created,
+            TaskStatus::Paused,
+            TaskStatus::Pausing,
+        ]
+        .iter()
+        .any(|s| *s as i32 == status)
+    }))
 }
 
 pub(crate) async fn remove(
@@ -367,39 +441,12 @@ async fn remove_keeping_logs(
     grace: Duration,
 ) -> Result<Option<i32>, RuntimeError> {
     let svc = rt.svc();
-    let status = match tasks(svc.clone())
-        .get(GetRequest {
-            container_id: id.to_string(),
-            exec_id: String::new(),
-        })
-        .await
-    {
-        Ok(r) => r.into_inner().process.map(|p| p.status),
-        Err(s) if s.code() == Code::NotFound => None,
-        Err(s) => return Err(status_error("get task", s)),
-    };
     let mut code = None;
-    if let Some(status) = status {
-        let live = [
-            TaskStatus::Running,
-            TaskStatus::Created,
-            TaskStatus::Paused,
-            TaskStatus::Pausing,
-        ]
-        .iter()
-        .any(|s| *s as i32 == status);
-        if live {
-            kill(svc.clone(), id, 15, false).await?;
-            code = wait_exit(svc.clone(), id, grace).await?;
-            if code.is_none() {
-                tracing::info!(container = %id, grace_secs = grace.as_secs(), "grace period over, killing");
-                kill(svc.clone(), id, 9, true).await?;
-                code = wait_exit(svc.clone(), id, Duration::from_secs(30)).await?;
-            }
-        }
-        let deleted = delete_task(svc.clone(), id).await?;
-        code = code.or(deleted);
+    if task_is_live(svc.clone(), id).await? {
+        code = stop_live_task(svc.clone(), id, grace).await?;
     }
+    let deleted = delete_task(svc.clone(), id).await?;
+    code = code.or(deleted);
     match containers(svc.clone())
         .delete(DeleteContainerRequest { id: id.to_string() })
         .await

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "sleep", "echo", "cat", "ls", "true", "false", "env", "id", "ps", "kill", "date",
-    "touch", "mkdir", "rm",
+    "touch", "mkdir", "rm", "test", "httpd", "nc",
 ];
 
 /// What was built, for assertions.
@@ -94,7 +94,7 @@ pub fn busybox_oci_archive(
     path: impl AsRef<Path>,
     image_name: &str,
 ) -> Result<BusyboxArchive, TestingError> {
-    build(path.as_ref(), image_name, None)
+    build(path.as_ref(), image_name, None, None)
 }
 
 /// The same image with `/etc/gantry-marker` holding `marker`, so tests can
@@ -105,23 +105,46 @@ pub fn busybox_oci_archive_marked(
     image_name: &str,
     marker: &str,
 ) -> Result<BusyboxArchive, TestingError> {
-    build(path.as_ref(), image_name, Some(marker))
+    build(path.as_ref(), image_name, Some(marker), None)
+}
+
+/// The image with a Docker `HEALTHCHECK` in its config: `test` as
+/// `CMD-SHELL`, run every `interval_secs`, 2 retries.
+pub fn busybox_oci_archive_with_healthcheck(
+    path: impl AsRef<Path>,
+    image_name: &str,
+    test: &str,
+    interval_secs: u64,
+) -> Result<BusyboxArchive, TestingError> {
+    let seconds = 1_000_000_000u64;
+    let healthcheck = json!({
+        "Test": ["CMD-SHELL", test],
+        "Interval": interval_secs * seconds,
+        "Timeout": 2 * seconds,
+        "Retries": 2
+    });
+    build(path.as_ref(), image_name, None, Some(healthcheck))
 }
 
 fn build(
     path: &Path,
     image_name: &str,
     marker: Option<&str>,
+    healthcheck: Option<serde_json::Value>,
 ) -> Result<BusyboxArchive, TestingError> {
     let layer = layer(marker)?;
     let layer_digest = digest(&layer);
+    let mut run_config = json!({
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        "Cmd": ["sh"]
+    });
+    if let Some(healthcheck) = healthcheck {
+        run_config["Healthcheck"] = healthcheck;
+    }
     let config = serde_json::to_vec(&json!({
         "architecture": goarch(),
         "os": "linux",
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["sh"]
-        },
+        "config": run_config,
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]}
     }))
     .map_err(archive_err)?;

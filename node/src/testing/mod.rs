@@ -6,7 +6,10 @@
 mod archive;
 mod registry;
 
-pub use archive::{busybox_oci_archive, busybox_oci_archive_marked, BusyboxArchive};
+pub use archive::{
+    busybox_oci_archive, busybox_oci_archive_marked, busybox_oci_archive_with_healthcheck,
+    BusyboxArchive,
+};
 pub use registry::LoopbackRegistry;
 
 use crate::containerd::{ContainerdConfig, ContainerdRuntime};

@@ -496,6 +496,7 @@ impl Sites {
                         "replica": i.replica,
                         "node": (!i.node.is_empty()).then_some(&i.node),
                         "state": i.state,
+                        "ready": i.ready,
                         "generation": i.generation,
                     })).collect::<Vec<_>>(),
                     "link_bytes": {"in": site.bytes_in, "out": site.bytes_out, "digest_in": site.digest_bytes_in},
