@@ -255,7 +255,7 @@ impl Gateway {
 }
 
 /// The loops every gateway runs (each acts only while this gateway leads,
-/// except the heartbeats): liveness, scheduling, rollouts, voters. Shared
+/// except the heartbeats): liveness, scheduling, rollouts, autoscaling, voters. Shared
 /// by `Gateway::start` and `InProcessGateway::start`, so the simulation runs
 /// exactly the production set.
 fn spawn_control_loops(
@@ -269,6 +269,11 @@ fn spawn_control_loops(
         cluster.clone(),
         liveness.clone(),
         health.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(crate::control::autoscale::run(
+        cluster.clone(),
+        liveness.clone(),
         shutdown.clone(),
     ));
     tasks.spawn(liveness::run_heartbeats(

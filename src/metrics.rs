@@ -59,6 +59,9 @@ pub struct Metrics {
     pub link_bytes: Family<Labels, Counter>,
     /// What this gateway's agent pulled and fetched from peers.
     pub images: std::sync::Arc<gantry_node::agent::ImageStats>,
+    /// The leader's autoscaler's last reading of each autoscaled workload
+    /// (soft state, empty on followers), for `describe` and `/metrics`.
+    pub autoscale: std::sync::Mutex<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 /// 1 ms doubling to about 8 s: etcd's disk buckets.
@@ -81,6 +84,7 @@ impl Default for Metrics {
             ]),
             link_bytes: Family::default(),
             images: Default::default(),
+            autoscale: Default::default(),
         }
     }
 }
@@ -90,6 +94,21 @@ impl Metrics {
         self.proposals_failed
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
+    pub fn set_autoscale_readings(
+        &self,
+        readings: std::collections::BTreeMap<String, serde_json::Value>,
+    ) {
+        *self.autoscale.lock().unwrap_or_else(|p| p.into_inner()) = readings;
+    }
+
+    pub fn autoscale_reading(&self, workload: &str) -> Option<serde_json::Value> {
+        self.autoscale
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(workload)
+            .cloned()
     }
 
     pub fn link_bytes(&self, direction: &'static str, bytes: usize) {

@@ -414,6 +414,7 @@ async fn heartbeat_for(
         node_id,
         runtime_problem: String::new(),
         applied_index: 0,
+        usage: Vec::new(),
     };
     match client.heartbeat(request).await {
         Ok(_) => tonic::Code::Ok,

@@ -45,6 +45,6 @@ pub use agent::{
 pub use containerd::{ContainerdConfig, ContainerdRuntime, ImportedImage, PullProgress};
 pub use registry::RegistryConfig;
 pub use runtime::{
-    ActualContainer, ExecOutcome, ExitEvent, Runtime, RuntimeError, Started, TaskState,
+    ActualContainer, ExecOutcome, ExitEvent, Runtime, RuntimeError, Started, TaskState, Usage,
 };
 pub use spec::{ContainerSpec, MountSpec, Probe, ProbeCheck, Probes, PullPolicy, RestartPolicy};

@@ -58,6 +58,15 @@ pub struct Started {
     pub pid: u32,
 }
 
+/// What a container's cgroup has used: CPU time since it started, and the
+/// memory it holds now (its working set: page cache that can be dropped is
+/// not counted, as Kubernetes counts it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_usec: u64,
+    pub memory_bytes: u64,
+}
+
 /// How a process run inside a container ended (an exec probe).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutcome {
@@ -258,6 +267,14 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Probe>, RuntimeError>> + Send {
         let _ = image;
         async { Ok(None) }
+    }
+
+    /// The container's resource usage, read from its cgroup; None when it
+    /// has none (not running) or the engine cannot say. The default never
+    /// knows.
+    fn usage(&self, container_id: &str) -> impl Future<Output = Option<Usage>> + Send {
+        let _ = container_id;
+        async { None }
     }
 
     /// All gantry containers with their task state.

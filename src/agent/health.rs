@@ -1,11 +1,15 @@
-//! Whether this gateway's container runtime answers, as last reported by
-//! the node agent; heartbeats carry it to the leader.
+//! What heartbeats carry to the leader from this gateway's node agent:
+//! whether its container runtime answers, and what its running instances
+//! use (soft state for the autoscaler, never written to the log).
 
 use std::sync::Mutex;
+
+use gantry_proto::v1::InstanceUsage;
 
 #[derive(Default)]
 pub struct RuntimeHealth {
     problem: Mutex<Option<String>>,
+    usage: Mutex<Vec<InstanceUsage>>,
 }
 
 impl RuntimeHealth {
@@ -19,5 +23,14 @@ impl RuntimeHealth {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    pub fn set_usage(&self, usage: Vec<InstanceUsage>) {
+        *self.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage;
+    }
+
+    /// The last sample of every running instance here.
+    pub fn usage(&self) -> Vec<InstanceUsage> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

@@ -13,6 +13,7 @@ mod in_flight;
 pub mod logs;
 pub mod pull;
 pub mod reporter;
+pub mod usage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -81,6 +82,11 @@ pub fn start(
         tasks,
         shutdown,
     );
+    tasks.spawn(usage::run(
+        runtime.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     Ok(NodeRuntime {
         runtime,
         health,

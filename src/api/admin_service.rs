@@ -133,10 +133,19 @@ impl Admin for AdminService {
 
     async fn describe_workload(&self, request: Request<DescribeRequest>) -> Reply {
         let name = request.into_inner().name;
-        match views::describe_workload(&self.cluster, &name) {
-            Some(value) => reply(value),
-            None => Err(Status::not_found(format!("no workload named '{name}'"))),
+        let Some(mut value) = views::describe_workload(&self.cluster, &name) else {
+            return Err(Status::not_found(format!("no workload named '{name}'")));
+        };
+        // Current usage is the leader's soft state.
+        if value["workload"]["autoscale"].is_object() {
+            let op = LeaderOp::AutoscaleReading { workload: name };
+            let reading = match self.cluster.on_leader(op).await {
+                Ok(LeaderReply::Reading(reading)) => reading,
+                _ => None,
+            };
+            value["workload"]["autoscale"]["usage"] = reading.into();
         }
+        reply(value)
     }
 
     async fn apply(&self, request: Request<ApplyRequest>) -> Reply {

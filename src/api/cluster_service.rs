@@ -171,6 +171,7 @@ impl ClusterHandlers {
         if leading {
             let problem = Some(req.runtime_problem).filter(|p| !p.is_empty());
             self.liveness.record(req.node_id, problem);
+            self.liveness.record_usage(req.node_id, req.usage);
             self.cluster
                 .note_member_applied(req.node_id, req.applied_index);
         }

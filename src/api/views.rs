@@ -60,7 +60,17 @@ pub fn workload(state: &State, workload: &Workload) -> Value {
     json!({
         "name": workload.spec.name,
         "image": workload.spec.image,
-        "replicas": workload.spec.replicas,
+        "replicas": workload.replicas(),
+        "autoscale": workload.spec.autoscale.map(|a| json!({
+            "min": workload.scale_floor(),
+            "max": a.max,
+            "cpu_target": a.cpu_target,
+            "memory_target": a.memory_target,
+            "scale_down_after": crate::state::quantity::format_duration(a.scale_down_after()),
+            "last_scale": workload.last_scale.as_ref().map(|s| json!({
+                "at": timestamp(s.at_ms), "from": s.from, "to": s.to, "reason": s.reason,
+            })),
+        })),
         "placed": placed,
         "running": running,
         "ready": ready,
@@ -317,12 +327,12 @@ pub fn rollout_status(cluster: &Cluster, name: &str) -> Option<Value> {
         .iter()
         .filter(|i| i.generation == w.generation && i.is_up())
         .count();
-    let complete = on_target == w.spec.replicas as usize && ready == on_target;
+    let complete = on_target == w.replicas() as usize && ready == on_target;
     Some(json!({
         "workload": name,
         "generation": w.generation,
         "last_good": w.last_good,
-        "replicas": w.spec.replicas,
+        "replicas": w.replicas(),
         "updated": on_target,
         "running": running,
         "ready": ready,

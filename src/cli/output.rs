@@ -345,11 +345,51 @@ fn table_view(view: View, value: &Value) -> String {
             let _ = writeln!(out, "Generation:  {}", text(&w["generation"]));
             let _ = writeln!(
                 out,
-                "Replicas:    {} desired, {} placed, {} running",
+                "Replicas:    {} desired, {} placed, {} running, {} ready",
                 text(&w["replicas"]),
                 text(&w["placed"]),
-                text(&w["running"])
+                text(&w["running"]),
+                text(&w["ready"])
             );
+            let a = &w["autoscale"];
+            if a.is_object() {
+                let targets: Vec<String> = [("cpu", "cpu_target"), ("memory", "memory_target")]
+                    .iter()
+                    .filter(|(_, k)| !a[*k].is_null())
+                    .map(|(name, k)| format!("{name} {}", text(&a[*k])))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "Autoscale:   {} to {} replicas, target {}, down after {}",
+                    text(&a["min"]),
+                    text(&a["max"]),
+                    targets.join(", "),
+                    text(&a["scale_down_after"])
+                );
+                let u = &a["usage"];
+                if u.is_object() {
+                    let _ = writeln!(
+                        out,
+                        "  Usage:     {} over {} reporting replicas (wants {})",
+                        text(&u["reason"]),
+                        text(&u["reporting"]),
+                        text(&u["wanted"])
+                    );
+                } else {
+                    let _ = writeln!(out, "  Usage:     no reading yet");
+                }
+                let last = &a["last_scale"];
+                if last.is_object() {
+                    let _ = writeln!(
+                        out,
+                        "  Last:      {} from {} to {}: {}",
+                        text(&last["at"]),
+                        text(&last["from"]),
+                        text(&last["to"]),
+                        text(&last["reason"])
+                    );
+                }
+            }
             if let Ok(spec) = serde_yaml_ng::to_string(&w["spec"]) {
                 out.push_str("Spec:\n");
                 for line in spec.lines() {

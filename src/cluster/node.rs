@@ -90,6 +90,10 @@ pub enum LeaderOp {
     Leave {
         name: String,
     },
+    /// The leader's autoscaler's last reading of a workload (soft state).
+    AutoscaleReading {
+        workload: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +134,7 @@ pub enum LeaderReply {
     Left {
         name: String,
     },
+    Reading(Option<serde_json::Value>),
 }
 
 /// Why the leader did not carry out an operation, as sent back over the wire.
@@ -944,6 +949,14 @@ impl Cluster {
             LeaderOp::AddMember { node } => self.add_member_as_leader(node).await,
             LeaderOp::Renew { node, csr_der } => self.renew_as_leader(node, &csr_der).await,
             LeaderOp::Leave { name } => self.leave_as_leader(&name).await,
+            LeaderOp::AutoscaleReading { workload } => {
+                if !self.is_leader() {
+                    return Err(LeaderFailure::NotLeader);
+                }
+                Ok(LeaderReply::Reading(
+                    self.telemetry().autoscale_reading(&workload),
+                ))
+            }
         }
     }
 

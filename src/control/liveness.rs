@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gantry_proto::v1::HeartbeatRequest;
+use gantry_proto::v1::{HeartbeatRequest, InstanceUsage};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -24,12 +24,29 @@ use crate::state::{Command, Node, NodeStatus};
 #[derive(Default)]
 pub struct Liveness {
     seen: Mutex<BTreeMap<NodeId, (Instant, Option<String>)>>,
+    /// What each gateway's instances used, as its last heartbeat said.
+    usage: Mutex<BTreeMap<NodeId, (Instant, Vec<InstanceUsage>)>>,
 }
 
 impl Liveness {
     pub fn record(&self, node: NodeId, runtime_problem: Option<String>) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.insert(node, (Instant::now(), runtime_problem));
+    }
+
+    pub fn record_usage(&self, node: NodeId, usage: Vec<InstanceUsage>) {
+        let mut table = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        table.insert(node, (Instant::now(), usage));
+    }
+
+    /// Usage reported within `max_age`, with the gateway that reported it.
+    pub fn fresh_usage(&self, max_age: Duration) -> Vec<(NodeId, InstanceUsage)> {
+        let table = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        table
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() <= max_age)
+            .flat_map(|(node, (_, usage))| usage.iter().map(|u| (*node, u.clone())))
+            .collect()
     }
 
     fn last_seen(&self, node: NodeId) -> Option<(Instant, Option<String>)> {
@@ -42,6 +59,7 @@ impl Liveness {
 
     fn reset(&self) {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.usage.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -166,6 +184,7 @@ pub async fn run_heartbeats(
         };
         if leader == cluster.id() {
             liveness.record(leader, health.problem());
+            liveness.record_usage(leader, health.usage());
             let alone = cluster.voters().into_iter().eq([cluster.id()]);
             if alone {
                 cluster.note_quorum_contact(0);
@@ -186,6 +205,7 @@ pub async fn run_heartbeats(
             node_id: cluster.id(),
             runtime_problem: health.problem().unwrap_or_default(),
             applied_index,
+            usage: health.usage(),
         };
         match tokio::time::timeout(
             crate::control::fencing::HEARTBEAT_TIMEOUT,

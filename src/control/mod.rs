@@ -2,6 +2,7 @@
 //! afresh when it changes, so a new leader never acts on a predecessor's
 //! soft state.
 
+pub mod autoscale;
 pub mod fencing;
 pub mod liveness;
 pub mod rollout;

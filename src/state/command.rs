@@ -119,6 +119,13 @@ pub enum Command {
         failed_generation: u64,
         reason: String,
     },
+    /// The autoscaler's choice of replica count for an autoscaled workload
+    /// (kept between its floor and max), with why.
+    Scale {
+        workload: String,
+        replicas: u32,
+        reason: String,
+    },
     /// One scheduler plan, committed as one write.
     ApplyPlan {
         plan: PlanRecord,

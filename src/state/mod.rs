@@ -302,6 +302,11 @@ impl State {
                 failed_generation,
                 reason,
             } => self.roll_back(at, workload, *failed_generation, reason, changes),
+            Command::Scale {
+                workload,
+                replicas,
+                reason,
+            } => self.scale(at, workload, *replicas, reason, changes),
             Command::UpdateSettings { change } => self.update_settings(at, change, changes),
             Command::SetCordon { node, cordoned } => self.set_cordon(at, *node, *cordoned, changes),
             Command::DrainNode { node } => self.drain_node(at, *node, changes),
@@ -599,6 +604,15 @@ impl State {
         {
             let (generation, change) = match self.workloads.get_mut(&spec.name) {
                 Some(existing) if existing.spec == *spec => (existing.generation, "unchanged"),
+                // Only the count changed: no container is replaced.
+                Some(existing) if scale_only(&existing.spec, spec) => {
+                    existing.spec = spec.clone();
+                    if spec.autoscale.is_none() {
+                        existing.autoscaled = None;
+                    }
+                    existing.updated_ms = at;
+                    (existing.generation, "scaled")
+                }
                 Some(existing) => {
                     let previous = std::mem::replace(&mut existing.spec, spec.clone());
                     existing.history.insert(existing.generation, previous);
@@ -619,6 +633,8 @@ impl State {
                             history: BTreeMap::new(),
                             last_good: None,
                             rolled_back: None,
+                            autoscaled: None,
+                            last_scale: None,
                         },
                     );
                     (1, "created")
@@ -654,7 +670,7 @@ impl State {
         let Some(workload) = self.workloads.get(name) else {
             return;
         };
-        let (replicas, generation) = (workload.spec.replicas, workload.generation);
+        let (replicas, generation) = (workload.replicas(), workload.generation);
         let existing: Vec<u32> = self.instances_of(name).map(|i| i.replica).collect();
         for replica in existing.iter().copied().filter(|r| *r >= replicas) {
             let key = InstanceKey {
@@ -703,6 +719,62 @@ impl State {
                 }
             }
         }
+    }
+
+    fn scale(
+        &mut self,
+        at: u64,
+        name: &str,
+        replicas: u32,
+        reason: &str,
+        changes: &mut ChangeSet,
+    ) -> Response {
+        let Some(workload) = self.workloads.get_mut(name) else {
+            return rejected(format!("no workload named '{name}'"));
+        };
+        if workload.spec.autoscale.is_none() {
+            return rejected(format!("workload '{name}' does not autoscale"));
+        }
+        let from = workload.replicas();
+        let before = workload.autoscaled.replace(replicas);
+        let to = workload.replicas();
+        if to == from {
+            workload.autoscaled = before;
+            // A scale-up that found no room is said once, with why.
+            let said = workload.last_scale.as_ref().map(|s| s.reason.as_str());
+            if reason.is_empty() || said == Some(reason) {
+                return Response::Ok;
+            }
+            workload.last_scale = Some(ScaleRecord {
+                at_ms: at,
+                from,
+                to,
+                reason: reason.to_string(),
+            });
+            changes.insert(StateKey::Workload(name.to_string()));
+            self.event(
+                at,
+                "scale-held",
+                format!("autoscale of {name} held at {to}: {reason}"),
+                changes,
+            );
+            return Response::Ok;
+        }
+        workload.last_scale = Some(ScaleRecord {
+            at_ms: at,
+            from,
+            to,
+            reason: reason.to_string(),
+        });
+        changes.insert(StateKey::Workload(name.to_string()));
+        self.sync_instances(at, name, changes);
+        self.event(
+            at,
+            "scaled",
+            format!("scaled {name} from {from} to {to}: {reason}"),
+            changes,
+        );
+        Response::Ok
     }
 
     fn delete_workload(
@@ -1245,6 +1317,15 @@ impl State {
         }
         Response::Ok
     }
+}
+
+/// Whether `next` differs from `current` only in how many replicas run
+/// (`replicas`, `autoscale`), which replaces no container.
+fn scale_only(current: &WorkloadSpec, next: &WorkloadSpec) -> bool {
+    let mut scaled = current.clone();
+    scaled.replicas = next.replicas;
+    scaled.autoscale = next.autoscale;
+    scaled == *next
 }
 
 /// The event a report makes when a probe changed something people look

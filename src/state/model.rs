@@ -106,6 +106,45 @@ pub struct Workload {
     /// Set when a generation was rolled back: which, when and why.
     #[serde(default)]
     pub rolled_back: Option<RolledBack>,
+    /// The replica count the autoscaler chose (see `Workload::replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaled: Option<u32>,
+    /// The autoscaler's last change, for `describe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale: Option<ScaleRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleRecord {
+    pub at_ms: u64,
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+}
+
+impl Workload {
+    /// How many replicas run: the spec's count, or, under `autoscale`, the
+    /// autoscaler's choice, kept between the floor and `max`.
+    pub fn replicas(&self) -> u32 {
+        let Some(autoscale) = &self.spec.autoscale else {
+            return self.spec.replicas;
+        };
+        let floor = self.scale_floor();
+        self.autoscaled
+            .unwrap_or(self.spec.replicas)
+            .clamp(floor, autoscale.max.max(floor))
+    }
+
+    /// The fewest replicas the autoscaler may leave: `autoscale.min`, else
+    /// 1 for a local workload and the cloud's `replicas` for a cloud one
+    /// (the hub's count is a floor unless the hub sets `min`).
+    pub fn scale_floor(&self) -> u32 {
+        match (self.spec.autoscale.and_then(|a| a.min), &self.source) {
+            (Some(min), _) => min,
+            (None, Source::Cloud) => self.spec.replicas.max(1),
+            (None, Source::Local) => 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -141,7 +141,7 @@ impl State {
         let Some(workload) = self.workloads.get(name) else {
             return;
         };
-        let (generation, replicas) = (workload.generation, workload.spec.replicas as usize);
+        let (generation, replicas) = (workload.generation, workload.replicas() as usize);
         if workload.last_good == Some(generation) {
             return;
         }

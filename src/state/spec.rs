@@ -69,6 +69,62 @@ pub struct WorkloadSpec {
     /// Health checks run by the gateway that runs each replica.
     #[serde(default, skip_serializing_if = "Probes::is_empty")]
     pub probes: Probes,
+    /// Replicas that follow the load, between `min` and `max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+}
+
+/// `autoscale: {min: 1, max: 6, cpu_target: 70%, memory_target: 80%,
+/// scale_down_after: 5m}`: targets are a share of the resource request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscale {
+    /// The floor; when absent, 1 for a local workload and the `replicas`
+    /// the cloud asked for a cloud one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    pub max: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_target: Option<Percent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_target: Option<Percent>,
+    /// How long the load must stay low before replicas go (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_after: Option<HumanDuration>,
+}
+
+/// A share of a request, written `70%` (or `70`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Percent(pub u32);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = d.deserialize_any(QuantityText)?;
+        let digits = text.trim().trim_end_matches('%').trim();
+        match digits.parse::<u32>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(Percent(n)),
+            _ => Err(de::Error::custom(format!(
+                "'{text}' is not a percentage from 1% to 1000%"
+            ))),
+        }
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}%", self.0))
+    }
+}
+
+/// How long the load must stay low before an autoscaled workload shrinks.
+pub const DEFAULT_SCALE_DOWN_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl Autoscale {
+    pub fn scale_down_after(&self) -> std::time::Duration {
+        self.scale_down_after
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_SCALE_DOWN_AFTER)
+    }
 }
 
 /// Kubernetes' startup, liveness and readiness probes.
@@ -472,6 +528,49 @@ impl WorkloadSpec {
         }
         for (kind, probe) in self.probes.each() {
             probe.validate(&format!("probes.{kind}"), kind)?;
+        }
+        if let Some(autoscale) = &self.autoscale {
+            self.validate_autoscale(autoscale)?;
+        }
+        Ok(())
+    }
+
+    fn validate_autoscale(&self, a: &Autoscale) -> Result<(), SpecError> {
+        let fail =
+            |field: &str, why: String| Err(SpecError(format!("field `autoscale.{field}`: {why}")));
+        if a.max == 0 || a.max > MAX_REPLICAS {
+            return fail("max", format!("must be from 1 to {MAX_REPLICAS}"));
+        }
+        match a.min {
+            Some(0) => return fail("min", "must be at least 1".into()),
+            Some(min) if min > a.max => {
+                return fail("min", format!("{min} is more than max ({})", a.max))
+            }
+            _ => {}
+        }
+        if a.cpu_target.is_none() && a.memory_target.is_none() {
+            return fail(
+                "cpu_target",
+                "give cpu_target, memory_target or both".into(),
+            );
+        }
+        if a.cpu_target.is_some() && self.cpu_millis() == 0 {
+            return fail(
+                "cpu_target",
+                "is a share of the cpu request: set resources.cpu".into(),
+            );
+        }
+        if a.memory_target.is_some() && self.memory_bytes() == 0 {
+            return fail(
+                "memory_target",
+                "is a share of the memory request: set resources.memory".into(),
+            );
+        }
+        if a.scale_down_after.is_some_and(|d| d.0.is_zero()) {
+            return fail("scale_down_after", "must be more than 0s".into());
+        }
+        if self.singleton {
+            return fail("max", "a singleton runs one copy; it cannot scale".into());
         }
         Ok(())
     }

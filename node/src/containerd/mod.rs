@@ -1,6 +1,7 @@
 //! The containerd adapter behind [`Runtime`]: one gRPC channel, every call
 //! scoped to our namespace through an interceptor.
 
+mod cgroup;
 mod content;
 mod exec;
 mod export;
@@ -302,6 +303,10 @@ impl Runtime for ContainerdRuntime {
             .healthcheck
             .as_ref()
             .and_then(|h| h.as_probe()))
+    }
+
+    async fn usage(&self, container_id: &str) -> Option<crate::runtime::Usage> {
+        cgroup::usage(&self.config().namespace, container_id)
     }
 
     async fn import_image(&self, archive: &Path) -> Result<(), RuntimeError> {
