@@ -753,4 +753,17 @@ resources: {cpu: 1, memory: 1048576}
             .contains("probes.liveness.http.path"));
         assert!(err("sideness: {tcp: {port: 80}}").contains("sideness"));
     }
+
+    #[test]
+    fn the_example_manifests_parse() {
+        for text in [
+            include_str!("../../examples/workloads/sensors.yaml"),
+            include_str!("../../examples/workloads/health.yaml"),
+        ] {
+            parse_manifest(text).unwrap();
+        }
+        let health = parse_manifest(include_str!("../../examples/workloads/health.yaml")).unwrap();
+        assert!(health[0].probes.readiness.is_some());
+        assert_eq!(health[1].autoscale.map(|a| a.max), Some(4));
+    }
 }

@@ -270,6 +270,15 @@ pub fn workload(cluster: &Cluster, name: &str) -> Option<Markup> {
             h2 { "Workload " (name) }
             div.facts {
                 span { "running " b #running { (text(&w["running"])) } " of " (text(&w["replicas"])) }
+                span { "ready " b #ready { (text(&w["ready"])) } }
+                @if w["autoscale"].is_object() {
+                    span { "autoscale " b { (text(&w["autoscale"]["min"])) "-" (text(&w["autoscale"]["max"])) }
+                        @if let Some(last) = w["autoscale"]["last_scale"].as_object() {
+                            " (last: " (text(&last["from"])) " to " (text(&last["to"])) ", "
+                            (last.get("reason").map(text).unwrap_or_default()) ")"
+                        }
+                    }
+                }
                 span { "generation " b { (text(&w["generation"])) } }
                 span { "source " b { (text(&w["source"])) } }
                 span { "rollout " b { (if rollout["complete"] == true { "complete" } else { "in progress" }) }
