@@ -313,25 +313,40 @@ fn absent_images_and_broken_archives_are_reported() {
     site.wait_instance("probe", "Running after import", running);
 }
 
-#[test]
-fn images_come_from_a_registry_once_then_from_peer_gateways() {
-    use gantry_node::testing::LoopbackRegistry;
-    // The registry and the gateways are set up before the site is built so
-    // that the gateways can be told it is an allowed plain-HTTP registry.
+/// A loopback registry holding the busybox image as `repo_tag`, with the
+/// runtime it runs on, its directory and the archive pushed.
+fn registry_with_busybox(
+    repo_tag: &str,
+) -> (
+    tokio::runtime::Runtime,
+    tempfile::TempDir,
+    gantry_node::testing::LoopbackRegistry,
+    std::path::PathBuf,
+) {
     let tokio = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::Builder::new()
         .prefix("gr")
         .tempdir_in("/tmp")
         .unwrap();
     let mut registry = tokio
-        .block_on(LoopbackRegistry::start(dir.path().join("registry")))
+        .block_on(gantry_node::testing::LoopbackRegistry::start(
+            dir.path().join("registry"),
+        ))
         .expect("a loopback registry (install docker-registry and skopeo)");
     let archive = dir.path().join("busybox.tar");
     busybox_oci_archive(&archive, IMAGE).unwrap();
-    let reference = registry.reference("gantry/busybox:pulled");
     tokio
-        .block_on(registry.push_archive(&archive, "gantry/busybox:pulled"))
+        .block_on(registry.push_archive(&archive, repo_tag))
         .expect("push to the loopback registry");
+    (tokio, dir, registry, archive)
+}
+
+#[test]
+fn images_come_from_a_registry_once_then_from_peer_gateways() {
+    // The registry and the gateways are set up before the site is built so
+    // that the gateways can be told it is an allowed plain-HTTP registry.
+    let (_tokio, _dir, mut registry, archive) = registry_with_busybox("gantry/busybox:pulled");
+    let reference = registry.reference("gantry/busybox:pulled");
 
     let mut cluster = TestCluster::new();
     let insecure = ["--insecure-registry", registry.addr()];
@@ -423,21 +438,8 @@ fn images_come_from_a_registry_once_then_from_peer_gateways() {
 
 #[test]
 fn image_pull_shows_progress_and_fans_out_over_the_cluster_with_all() {
-    use gantry_node::testing::LoopbackRegistry;
-    let tokio = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix("gp")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let mut registry = tokio
-        .block_on(LoopbackRegistry::start(dir.path().join("registry")))
-        .expect("a loopback registry (install docker-registry and skopeo)");
-    let archive = dir.path().join("busybox.tar");
-    busybox_oci_archive(&archive, IMAGE).unwrap();
+    let (tokio, _dir, mut registry, archive) = registry_with_busybox("gantry/busybox:pull");
     let reference = registry.reference("gantry/busybox:pull");
-    tokio
-        .block_on(registry.push_archive(&archive, "gantry/busybox:pull"))
-        .expect("push to the loopback registry");
     let mut cluster = TestCluster::new();
     let insecure = ["--insecure-registry", registry.addr()];
     cluster.init("gw-a", &insecure);

@@ -738,28 +738,23 @@ impl State {
         let from = workload.replicas();
         let before = workload.autoscaled.replace(replicas);
         let to = workload.replicas();
-        if to == from {
+        let (kind, message) = if to == from {
             workload.autoscaled = before;
             // A scale-up that found no room is said once, with why.
             let said = workload.last_scale.as_ref().map(|s| s.reason.as_str());
             if reason.is_empty() || said == Some(reason) {
                 return Response::Ok;
             }
-            workload.last_scale = Some(ScaleRecord {
-                at_ms: at,
-                from,
-                to,
-                reason: reason.to_string(),
-            });
-            changes.insert(StateKey::Workload(name.to_string()));
-            self.event(
-                at,
+            (
                 "scale-held",
                 format!("autoscale of {name} held at {to}: {reason}"),
-                changes,
-            );
-            return Response::Ok;
-        }
+            )
+        } else {
+            (
+                "scaled",
+                format!("scaled {name} from {from} to {to}: {reason}"),
+            )
+        };
         workload.last_scale = Some(ScaleRecord {
             at_ms: at,
             from,
@@ -767,13 +762,10 @@ impl State {
             reason: reason.to_string(),
         });
         changes.insert(StateKey::Workload(name.to_string()));
-        self.sync_instances(at, name, changes);
-        self.event(
-            at,
-            "scaled",
-            format!("scaled {name} from {from} to {to}: {reason}"),
-            changes,
-        );
+        if to != from {
+            self.sync_instances(at, name, changes);
+        }
+        self.event(at, kind, message, changes);
         Response::Ok
     }
 

@@ -188,61 +188,71 @@ pub(crate) async fn watch<R: Runtime>(
         },
     };
     if let Some(startup) = &probes.startup {
-        tokio::time::sleep(startup.initial_delay).await;
-        let mut streak = Streak::default();
-        loop {
-            let result = check(&*runtime, &container_id, startup).await;
-            let failed = result.as_ref().err().cloned();
-            match streak.record(startup, result.is_ok()) {
-                Some(true) => break,
-                Some(false) => {
-                    let why = failed.unwrap_or_default();
-                    tracing::info!(container = %container_id, reason = %why, "startup probe failed");
-                    send(Verdict::Restart(format!("startup probe failed: {why}")));
-                    return;
-                }
-                None => {}
+        let mut started = false;
+        follow(&*runtime, &container_id, startup, |passed, why| {
+            if !passed {
+                let why = why.unwrap_or_default();
+                tracing::info!(container = %container_id, reason = %why, "startup probe failed");
+                send(Verdict::Restart(format!("startup probe failed: {why}")));
             }
-            tokio::time::sleep(startup.period).await;
+            started = passed;
+            true
+        })
+        .await;
+        if !started {
+            return;
         }
     }
     let live = async {
         let Some(probe) = &liveness else {
             return std::future::pending::<()>().await;
         };
-        tokio::time::sleep(probe.initial_delay).await;
-        let mut streak = Streak::default();
-        loop {
-            let result = check(&*runtime, &container_id, probe).await;
-            let failed = result.as_ref().err().cloned();
-            if streak.record(probe, result.is_ok()) == Some(false) {
-                let why = failed.unwrap_or_default();
+        follow(&*runtime, &container_id, probe, |passed, why| {
+            if !passed {
+                let why = why.unwrap_or_default();
                 tracing::info!(container = %container_id, reason = %why, "liveness probe failed");
                 send(Verdict::Restart(format!("liveness probe failed: {why}")));
-                return;
             }
-            tokio::time::sleep(probe.period).await;
-        }
+            !passed
+        })
+        .await;
     };
     let ready = async {
         let Some(probe) = &probes.readiness else {
             return std::future::pending::<()>().await;
         };
-        tokio::time::sleep(probe.initial_delay).await;
-        let mut streak = Streak::default();
-        loop {
-            let result = check(&*runtime, &container_id, probe).await;
-            let failed = result.as_ref().err().cloned();
-            if let Some(passing) = streak.record(probe, result.is_ok()) {
-                let why = failed.map(|e| format!("readiness probe failed: {e}"));
-                send(Verdict::Ready(passing, why));
-            }
-            tokio::time::sleep(probe.period).await;
-        }
+        follow(&*runtime, &container_id, probe, |passed, why| {
+            let why = why.map(|e| format!("readiness probe failed: {e}"));
+            send(Verdict::Ready(passed, why));
+            false
+        })
+        .await;
     };
     tokio::select! {
         _ = live => {}
         _ = ready => {}
+    }
+}
+
+/// Runs `probe` every period after its initial delay, calling `changed`
+/// with each new verdict (and the failure that made it) until `changed`
+/// returns true.
+async fn follow<R: Runtime>(
+    runtime: &R,
+    container_id: &str,
+    probe: &Probe,
+    mut changed: impl FnMut(bool, Option<String>) -> bool,
+) {
+    tokio::time::sleep(probe.initial_delay).await;
+    let mut streak = Streak::default();
+    loop {
+        let result = check(runtime, container_id, probe).await;
+        if let Some(passing) = streak.record(probe, result.is_ok()) {
+            if changed(passing, result.err()) {
+                return;
+            }
+        }
+        tokio::time::sleep(probe.period).await;
     }
 }
 
