@@ -170,7 +170,10 @@ fn a_replica_that_never_becomes_ready_blocks_its_rollout_until_the_deadline_roll
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a rolled back rollout fails: {said}");
     assert!(said.contains("rolled back"), "{said}");
-    assert!(said.contains("not Running and ready"), "{said}");
+    assert!(
+        said.contains("was not ready 20s after its upgrade"),
+        "{said}"
+    );
     let back = wait_instance(&cluster, "web", "rolled back and ready", |i| {
         i["generation"].as_u64().is_some_and(|g| g >= 3) && i["ready"] == true
     });

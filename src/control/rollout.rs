@@ -52,13 +52,13 @@ pub fn steps(state: &State, now: u64) -> Vec<Command> {
                     .as_deref()
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default();
-                let state = if late.state == InstanceState::Running {
-                    "Running, not ready".to_string()
+                let (what, state) = if late.state == InstanceState::Running {
+                    ("ready", "Running, not ready".to_string())
                 } else {
-                    late.state.to_string()
+                    ("Running", late.state.to_string())
                 };
                 let reason = format!(
-                    "instance {}/{} was not Running and ready {} after its upgrade (state {state}{why})",
+                    "instance {}/{} was not {what} {} after its upgrade (state {state}{why})",
                     late.workload,
                     late.replica,
                     format_duration(deadline(workload)),
