@@ -114,11 +114,11 @@ async fn main() -> Result<()> {
         ("none", String::new()),
         (
             "exec-10s",
-            "probes: {liveness: {exec: [true], period: 10s}}\n".to_string(),
+            "probes: {liveness: {exec: [\"true\"], period: 10s}}\n".to_string(),
         ),
         (
             "exec-1s",
-            "probes: {liveness: {exec: [true], period: 1s}}\n".to_string(),
+            "probes: {liveness: {exec: [\"true\"], period: 1s}}\n".to_string(),
         ),
         (
             "tcp-1s",

@@ -449,3 +449,82 @@ fn malformed_desired_state_is_rejected_whole_and_name_clashes_are_refused_on_the
     let status = cluster.json(&addr, &["status"]);
     assert_eq!(status["cloud"]["refused"][0]["name"], "other");
 }
+
+/// Copies a directory tree (the hub's data dir, while the hub is stopped).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_hub_restored_from_an_older_backup_starts_a_new_epoch_and_the_site_follows_it() {
+    let (mut cluster, addr) = attached_site();
+    assert!(cluster
+        .hub_apply(
+            SITE,
+            "name: kept\nimage: 127.0.0.1:5000/gantry/kept:1\n",
+            &[]
+        )
+        .status
+        .success());
+    wait_hub(&cluster, "revision 1 acked", |s| s["acked_revision"] == 1);
+    // A backup of the hub at revision 1.
+    let hub_dir = cluster.hub.as_ref().unwrap().dir.clone();
+    let backup = cluster.tmp.path().join("hub-backup");
+    cluster.hub.as_mut().unwrap().kill();
+    copy_tree(&hub_dir, &backup);
+    cluster.hub.as_mut().unwrap().restart();
+    // Revisions 2 and 3 after the backup, committed on the site.
+    for name in ["later-a", "later-b"] {
+        let manifest = format!("name: {name}\nimage: 127.0.0.1:5000/gantry/later:1\n");
+        assert!(cluster.hub_apply(SITE, &manifest, &[]).status.success());
+    }
+    wait_hub(&cluster, "revision 3 acked", |s| s["acked_revision"] == 3);
+
+    // The hub's disk is restored from the backup: its history is back at
+    // revision 1, and its next change is revision 2 again, with other
+    // content than the site committed as revision 2.
+    cluster.hub.as_mut().unwrap().kill();
+    std::fs::remove_dir_all(&hub_dir).unwrap();
+    copy_tree(&backup, &hub_dir);
+    cluster.hub.as_mut().unwrap().restart();
+    assert!(cluster
+        .hub_apply(
+            SITE,
+            "name: after-restore\nimage: 127.0.0.1:5000/gantry/new:1\n",
+            &[]
+        )
+        .status
+        .success());
+
+    // The site takes the hub's word, not its own count: exactly the
+    // restored hub's workloads, the new one included.
+    wait_for("the site to follow the restored hub", DEADLINE, || {
+        let workloads = cluster.try_json(&addr, &["get", "workloads"])?;
+        let mut cloud: Vec<String> = workloads
+            .as_array()?
+            .iter()
+            .filter(|w| w["source"] == "cloud")
+            .filter_map(|w| w["name"].as_str().map(String::from))
+            .collect();
+        cloud.sort();
+        (cloud == ["after-restore", "kept"]).then_some(())
+    });
+    let site = wait_hub(&cluster, "the hub sees the site in sync", |s| {
+        s["connected"] == true && s["acked_revision"] == s["desired_revision"]
+    });
+    assert_eq!(site["desired_revision"], 2, "{site}");
+    let log = cluster.hub.as_ref().unwrap().log_text();
+    assert!(
+        log.contains("the site is ahead of the hub's history; starting a new epoch"),
+        "the hub said why it resynced"
+    );
+}

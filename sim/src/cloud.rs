@@ -255,7 +255,11 @@ pub async fn link(world: Arc<Mutex<World>>, hub: SimHub, id: NodeId) {
         if !cluster.is_leader() {
             continue;
         }
-        let site_acked = cluster.state().read().state.meta.cloud.acked_revision;
+        let (site_acked, attachment) = {
+            let applied = cluster.state().read();
+            let cloud = &applied.state.meta.cloud;
+            (cloud.acked_revision, cloud.attachment)
+        };
         let (session, mut from) = hub.hello(id, site_acked);
         let mut up = SimUp {
             hub: hub.clone(),
@@ -273,7 +277,7 @@ pub async fn link(world: Arc<Mutex<World>>, hub: SimHub, id: NodeId) {
                 let at = sim_ms();
                 match tokio::time::timeout(
                     DELIVERY_TIMEOUT,
-                    deliver::deliver(&cluster, &mut up, desired),
+                    deliver::deliver(&cluster, &mut up, desired, attachment),
                 )
                 .await
                 {

@@ -6,6 +6,19 @@ use std::collections::BTreeSet;
 use super::spec::WorkloadSpec;
 use super::{rejected, ChangeSet, CloudLink, NodeId, Response, Source, State, StateKey};
 
+/// Why a delivery is refused when the link it came on was replaced by a
+/// new `cloud attach`: the link ends instead of answering the hub.
+pub const STALE_LINK: &str = "the cloud link that carried this revision was replaced";
+
+/// Where a hub revision comes from and what it is, besides its workloads.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub revision: u64,
+    pub full: bool,
+    pub epoch: u64,
+    pub attachment: Option<u64>,
+}
+
 impl State {
     pub(super) fn cloud_attach(
         &mut self,
@@ -28,8 +41,10 @@ impl State {
             // Another hub's or site's revisions mean nothing here; the first
             // delivery from revision 0 is a full snapshot.
             cloud.acked_revision = 0;
+            cloud.hub_epoch = 0;
             cloud.refused.clear();
         }
+        cloud.attachment += 1;
         cloud.link = Some(link);
         cloud.connected = false;
         cloud.reported_by = None;
@@ -106,16 +121,33 @@ impl State {
     pub(super) fn apply_cloud_revision(
         &mut self,
         at: u64,
-        revision: u64,
-        full: bool,
+        delivery: Delivery,
         upserts: &[WorkloadSpec],
         deletes: &[String],
         changes: &mut ChangeSet,
     ) -> Response {
+        let Delivery {
+            revision,
+            full,
+            epoch,
+            attachment,
+        } = delivery;
         if self.meta.cloud.link.is_none() {
             return rejected("this site is not attached to a cloud hub");
         }
-        if revision <= self.meta.cloud.acked_revision {
+        if attachment.is_some_and(|a| a != self.meta.cloud.attachment) {
+            return rejected(STALE_LINK);
+        }
+        // Another epoch: the hub's store was recreated or restored, and its
+        // revisions count from a new start. Only a full snapshot can say
+        // what it wants now; it replaces what the old history acked.
+        let new_epoch = epoch != 0 && epoch != self.meta.cloud.hub_epoch;
+        if new_epoch && !full {
+            return rejected(format!(
+                "revision {revision} is a delta from a new hub epoch; a full snapshot must come first"
+            ));
+        }
+        if !new_epoch && revision <= self.meta.cloud.acked_revision {
             return Response::CloudRevision {
                 revision,
                 applied: false,
@@ -176,6 +208,9 @@ impl State {
             self.upsert_workload(at, spec, Source::Cloud, changes);
         }
         self.meta.cloud.acked_revision = revision;
+        if new_epoch {
+            self.meta.cloud.hub_epoch = epoch;
+        }
         changes.insert(StateKey::Meta);
         let kind = if full { "snapshot" } else { "delta" };
         self.event(
@@ -250,6 +285,8 @@ mod tests {
                 full,
                 upserts,
                 deletes: deletes.iter().map(|d| d.to_string()).collect(),
+                epoch: 0,
+                attachment: None,
             },
         )
     }
@@ -371,6 +408,8 @@ mod tests {
                 full: true,
                 upserts: bad,
                 deletes: vec![],
+                epoch: 0,
+                attachment: None,
             },
         );
         assert!(matches!(r, Response::Rejected { .. }));
@@ -414,5 +453,89 @@ mod tests {
             apply(&mut state, Command::CloudDetach),
             Response::Rejected { .. }
         ));
+    }
+
+    fn delivery(revision: u64, full: bool, text: &str, epoch: u64, attachment: u64) -> Command {
+        Command::ApplyCloudRevision {
+            revision,
+            full,
+            upserts: specs(text),
+            deletes: vec![],
+            epoch,
+            attachment: Some(attachment),
+        }
+    }
+
+    #[test]
+    fn a_new_hub_epoch_starts_the_count_again_with_a_full_snapshot() {
+        let mut state = attached();
+        let attachment = state.meta.cloud.attachment;
+        assert_eq!(attachment, 1);
+        let r = apply(
+            &mut state,
+            delivery(57, true, "name: old\nimage: i\n", 7, attachment),
+        );
+        assert!(matches!(r, Response::CloudRevision { applied: true, .. }));
+        assert_eq!(state.meta.cloud.hub_epoch, 7);
+        // The same epoch: a low revision is a redelivery.
+        let r = apply(
+            &mut state,
+            delivery(3, true, "name: new\nimage: i\n", 7, attachment),
+        );
+        assert!(matches!(r, Response::CloudRevision { applied: false, .. }));
+        // The hub lost its store: epoch 9 at revision 3, a full snapshot,
+        // replaces what the old history had.
+        let r = apply(
+            &mut state,
+            delivery(3, true, "name: new\nimage: i\n", 9, attachment),
+        );
+        assert!(
+            matches!(r, Response::CloudRevision { applied: true, .. }),
+            "{r:?}"
+        );
+        assert_eq!(state.meta.cloud.acked_revision, 3);
+        assert_eq!(state.meta.cloud.hub_epoch, 9);
+        assert!(state.workloads.contains_key("new"));
+        assert!(!state.workloads.contains_key("old"));
+        // A delta from yet another epoch cannot say what to drop: refused.
+        let before = state.clone();
+        let r = apply(
+            &mut state,
+            delivery(4, false, "name: x\nimage: i\n", 11, attachment),
+        );
+        assert!(matches!(r, Response::Rejected { .. }));
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn a_delivery_from_a_replaced_link_changes_nothing() {
+        let mut state = attached();
+        let old = state.meta.cloud.attachment;
+        let r = apply(
+            &mut state,
+            Command::CloudAttach {
+                hub: "127.0.0.1:10".into(),
+                site: "s1".into(),
+                hub_ca_sha256: "cd".repeat(32),
+                token_sealed: "00".into(),
+            },
+        );
+        assert_eq!(r, Response::Ok);
+        assert_eq!(state.meta.cloud.hub_epoch, 0);
+        let before = state.clone();
+        let r = apply(
+            &mut state,
+            delivery(500, true, "name: a\nimage: i\n", 5, old),
+        );
+        assert_eq!(
+            r,
+            Response::Rejected {
+                reason: super::STALE_LINK.into()
+            }
+        );
+        assert_eq!(state, before);
+        let now = state.meta.cloud.attachment;
+        let r = apply(&mut state, delivery(1, true, "name: a\nimage: i\n", 5, now));
+        assert!(matches!(r, Response::CloudRevision { applied: true, .. }));
     }
 }

@@ -180,6 +180,13 @@ pub enum Command {
         full: bool,
         upserts: Vec<WorkloadSpec>,
         deletes: Vec<String>,
+        /// The hub's epoch for this site (0: a hub that has none).
+        #[serde(default)]
+        epoch: u64,
+        /// `CloudState::attachment` when the link that carried it opened
+        /// (None: from before attachments were counted).
+        #[serde(default)]
+        attachment: Option<u64>,
     },
 }
 

@@ -6,7 +6,7 @@
 //! touched in a `ChangeSet`, so the storage layer can persist exactly those
 //! (see `cluster::state_machine`) without knowing what they mean.
 
-mod cloud;
+pub mod cloud;
 pub mod command;
 pub mod model;
 pub mod quantity;
@@ -342,7 +342,20 @@ impl State {
                 full,
                 upserts,
                 deletes,
-            } => self.apply_cloud_revision(at, *revision, *full, upserts, deletes, changes),
+                epoch,
+                attachment,
+            } => self.apply_cloud_revision(
+                at,
+                cloud::Delivery {
+                    revision: *revision,
+                    full: *full,
+                    epoch: *epoch,
+                    attachment: *attachment,
+                },
+                upserts,
+                deletes,
+                changes,
+            ),
         }
     }
 

@@ -371,6 +371,15 @@ pub struct CloudState {
     /// Cloud workloads not taken because a local workload owns the name.
     #[serde(default)]
     pub refused: BTreeMap<String, String>,
+    /// The hub's history `acked_revision` counts in (its epoch for this
+    /// site): a delivery from another epoch starts the count again. 0:
+    /// none seen yet.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hub_epoch: u64,
+    /// Counts `cloud attach`es: a delivery names the attachment its link
+    /// was opened under and is refused under any other.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attachment: u64,
 }
 
 /// Where the site's leader connects and how it authenticates.

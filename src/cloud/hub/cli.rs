@@ -115,7 +115,12 @@ pub async fn serve_on(
         sites,
         closing: closing.clone(),
     };
-    let routes = routes.add_service(HubServer::new(service).max_encoding_message_size(usize::MAX));
+    let routes = routes.add_service(
+        HubServer::new(service)
+            // `hub status` answers as large as every site's report.
+            .max_encoding_message_size(usize::MAX)
+            .max_decoding_message_size(super::desired::LINK_MESSAGE_LIMIT),
+    );
     let stop = async move {
         stop.await;
         closing.cancel();

@@ -9,6 +9,15 @@ use serde::{Deserialize, Serialize};
 /// Deleted names remembered per site; older deletes fall back to snapshots.
 pub const MAX_TOMBSTONES: usize = 1024;
 
+/// The most spec JSON a site's desired state may hold: a full snapshot of
+/// it is one link message and one Raft entry on the site. The hub refuses
+/// an apply past it.
+pub const MAX_SITE_DESIRED_BYTES: usize = 8 << 20;
+
+/// The link's message limit on both ends: the largest full snapshot the
+/// hub accepts, with room for names and framing, and the largest report.
+pub const LINK_MESSAGE_LIMIT: usize = 2 * MAX_SITE_DESIRED_BYTES;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// The revision that last changed this workload.
@@ -49,6 +58,7 @@ impl From<Delta> for gantry_proto::hub::v1::Desired {
                 .map(|(name, spec_json)| gantry_proto::hub::v1::WorkloadDoc { name, spec_json })
                 .collect(),
             deletes: delta.deletes,
+            epoch: 0,
         }
     }
 }
@@ -76,6 +86,25 @@ impl SiteDesired {
             );
         }
         Some(self.revision)
+    }
+
+    /// The spec bytes the desired state would hold with `docs` applied.
+    pub fn bytes_with(&self, docs: &[(String, String)]) -> usize {
+        let replaced: usize = docs
+            .iter()
+            .filter_map(|(name, _)| {
+                self.workloads
+                    .get(name)
+                    .map(|e| name.len() + e.spec_json.len())
+            })
+            .sum();
+        let held: usize = self
+            .workloads
+            .iter()
+            .map(|(n, e)| n.len() + e.spec_json.len())
+            .sum();
+        let added: usize = docs.iter().map(|(n, j)| n.len() + j.len()).sum();
+        (held + added).saturating_sub(replaced)
     }
 
     /// Deletes one workload as one revision; None when it does not exist.
@@ -171,5 +200,24 @@ mod tests {
         assert_eq!(d.tombstones.len(), MAX_TOMBSTONES);
         assert!(d.since(1).full);
         assert!(!d.since(d.revision - 1).full);
+    }
+
+    #[test]
+    fn the_size_a_site_would_hold_counts_replacements_once() {
+        let mut d = SiteDesired::default();
+        d.apply(&docs(&[("a", "12345")]));
+        assert_eq!(d.bytes_with(&[]), 6);
+        assert_eq!(d.bytes_with(&docs(&[("a", "1")])), 2, "a replaced spec");
+        assert_eq!(d.bytes_with(&docs(&[("b", "123")])), 10);
+        // The largest full snapshot still fits the link's limit.
+        let big = "x".repeat(MAX_SITE_DESIRED_BYTES);
+        let snapshot: gantry_proto::hub::v1::Desired = Delta {
+            revision: 1,
+            full: true,
+            upserts: vec![("w".into(), big)],
+            deletes: vec![],
+        }
+        .into();
+        assert!(prost::Message::encoded_len(&snapshot) < LINK_MESSAGE_LIMIT);
     }
 }

@@ -99,7 +99,10 @@ impl Hub for HubService {
                 hello.site
             )));
         }
-        let opened = match self.sites.open_session(&hello.site, hello.acked_revision) {
+        let opened = match self
+            .sites
+            .open_session(&hello.site, hello.acked_revision, hello.epoch)
+        {
             Ok(opened) => opened,
             Err(e) => {
                 tracing::warn!(site = %hello.site, error = %e, "link refused");

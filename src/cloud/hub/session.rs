@@ -47,6 +47,7 @@ impl Session {
         let (site, session) = (self.site.clone(), self.opened.session);
         let welcome = Welcome {
             desired_revision: self.opened.desired_revision,
+            epoch: self.opened.epoch,
         };
         if self.send(Out::Welcome(welcome)).await {
             if let Err(e) = self.serve().await {
@@ -71,7 +72,8 @@ impl Session {
             };
             if in_flight.is_none() {
                 if let Some(delta) = self.sites.next_delivery(&site, session, from) {
-                    let desired = Desired::from(delta);
+                    let mut desired = Desired::from(delta);
+                    desired.epoch = self.opened.epoch;
                     tracing::info!(site = %site, revision = desired.revision, full = desired.full, upserts = desired.upserts.len(), deletes = desired.deletes.len(), from, "delivering desired state");
                     in_flight = Some(desired.revision);
                     if !self.send(Out::Desired(desired)).await {

@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::desired::Delta;
-use super::store::{AdminRecord, HubStore, HubStoreError, PreviousToken, Rejection, SiteRecord};
+use super::store::{
+    fresh_epoch, AdminRecord, HubStore, HubStoreError, PreviousToken, Rejection, SiteRecord,
+};
 use crate::api::views::timestamp;
 use crate::cloud::site_view::SiteView;
 use crate::cluster::node::now_ms;
@@ -98,18 +100,25 @@ pub struct Opened {
     pub desired_revision: u64,
     /// Deliveries resume from here: the older of what the site says it
     /// committed and what it last acknowledged, so a lost Ack costs a
-    /// redelivery (applied once on the site), never a gap.
+    /// redelivery (applied once on the site), never a gap; 0 (a full
+    /// snapshot) when the site counts in another epoch.
     pub resume_from: u64,
+    /// The epoch every delivery of this session carries.
+    pub epoch: u64,
 }
 
 impl Sites {
     pub fn open(store: HubStore, ca: Fingerprint) -> Result<Self, HubError> {
         let loaded = store.load()?;
         let admins = store.admins()?;
-        let sites = loaded
-            .into_iter()
-            .map(|(name, (record, view))| (name, Site::new(record, view)))
-            .collect();
+        let mut sites = BTreeMap::new();
+        for (name, (mut record, view)) in loaded {
+            if record.epoch == 0 {
+                record.epoch = fresh_epoch();
+                store.save(&name, &record, None)?;
+            }
+            sites.insert(name, Site::new(record, view));
+        }
         Ok(Self {
             store,
             sites: Mutex::new(sites),
@@ -201,7 +210,7 @@ impl Sites {
         let mut sites = self.lock();
         let site = sites
             .entry(name.to_string())
-            .or_insert_with(|| Site::new(SiteRecord::default(), SiteView::default()));
+            .or_insert_with(|| Site::new(SiteRecord::new(), SiteView::default()));
         for (workload, _) in docs {
             let local = site
                 .view
@@ -213,6 +222,14 @@ impl Sites {
                     "workload '{workload}' is a local workload on site '{name}' (as last reported); the cloud workload of that name is refused: delete it on the site or pick another name"
                 )));
             }
+        }
+        let bytes = site.record.desired.bytes_with(docs);
+        if bytes > super::desired::MAX_SITE_DESIRED_BYTES {
+            return Err(HubError::Refused(format!(
+                "site '{name}' would hold {} KiB of workload specs; a site's desired state is sent whole and committed as one entry, so it is kept under {} KiB",
+                bytes >> 10,
+                super::desired::MAX_SITE_DESIRED_BYTES >> 10
+            )));
         }
         let before = site.record.clone();
         let revision = site.record.desired.apply(docs);
@@ -284,7 +301,7 @@ impl Sites {
         let mut sites = self.lock();
         let site = sites
             .entry(name.to_string())
-            .or_insert_with(|| Site::new(SiteRecord::default(), SiteView::default()));
+            .or_insert_with(|| Site::new(SiteRecord::new(), SiteView::default()));
         let before = site.record.clone();
         let previous = site.record.token_sha256.take();
         site.record.previous_token =
@@ -307,7 +324,7 @@ impl Sites {
 
     /// Makes a new session the site's live one; the policy layer has
     /// checked its token before the stream opened.
-    pub fn open_session(&self, name: &str, acked: u64) -> Result<Opened, HubError> {
+    pub fn open_session(&self, name: &str, acked: u64, epoch: u64) -> Result<Opened, HubError> {
         let mut sites = self.lock();
         let site = sites.get_mut(name).ok_or(HubError::Unauthenticated)?;
         let session = {
@@ -315,17 +332,40 @@ impl Sites {
             *next += 1;
             *next
         };
-        let resume_from = acked.min(site.record.acked_revision);
+        let before = site.record.clone();
+        // A site ahead of this hub's history in the same epoch: the hub's
+        // store went back (restored from a backup). Its revisions would be
+        // taken for redeliveries, so a new epoch starts.
+        if epoch == site.record.epoch && acked > site.record.desired.revision {
+            tracing::warn!(
+                site = name,
+                site_acked = acked,
+                hub_revision = site.record.desired.revision,
+                "the site is ahead of the hub's history; starting a new epoch"
+            );
+            site.record.epoch = fresh_epoch();
+        }
+        let same_epoch = epoch == site.record.epoch;
+        let (resume_from, acked) = if same_epoch {
+            (acked.min(site.record.acked_revision), acked)
+        } else {
+            (0, 0)
+        };
         site.session = Some(session);
         site.record.acked_revision = acked;
         site.record.last_seen_ms = now_ms();
+        if let Err(e) = self.save(name, site, false) {
+            site.record = before;
+            site.session = None;
+            return Err(e);
+        }
         site.wake.send_modify(|n| *n += 1);
-        self.save(name, site, false)?;
         Ok(Opened {
             session,
             wake: site.wake.subscribe(),
             desired_revision: site.record.desired.revision,
             resume_from,
+            epoch: site.record.epoch,
         })
     }
 
@@ -364,8 +404,34 @@ impl Sites {
         .flatten()
     }
 
+    /// Changes a live session's site record and saves it before the lock
+    /// is let go: a save made outside it could land after a newer one (an
+    /// `apply` meanwhile) and put the older record back on disk. On a
+    /// failed save the record in memory is put back too.
+    fn update_live(
+        &self,
+        name: &str,
+        session: u64,
+        with_view: bool,
+        change: impl FnOnce(&mut Site),
+    ) -> Result<(), HubError> {
+        self.with_session(name, session, |site| {
+            let before = (site.record.clone(), with_view.then(|| site.view.clone()));
+            change(site);
+            let saved = self.save(name, site, with_view);
+            if saved.is_err() {
+                site.record = before.0;
+                if let Some(view) = before.1 {
+                    site.view = view;
+                }
+            }
+            saved
+        })
+        .unwrap_or(Ok(()))
+    }
+
     pub fn acked(&self, name: &str, session: u64, revision: u64) -> Result<(), HubError> {
-        let saved = self.with_session(name, session, |site| {
+        self.update_live(name, session, false, |site| {
             site.record.acked_revision = revision;
             if site
                 .record
@@ -375,12 +441,7 @@ impl Sites {
             {
                 site.record.rejected = None;
             }
-            site.record.clone()
-        });
-        if let Some(record) = saved {
-            self.store.save(name, &record, None)?;
-        }
-        Ok(())
+        })
     }
 
     pub fn rejected(
@@ -390,14 +451,9 @@ impl Sites {
         revision: u64,
         error: String,
     ) -> Result<(), HubError> {
-        let saved = self.with_session(name, session, |site| {
+        self.update_live(name, session, false, |site| {
             site.record.rejected = Some(Rejection { revision, error });
-            site.record.clone()
-        });
-        if let Some(record) = saved {
-            self.store.save(name, &record, None)?;
-        }
-        Ok(())
+        })
     }
 
     pub fn reported(
@@ -406,14 +462,7 @@ impl Sites {
         session: u64,
         report: &gantry_proto::hub::v1::Report,
     ) -> Result<(), HubError> {
-        let saved = self.with_session(name, session, |site| {
-            site.view.apply(report);
-            (site.record.clone(), site.view.clone())
-        });
-        if let Some((record, view)) = saved {
-            self.store.save(name, &record, Some(&view))?;
-        }
-        Ok(())
+        self.update_live(name, session, true, |site| site.view.apply(report))
     }
 
     /// Whether the hub's view still hashes to what the site says it sent.
@@ -437,19 +486,17 @@ impl Sites {
 
     /// The session ended: the site is disconnected unless a newer one runs.
     pub fn closed(&self, name: &str, session: u64) {
-        let record = {
-            let mut sites = self.lock();
-            let Some(site) = sites.get_mut(name) else {
-                return;
-            };
-            if site.session != Some(session) {
-                return;
-            }
-            site.session = None;
-            site.record.last_seen_ms = now_ms();
-            site.record.clone()
+        let mut sites = self.lock();
+        let Some(site) = sites.get_mut(name) else {
+            return;
         };
-        if let Err(e) = self.store.save(name, &record, None) {
+        if site.session != Some(session) {
+            return;
+        }
+        site.session = None;
+        site.record.last_seen_ms = now_ms();
+        // Under the lock, like every save (see `update_live`).
+        if let Err(e) = self.save(name, site, false) {
             tracing::warn!(site = name, error = %e, "could not record the disconnect");
         }
     }

@@ -66,6 +66,25 @@ pub struct SiteRecord {
     pub last_seen_ms: u64,
     #[serde(default)]
     pub rejected: Option<Rejection>,
+    /// The epoch `desired`'s revisions count in (see hub.proto, Welcome);
+    /// 0 only in records written before epochs, which get one at load.
+    #[serde(default)]
+    pub epoch: u64,
+}
+
+impl SiteRecord {
+    /// A new site's record, in an epoch of its own.
+    pub fn new() -> Self {
+        Self {
+            epoch: fresh_epoch(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A random epoch, never 0 (which means "none").
+pub fn fresh_epoch() -> u64 {
+    rand::random::<u64>().max(1)
 }
 
 pub struct HubStore {

@@ -78,6 +78,7 @@ pub async fn deliver(
     cluster: &Cluster,
     up: &mut impl Upstream,
     desired: Desired,
+    attachment: u64,
 ) -> Result<Delivered, SessionEnd> {
     let revision = desired.revision;
     let upserts = match decode(&desired) {
@@ -101,6 +102,8 @@ pub async fn deliver(
         full: desired.full,
         upserts,
         deletes: desired.deletes,
+        epoch: desired.epoch,
+        attachment: Some(attachment),
     };
     match write_as_leader(cluster, command).await? {
         Response::CloudRevision {
@@ -124,6 +127,10 @@ pub async fn deliver(
                 up.send(Out::Ack(Ack { revision })).await?;
             }
             Ok(Delivered::Committed { revision, applied })
+        }
+        // A new `cloud attach` replaced this link: it says nothing more.
+        Response::Rejected { reason } if reason == crate::state::cloud::STALE_LINK => {
+            Err(SessionEnd::Failed(reason))
         }
         Response::Rejected { reason } => {
             tracing::warn!(revision, reason = %reason, "the state machine refused a cloud revision");

@@ -99,6 +99,8 @@ struct Link<'a> {
     sent: SiteView,
     /// Reports sent so far; an unchanged count means the site was idle.
     reports: u64,
+    /// The attachment this link was opened under (`CloudState::attachment`).
+    attachment: u64,
 }
 
 impl Link<'_> {
@@ -234,11 +236,16 @@ pub async fn run(
             Err(e) => return SessionEnd::Failed(format!("cannot reach the hub at {}: {e}", link.hub)),
         },
     };
-    let acked = cluster.state().read().state.meta.cloud.acked_revision;
+    let (acked, epoch, attachment) = {
+        let applied = cluster.state().read();
+        let cloud = &applied.state.meta.cloud;
+        (cloud.acked_revision, cloud.hub_epoch, cloud.attachment)
+    };
     let (tx, rx) = mpsc::channel(16);
     let hello = Hello {
         site: link.site.clone(),
         acked_revision: acked,
+        epoch,
     };
     if tx
         .send(SiteMessage {
@@ -249,7 +256,11 @@ pub async fn run(
     {
         return SessionEnd::Failed("the link's sender closed".into());
     }
-    let mut client = HubClient::new(channel);
+    // A full snapshot can be as large as the hub lets a site's desired
+    // state grow; tonic's default 4 MiB would break the link for good.
+    let mut client = HubClient::new(channel)
+        .max_decoding_message_size(crate::cloud::hub::desired::LINK_MESSAGE_LIMIT)
+        .max_encoding_message_size(crate::cloud::hub::desired::LINK_MESSAGE_LIMIT);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Err(e) = site_metadata(&mut request, &link.site, &token) {
         return SessionEnd::Refused(e);
@@ -295,6 +306,7 @@ pub async fn run(
         tx,
         sent: SiteView::default(),
         reports: 0,
+        attachment,
     };
     match serve(&mut session, &mut inbound, tuning, shutdown).await {
         Err(SessionEnd::Failed(e)) => SessionEnd::Worked(e),
@@ -335,8 +347,8 @@ async fn serve(
                     Some(In::Desired(desired)) => {
                         link.handle.heard_revision(desired.revision);
                         link.still_wanted()?;
-                        let cluster = link.cluster;
-                        deliver::deliver(cluster, link, desired).await?;
+                        let (cluster, attachment) = (link.cluster, link.attachment);
+                        deliver::deliver(cluster, link, desired, attachment).await?;
                     }
                     Some(In::Resync(_)) => link.send_full_report().await?,
                     Some(In::Welcome(_)) | None => {}
