@@ -66,7 +66,20 @@ async fn wait_running(client: &mut gantry::cli::client::Admin, workload: &str) -
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(180) {
-            bail!("{workload} did not come up");
+            let states: Vec<String> = all
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+                .iter()
+                .filter(|i| i["workload"] == workload)
+                .map(|i| {
+                    format!(
+                        "{}/{}: {} ready={} {}",
+                        i["workload"], i["replica"], i["state"], i["ready"], i["reason"]
+                    )
+                })
+                .collect();
+            bail!("{workload} did not come up: {states:?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -125,8 +138,16 @@ async fn main() -> Result<()> {
             format!("probes: {{readiness: {{tcp: {{port: {port}}}, period: 1s}}}}\n"),
         ),
     ];
+    // `BENCH_ONLY=tcp-1s` (with `none`, the baseline, always first).
+    let only = std::env::var("BENCH_ONLY").ok();
     let mut baseline = None;
     for (round, (kind, probes)) in scenarios.iter().enumerate() {
+        if only
+            .as_deref()
+            .is_some_and(|o| *kind != "none" && o != *kind)
+        {
+            continue;
+        }
         let name = format!("probed-{round}");
         let manifest = format!(
             "name: {name}\nimage: {IMAGE}\nreplicas: {CONTAINERS}\ncommand: [sleep, '100000']\n{probes}"

@@ -245,3 +245,59 @@ fn an_images_healthcheck_is_the_liveness_probe_and_a_startup_probe_holds_probes_
     assert_eq!(later["restarts"], 0, "{later}");
     assert_eq!(later["ready"], true, "{later}");
 }
+
+#[test]
+fn tcp_readiness_follows_a_listener_that_comes_and_goes() {
+    let cluster = one_gateway();
+    cluster.import_busybox(&cluster.addr(0), IMAGE);
+    let port = free_port();
+    let serve = || {
+        cluster.tokio.spawn(async move {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .expect("the probed port");
+            while listener.accept().await.is_ok() {}
+        })
+    };
+    let server = serve();
+    // Eight replicas start at once: each one's first verdict comes while
+    // its start is still being reported, and must not be lost.
+    apply(
+        &cluster,
+        &format!(
+            "name: mqtt\nimage: {IMAGE}\nreplicas: 8\ncommand: [sleep, '100000']\n\
+             probes:\n  readiness: {{tcp: {{port: {port}}}, period: 1s}}\n"
+        ),
+    );
+    let ready_count = |want: bool| {
+        let all = cluster.try_json(&cluster.addr(0), &["get", "instances"])?;
+        let n = all
+            .as_array()?
+            .iter()
+            .filter(|i| i["workload"] == "mqtt" && i["state"] == "Running" && i["ready"] == want)
+            .count();
+        Some(n)
+    };
+    wait_for("eight ready replicas", LONG, || {
+        (ready_count(true)? == 8).then_some(())
+    });
+    // The broker goes: all unready, with the reason, nothing restarted.
+    server.abort();
+    wait_for("eight unready replicas", LONG, || {
+        (ready_count(false)? == 8).then_some(())
+    });
+    let one = instance(&cluster, "mqtt").unwrap();
+    assert!(
+        one["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(&format!("readiness probe failed: tcp port {port}"))),
+        "{one}"
+    );
+    assert_eq!(one["restarts"], 0);
+    assert!(events(&cluster).iter().any(|e| e["kind"] == "not-ready"));
+    // And comes back.
+    let _server = serve();
+    wait_for("ready again", LONG, || {
+        (ready_count(true)? == 8).then_some(())
+    });
+}

@@ -689,23 +689,31 @@ impl<R: Runtime> Agent<R> {
     async fn probed(&mut self, event: probe::ProbeEvent, jobs: &mut JoinSet<JobResult>) {
         let current =
             self.watchers.get(&event.container_id).map(|(pid, _)| *pid) == Some(event.pid);
-        let Some(last) = self.last.get(&event.container_id).cloned() else {
-            return;
-        };
-        if !current || last.state != InstanceState::Running {
+        if !current {
             return;
         }
+        let last = self.last.get(&event.container_id).cloned();
+        let running = last.as_ref().map(|l| l.state) == Some(InstanceState::Running);
         match event.verdict {
+            // Kept even while the start's own report is still on its way
+            // (a watcher starts as soon as the task runs): a watcher says a
+            // verdict once, and the next Running report carries it.
             probe::Verdict::Ready(ready, why) => {
                 self.readiness
                     .insert(event.container_id.clone(), (ready, why));
-                let mut report = last;
-                report.reason = None;
-                report.ready = None;
-                self.report(report).await;
+                if let Some(mut report) = last.filter(|_| running) {
+                    report.reason = None;
+                    report.ready = None;
+                    self.report(report).await;
+                }
             }
             probe::Verdict::Restart(why) => {
+                // The watcher has ended; if the task is left running, the
+                // next reconcile starts a new one.
                 self.watchers.remove(&event.container_id);
+                let Some(last) = last.filter(|_| running) else {
+                    return;
+                };
                 let key = (last.workload.clone(), last.replica);
                 if self.busy.contains(&key) {
                     return;
