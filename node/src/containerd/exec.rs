@@ -72,7 +72,8 @@ pub(crate) async fn exec(
     let exec_id = format!("probe-{:016x}", rand::random::<u64>());
     let output = OutputFile(rt.config().log_dir.join(format!("{id}.{exec_id}.out")));
     // The shim opens stdio paths without O_CREAT.
-    std::fs::File::create(&output.0)
+    tokio::fs::File::create(&output.0)
+        .await
         .map_err(|e| RuntimeError::io(format!("create {}", output.0.display()), e))?;
     let path = output.0.to_string_lossy().into_owned();
     let svc = rt.svc();
@@ -105,12 +106,25 @@ pub(crate) async fn exec(
         }
     }
     let exit_code = outcome?;
-    let bytes = std::fs::read(&output.0).unwrap_or_default();
-    let tail = &bytes[bytes.len().saturating_sub(OUTPUT_TAIL)..];
+    let tail = read_tail(&output.0).await.unwrap_or_default();
     Ok(ExecOutcome {
         exit_code,
-        output: String::from_utf8_lossy(tail).trim().to_string(),
+        output: String::from_utf8_lossy(&tail).trim().to_string(),
     })
+}
+
+/// The last `OUTPUT_TAIL` bytes of the file, however much a check wrote.
+async fn read_tail(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    let len = file.metadata().await?.len();
+    file.seek(std::io::SeekFrom::Start(
+        len.saturating_sub(OUTPUT_TAIL as u64),
+    ))
+    .await?;
+    let mut tail = Vec::with_capacity(OUTPUT_TAIL);
+    file.read_to_end(&mut tail).await?;
+    Ok(tail)
 }
 
 /// Starts the exec'd process and waits for it, killing it at `timeout`.
