@@ -4,10 +4,12 @@
 # the runtime tests, iproute2 for the network-namespace tests, curl and
 # prometheus (for `promtool check metrics`) for the metrics test, chromium
 # and chromium-driver for the web page test, systemd for
-# `systemd-analyze verify` of the units in dist/.
+# `systemd-analyze verify` of the units in dist/, mosquitto,
+# mosquitto-clients and openssl for the MQTT link's tests (a private
+# broker with its own certificates).
 set -euo pipefail
 
-packages=(build-essential pkg-config protobuf-compiler libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo curl prometheus chromium chromium-driver systemd)
+packages=(build-essential pkg-config protobuf-compiler libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo curl prometheus chromium chromium-driver systemd mosquitto mosquitto-clients openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,7 +18,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # No packaged daemon starts (prometheus, docker-registry, containerd):
+  # No packaged daemon starts (prometheus, docker-registry, containerd,
+  # mosquitto):
   # they would listen on every interface; tests start their own on loopback.
   policy=/usr/sbin/policy-rc.d
   made_policy=0

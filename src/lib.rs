@@ -4,6 +4,8 @@
 //!
 //! # Brief overview
 //! - [`state`]: the replicated state machine, pure (`State::apply`).
+//! - [`manifest`]: Compose files and Kubernetes manifests read as gantry
+//!   workloads (pure).
 //! - [`cluster`]: openraft on RocksDB, the gRPC transport, membership.
 //! - [`api`]: the Cluster (gateway-to-gateway) and Admin (public) services.
 //! - [`control`]: leader-only loops (liveness, scheduling).
@@ -26,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod gateway;
+pub mod manifest;
 pub mod metrics;
 pub mod state;
 pub mod tls;

@@ -133,6 +133,9 @@ pub struct AcceptLimits {
     /// once rather than queued, so a pile of idle sockets cannot make real
     /// clients wait behind it.
     pub max_handshakes: usize,
+    /// Kernel TCP keepalive: probe a connection silent this long, and drop
+    /// it after three unanswered probes 10 s apart. `None` leaves it off.
+    pub keepalive_idle: Option<Duration>,
 }
 
 impl Default for AcceptLimits {
@@ -140,8 +143,22 @@ impl Default for AcceptLimits {
         Self {
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 256,
+            keepalive_idle: None,
         }
     }
+}
+
+const KEEPALIVE_PROBE_EVERY: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Turns on the kernel's keepalive probes for one accepted socket.
+fn set_keepalive(tcp: &TcpStream, idle: Duration) -> io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_tcp_keepidle(tcp, idle)?;
+    sockopt::set_tcp_keepintvl(tcp, KEEPALIVE_PROBE_EVERY)?;
+    sockopt::set_tcp_keepcnt(tcp, KEEPALIVE_PROBES)?;
+    sockopt::set_socket_keepalive(tcp, true)?;
+    Ok(())
 }
 
 /// Accepts TCP connections and runs their TLS handshakes concurrently (one
@@ -191,6 +208,13 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        if let Some(idle) = limits.keepalive_idle {
+            if let Err(e) = set_keepalive(&tcp, idle) {
+                if complaints.allow() {
+                    tracing::warn!(%remote, error = %e, "cannot turn on TCP keepalive");
+                }
+            }
+        }
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.get());
         let tx = tx.clone();
         let complaints = complaints.clone();
@@ -345,4 +369,30 @@ pub fn describe_connect_error(error: &(dyn std::error::Error + 'static)) -> Stri
         source = inner.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keepalive_settings_reach_the_kernel() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(!rustix::net::sockopt::socket_keepalive(&accepted).unwrap());
+        set_keepalive(&accepted, Duration::from_secs(120)).unwrap();
+        use rustix::net::sockopt;
+        assert!(sockopt::socket_keepalive(&accepted).unwrap());
+        assert_eq!(
+            sockopt::tcp_keepidle(&accepted).unwrap(),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            sockopt::tcp_keepintvl(&accepted).unwrap(),
+            KEEPALIVE_PROBE_EVERY
+        );
+        assert_eq!(sockopt::tcp_keepcnt(&accepted).unwrap(), KEEPALIVE_PROBES);
+    }
 }

@@ -528,3 +528,136 @@ fn a_hub_restored_from_an_older_backup_starts_a_new_epoch_and_the_site_follows_i
         "the hub said why it resynced"
     );
 }
+
+/// A carrier NAT that forgets the link's mapping, then a path that drops
+/// everything for a while: no reset reaches either end, so only the
+/// link's own keepalive can notice. Default flags throughout (a 60 s ping
+/// interval, 20 s to answer), so this takes a few minutes.
+#[test]
+fn a_link_whose_packets_vanish_is_noticed_and_a_hub_change_made_meanwhile_arrives() {
+    use std::time::{Duration, Instant};
+    use support::blackhole::BlackholeProxy;
+
+    const NOTICE: Duration = Duration::from_secs(120);
+    let mut cluster = TestCluster::new();
+    cluster.start_hub();
+    cluster.init("gw-a", &[]);
+    let addr = cluster.addr(0);
+    let proxy = BlackholeProxy::start(&cluster.hub_addr());
+    let token = token(&cluster, SITE);
+    let out = cluster.cli(
+        &addr,
+        &[
+            "cloud",
+            "attach",
+            "--hub",
+            &proxy.addr,
+            "--site",
+            SITE,
+            "--token",
+            &token,
+        ],
+    );
+    assert!(out.status.success(), "attach: {}", stderr(&out));
+    let connected_since = |cluster: &TestCluster| -> Option<u64> {
+        let status = cluster.try_json(&addr, &["status"])?;
+        (status["cloud"]["connected"] == true).then(|| status["cloud"]["since_ms"].as_u64())?
+    };
+    let first = wait_for("the link to connect", DEADLINE, || {
+        connected_since(&cluster)
+    });
+    assert_eq!(cluster.json(&addr, &["status"])["cloud"]["keepalive"], "1m");
+    let apply = |env: &str| {
+        let manifest =
+            format!("name: web\nimage: 127.0.0.1:5000/gantry/img:1\nenv: {{PHASE: {env}}}\n");
+        let out = cluster.hub_apply(SITE, &manifest, &[]);
+        assert!(out.status.success(), "hub apply: {}", stderr(&out));
+    };
+    let site_phase = |cluster: &TestCluster| -> Option<String> {
+        let workloads = cluster.try_json(&addr, &["get", "workloads"])?;
+        workload(&workloads, "web")?["spec"]["env"]["PHASE"]
+            .as_str()
+            .map(String::from)
+    };
+    apply("one");
+    wait_for("the first hub change", DEADLINE, || {
+        (site_phase(&cluster)? == "one").then_some(())
+    });
+
+    // The NAT forgets: the open connection goes silent, a new one would pass.
+    let accepted = proxy.accepted();
+    proxy.forget_existing();
+    let cut = Instant::now();
+    let again = wait_for(
+        "the site to notice and reconnect",
+        NOTICE + DEADLINE,
+        || connected_since(&cluster).filter(|since| *since > first),
+    );
+    let noticed = cut.elapsed();
+    eprintln!("forgotten mapping noticed and reconnected after {noticed:?}");
+    assert!(
+        noticed < NOTICE,
+        "a silent link took {noticed:?} to be replaced"
+    );
+    assert!(
+        proxy.accepted() > accepted,
+        "the site opened a new connection"
+    );
+    wait_hub(&cluster, "the hub to see the new link", |s| {
+        s["connected"] == true
+    });
+
+    // The whole path drops packets; the hub changes the site meanwhile.
+    proxy.blackhole();
+    apply("two");
+    wait_for(
+        "the site to notice the dead path",
+        NOTICE + DEADLINE,
+        || {
+            let status = cluster.try_json(&addr, &["status"])?;
+            (status["cloud"]["connected"] == false).then_some(())
+        },
+    );
+    let status = cluster.json(&addr, &["status"]);
+    let error = status["cloud"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("dead path noticed: {error}");
+    assert!(
+        error.contains("keepalive ping"),
+        "the site says why the link ended: {error}"
+    );
+    assert_eq!(status["cloud"]["connected"], false);
+    assert_eq!(site_phase(&cluster).as_deref(), Some("one"));
+    // Stay down long enough for the reconnect back-off to grow (and for
+    // the attempts to be swallowed mid-handshake, as on a dead path).
+    let attempts = proxy.accepted();
+    std::thread::sleep(Duration::from_secs(45));
+    assert!(
+        proxy.accepted() > attempts,
+        "the site kept trying during the blackhole"
+    );
+    assert_eq!(
+        cluster.json(&addr, &["status"])["cloud"]["connected"],
+        false
+    );
+    proxy.restore();
+    let back = Instant::now();
+    wait_for(
+        "the change made during the blackhole",
+        NOTICE + DEADLINE,
+        || (site_phase(&cluster)? == "two").then_some(()),
+    );
+    let arrived = back.elapsed();
+    eprintln!("hub change arrived {arrived:?} after the path returned");
+    assert!(
+        arrived < NOTICE,
+        "the change took {arrived:?} after the path returned"
+    );
+    let again2 = wait_for("the link to be up", DEADLINE, || connected_since(&cluster));
+    assert!(again2 > again);
+    wait_hub(&cluster, "the hub to hear the acknowledgement", |s| {
+        s["connected"] == true && s["acked_revision"] == 2
+    });
+}

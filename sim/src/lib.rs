@@ -305,6 +305,8 @@ fn init_commands(ids: &[NodeId]) -> Vec<Command> {
         site: "sim".into(),
         hub_ca_sha256: "ef".repeat(32),
         token_sealed: "00".into(),
+        keepalive_ms: None,
+        mqtt: None,
     });
     for id in ids {
         commands.push(Command::RegisterNode {

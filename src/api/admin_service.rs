@@ -19,7 +19,6 @@ use crate::cluster::node::now_ms;
 use crate::cluster::node::{LeaderOp, LeaderReply};
 use crate::cluster::Cluster;
 use crate::state::settings::SettingsChange;
-use crate::state::spec::parse_manifest;
 use crate::state::{Command, NodeId, Response as Answer, Role, Source, TokenKind};
 use crate::trust::renewal::Renewals;
 
@@ -157,7 +156,8 @@ impl Admin for AdminService {
                 MAX_MANIFEST_BYTES >> 10
             )));
         }
-        let workloads = parse_manifest(&manifest).map_err(|e| Status::invalid_argument(e.0))?;
+        let workloads =
+            crate::manifest::parse(&manifest).map_err(|e| Status::invalid_argument(e.0))?;
         let command = Command::ApplyWorkloads {
             workloads,
             source: Source::Local,
@@ -185,27 +185,50 @@ impl Admin for AdminService {
     }
 
     async fn cloud_attach(&self, request: Request<CloudAttachRequest>) -> Reply {
-        let CloudAttachRequest { hub, site, token } = request.into_inner();
-        let token = gantry_pki::SiteToken::parse(&token).map_err(|e| {
-            Status::invalid_argument(format!(
-                "--token: {e} (a site token from `gantry hub site-token`)"
-            ))
-        })?;
-        // Sealed here: the replicated state never holds the token in clear.
-        let token_sealed = self
-            .cluster
-            .trust()
-            .map_err(status_from)?
-            .seal(
+        let request = request.into_inner();
+        let keepalive_ms = crate::cloud::link::keepalive::parse(&request.keepalive)
+            .map_err(Status::invalid_argument)?;
+        let trust = self.cluster.trust().map_err(status_from)?;
+        // Sealed here: the replicated state never holds a secret in clear.
+        let seal = |field: &str, secret: &[u8]| {
+            trust
+                .seal(field, secret)
+                .map_err(|e| Status::failed_precondition(e.to_string()))
+        };
+        let site = request.site.clone();
+        let (hub, command) = if !request.mqtt.is_empty() {
+            let (url, mqtt) = crate::cloud::mqtt::attach_settings(&request, |field, secret| {
+                seal(field, secret).map_err(|s| s.message().to_string())
+            })
+            .map_err(Status::invalid_argument)?;
+            let command = Command::CloudAttach {
+                hub: url.clone(),
+                site: site.clone(),
+                hub_ca_sha256: String::new(),
+                token_sealed: String::new(),
+                keepalive_ms,
+                mqtt: Some(mqtt),
+            };
+            (url, command)
+        } else {
+            let token = gantry_pki::SiteToken::parse(&request.token).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "--token: {e} (a site token from `gantry hub site-token`)"
+                ))
+            })?;
+            let token_sealed = seal(
                 crate::cloud::link::SITE_TOKEN_FIELD,
                 token.to_string().as_bytes(),
-            )
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let command = Command::CloudAttach {
-            hub: hub.clone(),
-            site: site.clone(),
-            hub_ca_sha256: token.hub_ca.to_hex(),
-            token_sealed,
+            )?;
+            let command = Command::CloudAttach {
+                hub: request.hub.clone(),
+                site: site.clone(),
+                hub_ca_sha256: token.hub_ca.to_hex(),
+                token_sealed,
+                keepalive_ms,
+                mqtt: None,
+            };
+            (request.hub.clone(), command)
         };
         match self.cluster.write(command).await.map_err(status_from)? {
             Answer::Ok => reply(json!({ "hub": hub, "site": site })),

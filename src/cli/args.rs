@@ -89,11 +89,21 @@ pub enum Verb {
         #[command(subcommand)]
         what: DescribeWhat,
     },
-    /// Create or update the workloads of a YAML manifest (one or many `---` documents).
+    /// Create or update the workloads of a YAML manifest (one or many `---` documents),
+    /// a Compose file or Kubernetes Deployments and Pods.
     Apply {
         #[command(flatten)]
         auth: ClientAuth,
         /// The manifest; `-` reads standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Print the gantry workloads a Compose file or Kubernetes manifest becomes.
+    ///
+    /// The output is a gantry manifest (`---` between workloads) that
+    /// `gantry apply -f` takes; no gateway is contacted.
+    Convert {
+        /// The Compose file or manifest; `-` reads standard input.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
@@ -258,22 +268,104 @@ pub struct AuthFiles {
     pub data_dir: Option<PathBuf>,
 }
 
+/// `gantry cloud attach`: to a hub (`--hub`, `--token`) or through an MQTT
+/// broker (`--mqtt` and its options).
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The hub's address.
+    #[arg(long, required_unless_present = "mqtt")]
+    pub hub: Option<String>,
+    /// Through an MQTT broker instead of a hub: mqtts://HOST[:PORT]
+    /// (mqtt:// only with --insecure). The broker's CA bundle is
+    /// --ca-file (the system's bundle when not given); the gateway is
+    /// then trusted through the admin token's pin or --data-dir.
+    #[arg(long, value_name = "URL", conflicts_with = "hub")]
+    pub mqtt: Option<String>,
+    /// This site's name at the hub (or in the broker's topics).
+    #[arg(long)]
+    pub site: String,
+    /// The site token (`gantry hub site-token`); it pins the hub's CA.
+    #[arg(
+        long,
+        env = "GANTRY_SITE_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "mqtt"
+    )]
+    pub token: Option<String>,
+    /// The broker user (--mqtt).
+    #[arg(long, requires = "mqtt")]
+    pub username: Option<String>,
+    /// The broker password (--mqtt); sealed with the cluster key.
+    #[arg(
+        long,
+        env = "GANTRY_MQTT_PASSWORD",
+        hide_env_values = true,
+        requires = "username"
+    )]
+    pub password: Option<String>,
+    /// A client certificate chain (PEM) for brokers that authenticate
+    /// clients by certificate (--mqtt).
+    #[arg(long, requires = "mqtt", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The key of --client-cert (PEM); sealed with the cluster key.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Allow a plain mqtt:// broker (no TLS).
+    #[arg(long, requires = "mqtt")]
+    pub insecure: bool,
+    /// Topics go under it [default: gantry/sites/SITE/] (--mqtt).
+    #[arg(long, requires = "mqtt")]
+    pub topic_prefix: Option<String>,
+    /// Ping the hub after this long without hearing from it, so a path
+    /// that silently drops packets is noticed (within this plus 20 s)
+    /// and reconnected; each ping costs about 230 bytes on the wire.
+    /// A duration (60s, 20m) or off.
+    #[arg(long, default_value = "60s")]
+    pub keepalive: String,
+    #[command(flatten)]
+    pub files: AuthFiles,
+}
+
+/// `hub serve --mqtt ...`: the broker the hub also serves sites through.
+#[derive(Debug, Args)]
+pub struct HubMqttArgs {
+    /// Also serve sites through an MQTT broker: publish each site's
+    /// desired state (retained) and read their reports. mqtts://HOST[:PORT]
+    /// (mqtt:// only with --mqtt-insecure).
+    #[arg(long = "mqtt", value_name = "URL")]
+    pub url: Option<String>,
+    /// The hub's broker user.
+    #[arg(long = "mqtt-username", requires = "url")]
+    pub username: Option<String>,
+    /// The hub's broker password.
+    #[arg(
+        long = "mqtt-password",
+        env = "GANTRY_HUB_MQTT_PASSWORD",
+        hide_env_values = true,
+        requires = "username"
+    )]
+    pub password: Option<String>,
+    /// The broker's CA bundle (PEM) [default: the system's].
+    #[arg(long = "mqtt-ca-file", requires = "url")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain (PEM) for the broker.
+    #[arg(long = "mqtt-client-cert", requires = "url", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The key of --mqtt-client-cert (PEM).
+    #[arg(long = "mqtt-client-key", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Allow a plain mqtt:// broker (no TLS).
+    #[arg(long = "mqtt-insecure", requires = "url")]
+    pub insecure: bool,
+    /// Sites' topics are PREFIX + SITE + /desired, /reported, ...
+    #[arg(long = "mqtt-prefix", default_value = "gantry/sites/")]
+    pub prefix: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CloudVerb {
     /// Store the link in the replicated state: every future leader keeps it open.
-    Attach {
-        /// The hub's address.
-        #[arg(long)]
-        hub: String,
-        /// This site's name at the hub.
-        #[arg(long)]
-        site: String,
-        /// The site token (`gantry hub site-token`); it pins the hub's CA.
-        #[arg(long, env = "GANTRY_SITE_TOKEN", hide_env_values = true)]
-        token: String,
-        #[command(flatten)]
-        files: AuthFiles,
-    },
+    Attach(Box<AttachArgs>),
     /// Close the link; cloud workloads keep running.
     Detach {
         #[command(flatten)]
@@ -361,13 +453,25 @@ pub enum HubVerb {
         /// The key of --tls-cert (PEM).
         #[arg(long)]
         tls_key: Option<PathBuf>,
+        /// Drop a site link that has been silent this long and then misses
+        /// three kernel TCP keepalive probes 10 s apart (a live site pings
+        /// every minute by default, which keeps these probes off the wire).
+        /// A duration or off.
+        #[arg(long, default_value = "2m")]
+        keepalive: String,
+        #[command(flatten)]
+        mqtt: HubMqttArgs,
     },
     /// Create or update a site's workloads from a YAML manifest (creates the site).
     Apply {
         #[command(flatten)]
         hub: HubAddr,
-        #[arg(long)]
-        site: String,
+        #[arg(long, required_unless_present = "all_sites")]
+        site: Option<String>,
+        /// Apply to every site the hub knows instead of one, each as a
+        /// revision of its own; refused as a whole if any site refuses.
+        #[arg(long, conflicts_with = "site")]
+        all_sites: bool,
         /// The manifest; `-` reads standard input.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,

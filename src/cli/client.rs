@@ -18,8 +18,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::args::{
-    AuthFiles, ClientAuth, CloudVerb, DeleteWhat, DescribeWhat, GetWhat, ImageVerb, JoinTokenVerb,
-    OutputFormat, PkiVerb, RolloutVerb, SettingsWhat, TokenVerb, Verb,
+    AttachArgs, AuthFiles, ClientAuth, CloudVerb, DeleteWhat, DescribeWhat, GetWhat, ImageVerb,
+    JoinTokenVerb, OutputFormat, PkiVerb, RolloutVerb, SettingsWhat, TokenVerb, Verb,
 };
 use super::output;
 
@@ -223,12 +223,20 @@ fn auth_of(verb: &Verb) -> Option<ClientAuth> {
             what: CloudVerb::Detach { auth },
         } => auth.clone(),
         Verb::Cloud {
-            what: CloudVerb::Attach { files, .. },
+            what: CloudVerb::Attach(attach),
         } => ClientAuth {
             // `--token` is the site token here; the admin one comes from
             // the environment or the files.
             token: std::env::var("GANTRY_TOKEN").ok(),
-            files: AuthFiles::clone(files),
+            files: AuthFiles {
+                // With --mqtt, --ca-file is the broker's.
+                ca_file: if attach.mqtt.is_some() {
+                    None
+                } else {
+                    attach.files.ca_file.clone()
+                },
+                ..AuthFiles::clone(&attach.files)
+            },
         },
         Verb::Init(_)
         | Verb::Join(_)
@@ -238,6 +246,7 @@ fn auth_of(verb: &Verb) -> Option<ClientAuth> {
         | Verb::FenceGuard { .. }
         | Verb::Completion { .. }
         | Verb::Check { .. }
+        | Verb::Convert { .. }
         | Verb::Man { .. } => return None,
     };
     Some(auth)
@@ -584,16 +593,10 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
             return drain(&mut client, format, name, timeout.0).await
         }
         Verb::Cloud {
-            what: CloudVerb::Attach {
-                hub, site, token, ..
-            },
+            what: CloudVerb::Attach(attach),
         } => (
             output::View::CloudAttached,
-            document(
-                client
-                    .cloud_attach(CloudAttachRequest { hub, site, token })
-                    .await,
-            )?,
+            document(client.cloud_attach(attach_request(*attach)?).await)?,
         ),
         Verb::Cloud {
             what: CloudVerb::Detach { .. },
@@ -663,6 +666,7 @@ pub async fn run(server: &str, format: OutputFormat, verb: Verb) -> Result<ExitC
         | Verb::FenceGuard { .. }
         | Verb::Completion { .. }
         | Verb::Check { .. }
+        | Verb::Convert { .. }
         | Verb::Man { .. } => return Err(anyhow!("not a client verb")),
     };
     print!("{}", output::render(view, format, &value)?);
@@ -873,6 +877,65 @@ async fn drain(
         )?;
     }
 }
+
+/// The site's side of `cloud attach`: files are read here, so the gateway
+/// asked need not have them.
+fn attach_request(attach: AttachArgs) -> Result<CloudAttachRequest> {
+    let AttachArgs {
+        hub,
+        mqtt,
+        site,
+        token,
+        username,
+        password,
+        client_cert,
+        client_key,
+        insecure,
+        topic_prefix,
+        keepalive,
+        files,
+    } = attach;
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {what} {}", path.display()))
+    };
+    let mut request = CloudAttachRequest {
+        hub: hub.unwrap_or_default(),
+        site,
+        keepalive,
+        ..Default::default()
+    };
+    match mqtt {
+        Some(url) => {
+            let ca = match files.ca_file {
+                Some(path) => read(&path, "--ca-file")?,
+                // A public broker's certificate chains to a public CA.
+                None if url.starts_with("mqtts://") => {
+                    let system = std::path::Path::new(SYSTEM_CA_BUNDLE);
+                    read(system, "the system's CA bundle (give --ca-file)")?
+                }
+                None => String::new(),
+            };
+            request.mqtt = url;
+            request.mqtt_username = username.unwrap_or_default();
+            request.mqtt_password = password.unwrap_or_default();
+            request.mqtt_ca_pem = ca;
+            if let Some(path) = client_cert {
+                request.mqtt_client_cert_pem = read(&path, "--client-cert")?;
+            }
+            if let Some(path) = client_key {
+                request.mqtt_client_key_pem = read(&path, "--client-key")?;
+            }
+            request.mqtt_insecure = insecure;
+            request.mqtt_topic_prefix = topic_prefix.unwrap_or_default();
+        }
+        None => request.token = token.unwrap_or_default(),
+    }
+    Ok(request)
+}
+
+/// Debian's bundle of the public CAs (package ca-certificates).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 #[cfg(test)]
 mod tests {

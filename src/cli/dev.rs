@@ -149,12 +149,12 @@ async fn run_in(args: &DevArgs, dir: &Path) -> Result<ExitCode> {
     let hub_addr = hub_listener.local_addr()?.to_string();
     let hub_stop = stop.clone();
     let hub_dir = dir.join("hub");
-    let hub_tls = crate::cloud::hub::pki::HubTlsOptions::default();
+    let hub_options = crate::cloud::hub::cli::ServeOptions::default();
     let hub = tokio::spawn(async move {
         crate::cloud::hub::cli::serve_on(
             &hub_dir,
             hub_listener,
-            &hub_tls,
+            &hub_options,
             hub_stop.cancelled_owned(),
         )
         .await
@@ -253,12 +253,14 @@ async fn demo(
         hub: hub_addr.to_string(),
         site: SITE.into(),
         token,
+        ..Default::default()
     };
     site.cloud_attach(attach).await?;
     hub.apply(HubApply {
         site: SITE.into(),
         manifest: SAMPLE.into(),
         unchecked: false,
+        all_sites: false,
     })
     .await?;
     println!("sample workloads pushed from the hub to site {SITE}");

@@ -46,6 +46,7 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Verb::Man { dir } => return man_pages(dir),
+        Verb::Convert { file } => return convert(file),
         _ => {}
     }
     init_tracing(&cli);
@@ -78,12 +79,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Verb::Dev(args) => dev::run(args).await,
         Verb::Hub { verb } => crate::cloud::hub::cli::run(verb, output).await,
         Verb::FenceGuard { data_dir } => Ok(crate::agent::guard::main(&data_dir)),
-        Verb::Completion { .. } | Verb::Man { .. } => Ok(ExitCode::SUCCESS),
+        Verb::Completion { .. } | Verb::Man { .. } | Verb::Convert { .. } => Ok(ExitCode::SUCCESS),
         Verb::Check {
             files,
             containerd_socket,
         } => Ok(check::run(files.data_dir, containerd_socket, output).await),
         verb => client::run(&server, output, verb).await,
+    }
+}
+
+/// `gantry convert -f FILE`: the gantry manifest a Compose file or
+/// Kubernetes manifest becomes, on standard output; nothing is contacted.
+fn convert(file: &std::path::Path) -> ExitCode {
+    let converted = client::read_manifest(file).and_then(|text| {
+        let specs = crate::manifest::parse(&text)?;
+        Ok(crate::manifest::to_yaml(&specs)?)
+    });
+    match converted {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

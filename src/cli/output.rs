@@ -520,6 +520,10 @@ fn table_view(view: View, value: &Value) -> String {
             text(&value["site"])
         ),
         View::CloudDetached => "detached from the cloud hub\n".to_string(),
+        View::HubApplied if value["sites"].is_array() => items(&value["sites"])
+            .iter()
+            .map(|site| table_view(View::HubApplied, site))
+            .collect(),
         View::HubApplied => format!(
             "site {}: revision {}{}\n",
             text(&value["site"]),

@@ -27,15 +27,25 @@ impl State {
         changes: &mut ChangeSet,
     ) -> Response {
         let (hub, site) = (link.hub.clone(), link.site.clone());
+        let what = if link.mqtt.is_some() {
+            "MQTT broker"
+        } else {
+            "hub"
+        };
         if hub.trim().is_empty() || site.trim().is_empty() {
             return rejected("cloud attach needs a hub address and a site name");
         }
-        if link.token_sealed.is_empty() || link.hub_ca_sha256.len() != 64 {
+        let hub_link_ok = !link.token_sealed.is_empty() && link.hub_ca_sha256.len() == 64;
+        if link.mqtt.is_none() && !hub_link_ok {
             return rejected("cloud attach needs the site's token");
         }
         let cloud = &mut self.meta.cloud;
+        // The same publisher (hub, or broker and topics) keeps counting.
         let same_site = cloud.link.as_ref().is_some_and(|l| {
-            l.hub == hub && l.site == site && l.hub_ca_sha256 == link.hub_ca_sha256
+            l.hub == hub
+                && l.site == site
+                && l.hub_ca_sha256 == link.hub_ca_sha256
+                && l.mqtt.as_ref().map(|m| &m.prefix) == link.mqtt.as_ref().map(|m| &m.prefix)
         });
         if !same_site {
             // Another hub's or site's revisions mean nothing here; the first
@@ -53,7 +63,7 @@ impl State {
         self.event(
             at,
             "cloud-attached",
-            format!("attached to hub {hub} as site {site}"),
+            format!("attached to {what} {hub} as site {site}"),
             changes,
         );
         Response::Ok
@@ -255,6 +265,8 @@ mod tests {
                     site: "s1".into(),
                     hub_ca_sha256: "ab".repeat(32),
                     token_sealed: "00".into(),
+                    keepalive_ms: None,
+                    mqtt: None,
                 }
             ),
             Response::Ok
@@ -440,6 +452,8 @@ mod tests {
             site: site.into(),
             hub_ca_sha256: "ab".repeat(32),
             token_sealed: "00".into(),
+            keepalive_ms: None,
+            mqtt: None,
         };
         apply(&mut state, attach("s1"));
         assert_eq!(state.meta.cloud.acked_revision, 4);
@@ -518,6 +532,8 @@ mod tests {
                 site: "s1".into(),
                 hub_ca_sha256: "cd".repeat(32),
                 token_sealed: "00".into(),
+                keepalive_ms: None,
+                mqtt: None,
             },
         );
         assert_eq!(r, Response::Ok);

@@ -161,6 +161,12 @@ pub enum Command {
         site: String,
         hub_ca_sha256: String,
         token_sealed: String,
+        /// Keepalive ping interval; absent means the default, 0 none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keepalive_ms: Option<u64>,
+        /// An MQTT link instead of the hub's gRPC one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mqtt: Option<crate::state::MqttLink>,
     },
     /// `gantry cloud detach`: the link closes; cloud workloads stay.
     CloudDetach,

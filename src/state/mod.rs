@@ -322,12 +322,16 @@ impl State {
                 site,
                 hub_ca_sha256,
                 token_sealed,
+                keepalive_ms,
+                mqtt,
             } => {
                 let link = CloudLink {
                     hub: hub.clone(),
                     site: site.clone(),
                     hub_ca_sha256: hub_ca_sha256.clone(),
                     token_sealed: token_sealed.clone(),
+                    keepalive_ms: *keepalive_ms,
+                    mqtt: mqtt.clone(),
                 };
                 self.cloud_attach(at, link, changes)
             }

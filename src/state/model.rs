@@ -393,6 +393,33 @@ pub struct CloudLink {
     /// The site token, sealed with the cluster key (hex): replicated so
     /// every future leader can use it, never in clear.
     pub token_sealed: String,
+    /// `cloud attach --keepalive`: replicated so that every future leader
+    /// pings the hub the same way. Absent means the default, 0 none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_ms: Option<u64>,
+    /// Set when the link goes through an MQTT broker (`cloud attach
+    /// --mqtt`): `hub` is then the broker's URL and the hub fields are empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttLink>,
+}
+
+/// How the leader reaches an MQTT broker. Secrets are sealed with the
+/// cluster key, like the site token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MqttLink {
+    /// Topics live under it: `{prefix}desired`, `{prefix}reported`, ...
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_sealed: Option<String>,
+    /// PEM bundle the broker's certificate must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_sealed: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -393,36 +393,69 @@ impl Serialize for Memory {
 /// error, as is any name given twice.
 pub fn parse_manifest(text: &str) -> Result<Vec<WorkloadSpec>, SpecError> {
     let mut specs: Vec<WorkloadSpec> = Vec::new();
+    for (number, value) in yaml_documents(text)? {
+        let spec = spec_from_document(number, value)?;
+        let label = format!("document {number} (workload '{}')", spec.name);
+        accept_spec(&mut specs, spec, &label, "name")?;
+    }
+    finish_manifest(specs)
+}
+
+/// The documents of a YAML text, numbered from 1, empty ones left out.
+pub fn yaml_documents(text: &str) -> Result<Vec<(usize, serde_yaml_ng::Value)>, SpecError> {
+    let mut documents = Vec::new();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
         let value = serde_yaml_ng::Value::deserialize(document)
             .map_err(|e| SpecError(format!("document {number}: malformed YAML: {e}")))?;
-        if value.is_null() {
-            continue;
+        if !value.is_null() {
+            documents.push((number, value));
         }
-        let spec: WorkloadSpec = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
-                SpecError(format!("document {number}: {inner}"))
-            } else {
-                SpecError(format!("document {number}: field `{path}`: {inner}"))
-            }
-        })?;
-        spec.validate().map_err(|e| {
-            SpecError(format!(
-                "document {number} (workload '{}'): {}",
-                spec.name, e.0
-            ))
-        })?;
-        if specs.iter().any(|s| s.name == spec.name) {
-            return Err(SpecError(format!(
-                "document {number}: field `name`: workload '{}' is defined twice in this manifest",
-                spec.name
-            )));
-        }
-        specs.push(spec);
     }
+    Ok(documents)
+}
+
+/// One gantry-format document as a spec (not validated yet: see
+/// [`accept_spec`]); errors name the document and the field.
+pub fn spec_from_document(
+    number: usize,
+    value: serde_yaml_ng::Value,
+) -> Result<WorkloadSpec, SpecError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            SpecError(format!("document {number}: {inner}"))
+        } else {
+            SpecError(format!("document {number}: field `{path}`: {inner}"))
+        }
+    })
+}
+
+/// The checks every spec of a manifest passes, whatever format it was
+/// written in: [`WorkloadSpec::validate`], then no name twice. `label` says
+/// where the spec came from (`document 2 (workload 'web')`) and
+/// `name_field` where its name was written.
+pub fn accept_spec(
+    specs: &mut Vec<WorkloadSpec>,
+    spec: WorkloadSpec,
+    label: &str,
+    name_field: &str,
+) -> Result<(), SpecError> {
+    spec.validate()
+        .map_err(|e| SpecError(format!("{label}: {}", e.0)))?;
+    if specs.iter().any(|s| s.name == spec.name) {
+        return Err(SpecError(format!(
+            "{label}: field `{name_field}`: workload '{}' is defined twice in this manifest",
+            spec.name
+        )));
+    }
+    specs.push(spec);
+    Ok(())
+}
+
+/// A manifest must hold at least one workload.
+pub fn finish_manifest(specs: Vec<WorkloadSpec>) -> Result<Vec<WorkloadSpec>, SpecError> {
     if specs.is_empty() {
         return Err(SpecError("the manifest holds no workload".into()));
     }

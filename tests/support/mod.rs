@@ -9,6 +9,9 @@
 
 #![allow(dead_code)]
 
+pub mod blackhole;
+pub mod broker;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -190,6 +193,8 @@ pub struct Hub {
     pub log: PathBuf,
     pub addr: String,
     pub child: Option<Child>,
+    /// Flags it was started with beyond data dir and address.
+    pub extra: Vec<String>,
 }
 
 impl Hub {
@@ -203,17 +208,16 @@ impl Hub {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the hub is still running");
         let _ = std::fs::remove_file(self.dir.join("hub-address"));
-        self.child = Some(spawn(
-            &[
-                "hub",
-                "serve",
-                "--data-dir",
-                path_str(&self.dir),
-                "--listen",
-                &self.addr,
-            ],
-            &self.log,
-        ));
+        let mut args = vec![
+            "hub",
+            "serve",
+            "--data-dir",
+            path_str(&self.dir),
+            "--listen",
+            &self.addr,
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        self.child = Some(spawn(&args, &self.log));
         let file = self.dir.join("hub-address");
         wait_for("the restarted hub to listen", DEADLINE, || {
             std::fs::read_to_string(&file).ok()
@@ -253,19 +257,23 @@ impl TestCluster {
 
     /// Starts `gantry hub serve` on a free loopback port; returns its address.
     pub fn start_hub(&mut self) -> String {
+        self.start_hub_with(&[])
+    }
+
+    /// `start_hub` with more `hub serve` flags (kept for restarts).
+    pub fn start_hub_with(&mut self, extra: &[&str]) -> String {
         let dir = self.tmp.path().join("hub");
         let log = self.tmp.path().join("hub.log");
-        let child = spawn(
-            &[
-                "hub",
-                "serve",
-                "--data-dir",
-                path_str(&dir),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            &log,
-        );
+        let mut args = vec![
+            "hub",
+            "serve",
+            "--data-dir",
+            path_str(&dir),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let child = spawn(&args, &log);
         let file = dir.join("hub-address");
         let addr = wait_for("the hub to listen", DEADLINE, || {
             std::fs::read_to_string(&file).ok()
@@ -275,6 +283,7 @@ impl TestCluster {
             log,
             addr: addr.clone(),
             child: Some(child),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         });
         addr
     }

@@ -40,36 +40,120 @@ pub async fn run(verb: HubVerb, format: OutputFormat) -> Result<ExitCode> {
             tls_san,
             tls_cert,
             tls_key,
+            keepalive,
+            mqtt,
         } => {
-            let tls = HubTlsOptions {
-                sans: tls_san,
-                cert: tls_cert,
-                key: tls_key,
+            let options = ServeOptions {
+                tls: HubTlsOptions {
+                    sans: tls_san,
+                    cert: tls_cert,
+                    key: tls_key,
+                },
+                mqtt: bridge_options(mqtt)?,
+                keepalive: parse_hub_keepalive(&keepalive)?,
             };
-            serve(&data_dir, &listen, &tls).await?;
+            serve(&data_dir, &listen, &options).await?;
             Ok(ExitCode::SUCCESS)
         }
         verb => client_verb(verb, format).await,
     }
 }
 
+/// How `hub serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub tls: HubTlsOptions,
+    /// `--mqtt`: also serve sites through this broker.
+    pub mqtt: Option<super::mqtt::BridgeOptions>,
+    /// Kernel TCP keepalive on accepted connections: probes after this long
+    /// without a segment from the peer (`link::keepalive`); `None` is off.
+    pub keepalive: Option<Duration>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            tls: HubTlsOptions::default(),
+            mqtt: None,
+            keepalive: Some(crate::cloud::link::keepalive::HUB_DEFAULT_IDLE),
+        }
+    }
+}
+
+/// `hub serve --mqtt ...`, files read and everything checked now.
+fn bridge_options(
+    args: crate::cli::args::HubMqttArgs,
+) -> Result<Option<super::mqtt::BridgeOptions>> {
+    let Some(url) = args.url else {
+        return Ok(None);
+    };
+    let read = |path: &Path, what: &str| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {what} {}", path.display()))
+    };
+    let ca_pem = match args.ca_file {
+        Some(path) => Some(read(&path, "--mqtt-ca-file")?),
+        None if url.starts_with("mqtts://") => Some(read(
+            Path::new("/etc/ssl/certs/ca-certificates.crt"),
+            "the system's CA bundle (give --mqtt-ca-file)",
+        )?),
+        None => None,
+    };
+    let client = match (args.client_cert, args.client_key) {
+        (Some(cert), Some(key)) => Some((
+            read(&cert, "--mqtt-client-cert")?,
+            read(&key, "--mqtt-client-key")?,
+        )),
+        _ => None,
+    };
+    let prefix = crate::cloud::mqtt::check_prefix(&args.prefix)
+        .map_err(|e| anyhow!("--mqtt-prefix: {e}"))?;
+    let options = super::mqtt::BridgeOptions {
+        url,
+        username: args.username,
+        password: args.password,
+        ca_pem,
+        client,
+        insecure: args.insecure,
+        prefix,
+    };
+    options.connect_options().map_err(|e| anyhow!(e))?;
+    Ok(Some(options))
+}
+
+/// `hub serve --keepalive`: a duration of at least 10 s, or off.
+fn parse_hub_keepalive(text: &str) -> Result<Option<Duration>> {
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    let idle = humantime::parse_duration(text.trim()).map_err(|e| {
+        anyhow!("--keepalive: '{text}' is not a duration such as 2m, nor off ({e})")
+    })?;
+    if idle < Duration::from_secs(10) {
+        return Err(anyhow!(
+            "--keepalive: {text} is shorter than 10s (the kernel counts it in seconds); use off for none"
+        ));
+    }
+    Ok(Some(idle))
+}
+
 /// Runs a hub until Ctrl-C or SIGTERM.
-pub async fn serve(data_dir: &Path, listen: &str, tls: &HubTlsOptions) -> Result<()> {
+pub async fn serve(data_dir: &Path, listen: &str, options: &ServeOptions) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    serve_on(data_dir, listener, tls, shutdown_signal()).await
+    serve_on(data_dir, listener, options, shutdown_signal()).await
 }
 
 /// Runs a hub on `listener` until `stop` completes (the benchmark embeds it).
 pub async fn serve_on(
     data_dir: &Path,
     listener: TcpListener,
-    tls: &HubTlsOptions,
+    options: &ServeOptions,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let address = listener.local_addr().context("listener address")?;
-    let hub_tls = super::pki::load_or_create(data_dir, &address.to_string(), tls)?;
+    let hub_tls = super::pki::load_or_create(data_dir, &address.to_string(), &options.tls)?;
     let store = HubStore::open(&data_dir.join(DB_DIR))?;
     let sites = Arc::new(Sites::open(store, hub_tls.ca)?);
     let token_file = data_dir.join(ADMIN_TOKEN_FILE);
@@ -97,12 +181,19 @@ pub async fn serve_on(
     let incoming = crate::tls::incoming(
         listener,
         crate::tls::ServerTls::new(hub_tls.server),
-        crate::tls::AcceptLimits::default(),
+        crate::tls::AcceptLimits {
+            keepalive_idle: options.keepalive,
+            ..Default::default()
+        },
         closing.clone(),
     );
     let policy = AuthLayer::new(HubPolicy {
         sites: sites.clone(),
     });
+    let bridge = options
+        .mqtt
+        .clone()
+        .map(|bridge| tokio::spawn(super::mqtt::run(sites.clone(), bridge, closing.clone())));
     let exporter = Arc::new(super::metrics::HubExporter::new(sites.clone()));
     // Live links and pages never end by themselves: close them when asked
     // to stop.
@@ -135,6 +226,10 @@ pub async fn serve_on(
         .context("the hub's gRPC server stopped");
     if let Some(watchdog) = watchdog {
         watchdog.abort();
+    }
+    if let Some(bridge) = bridge {
+        // It disconnects from the broker once `closing` is cancelled.
+        let _ = tokio::time::timeout(Duration::from_secs(2), bridge).await;
     }
     served?;
     tracing::info!("hub stopped");
@@ -243,15 +338,17 @@ async fn client_verb(verb: HubVerb, format: OutputFormat) -> Result<ExitCode> {
         HubVerb::Apply {
             hub,
             site,
+            all_sites,
             file,
             unchecked,
         } => {
             let manifest = crate::cli::client::read_manifest(&file)?;
             let mut client = connect_with(&hub).await?;
             let request = ApplyRequest {
-                site,
+                site: site.unwrap_or_default(),
                 manifest,
                 unchecked,
+                all_sites,
             };
             (View::HubApplied, document(client.apply(request).await)?)
         }

@@ -6,6 +6,7 @@
 //! - `store`: the hub's RocksDB.
 //! - `sites`: the in-memory registry every RPC goes through.
 //! - `session`: one site's live link.
+//! - `mqtt`: the bridge to an MQTT broker for sites attached through one.
 //! - `service`: the tonic `Hub` service; `cli`: the `gantry hub` verbs.
 //! - `auth`: who may call what; `pki`: the hub's CA, certificate and admin
 //!   token in its data dir; `metrics`: its `/metrics`.
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod cli;
 pub mod desired;
 pub mod metrics;
+pub mod mqtt;
 pub mod pki;
 pub mod service;
 pub mod session;

@@ -20,7 +20,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::session::{wire_len, Session};
 use super::sites::{HubError, Sites};
-use crate::state::spec::parse_manifest;
 
 /// A site must say Hello this soon after opening the link.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,7 +38,7 @@ fn status_from(error: HubError) -> Status {
         }
         HubError::BadSiteName(_) => Status::invalid_argument(error.to_string()),
         HubError::Refused(_) => Status::failed_precondition(error.to_string()),
-        HubError::Store(_) => Status::internal(error.to_string()),
+        HubError::Store(_) | HubError::Writer(_) => Status::internal(error.to_string()),
     }
 }
 
@@ -102,6 +101,7 @@ impl Hub for HubService {
         let opened = match self
             .sites
             .open_session(&hello.site, hello.acked_revision, hello.epoch)
+            .await
         {
             Ok(opened) => opened,
             Err(e) => {
@@ -135,8 +135,8 @@ impl Hub for HubService {
         let docs = if request.unchecked {
             unchecked_documents(&request.manifest)?
         } else {
-            let specs =
-                parse_manifest(&request.manifest).map_err(|e| Status::invalid_argument(e.0))?;
+            let specs = crate::manifest::parse(&request.manifest)
+                .map_err(|e| Status::invalid_argument(e.0))?;
             specs
                 .iter()
                 .map(|s| {
@@ -146,11 +146,17 @@ impl Hub for HubService {
                 })
                 .collect::<Result<Vec<_>, _>>()?
         };
-        document(
-            self.sites
-                .apply(&request.site, &docs)
-                .map_err(status_from)?,
-        )
+        let applied = if request.all_sites {
+            if !request.site.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a site and all sites at once: name one or the other",
+                ));
+            }
+            self.sites.apply_all(&docs).await
+        } else {
+            self.sites.apply(&request.site, &docs).await
+        };
+        document(applied.map_err(status_from)?)
     }
 
     async fn delete(
@@ -161,6 +167,7 @@ impl Hub for HubService {
         document(
             self.sites
                 .delete(&request.site, &request.name)
+                .await
                 .map_err(status_from)?,
         )
     }
@@ -177,6 +184,7 @@ impl Hub for HubService {
         let token = self
             .sites
             .set_token(&request.site, Duration::from_millis(request.grace_ms))
+            .await
             .map_err(status_from)?;
         Ok(Response::new(SiteTokenReply {
             site: request.site,

@@ -54,7 +54,7 @@ impl Session {
                 tracing::info!(site = %site, session, error = %e, "site link ended");
             }
         }
-        self.sites.closed(&site, session);
+        self.sites.closed(&site, session).await;
         tracing::info!(site = %site, session, "site disconnected");
     }
 
@@ -114,7 +114,7 @@ impl Session {
                             if in_flight.is_some_and(|r| r <= ack.revision) {
                                 in_flight = None;
                             }
-                            self.sites.acked(&site, session, ack.revision).map_err(|e| e.to_string())?;
+                            self.sites.acked(&site, session, ack.revision).await.map_err(|e| e.to_string())?;
                         }
                         Some(In::Reject(reject)) => {
                             tracing::warn!(site = %site, revision = reject.revision, error = %reject.error, "site rejected a revision");
@@ -123,10 +123,11 @@ impl Session {
                             }
                             self.sites
                                 .rejected(&site, session, reject.revision, reject.error)
+                                .await
                                 .map_err(|e| e.to_string())?;
                         }
                         Some(In::Report(report)) => {
-                            self.sites.reported(&site, session, &report).map_err(|e| e.to_string())?;
+                            self.sites.reported(&site, session, &report).await.map_err(|e| e.to_string())?;
                         }
                         Some(In::Digest(digest))
                             if !self.sites.digest_matches(&site, session, digest.hash) =>

@@ -158,6 +158,23 @@ impl HubStore {
         Ok(())
     }
 
+    /// Writes several sites' records in one synced batch (`hub apply
+    /// --all-sites`): all of them or none.
+    pub fn save_records(&self, records: &[(&str, &SiteRecord)]) -> Result<(), HubStoreError> {
+        let mut batch = WriteBatch::default();
+        for (site, record) in records {
+            let json = serde_json::to_vec(record).map_err(|e| HubStoreError::Corrupted {
+                key: site.to_string(),
+                message: e.to_string(),
+            })?;
+            batch.put(site_key(site), json);
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
     /// The hub admin tokens by id.
     pub fn admins(&self) -> Result<BTreeMap<String, AdminRecord>, HubStoreError> {
         let mut admins = BTreeMap::new();

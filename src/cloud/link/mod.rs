@@ -7,11 +7,15 @@
 //! the replicated revision. Failures reconnect with back-off and jitter.
 //!
 //! - `backoff`: reconnect timing.
-//! - `session`: one connection, from Hello to its end.
+//! - `keepalive`: noticing a path that silently drops packets.
+//! - `session`: one connection to a hub, from Hello to its end.
+//! - `mqtt`: one connection through an MQTT broker instead.
 //! - this file: the supervisor loop and the soft connection state.
 
 pub mod backoff;
 pub mod deliver;
+pub mod keepalive;
+pub mod mqtt;
 pub mod session;
 
 use std::sync::{Arc, Mutex};
@@ -142,7 +146,10 @@ pub async fn run(cluster: Cluster, handle: LinkHandle, shutdown: CancellationTok
             }
             continue;
         };
-        let end = session::run(&cluster, &link, &handle, &tuning, &shutdown).await;
+        let end = match &link.mqtt {
+            Some(mqtt) => mqtt::run(&cluster, &link, mqtt, &handle, &tuning, &shutdown).await,
+            None => session::run(&cluster, &link, &handle, &tuning, &shutdown).await,
+        };
         handle.set(false, end.error());
         match end {
             SessionEnd::Shutdown => return,
@@ -193,6 +200,8 @@ pub fn status_view(cluster: &Cluster, handle: &LinkHandle) -> Value {
         "connected": cloud.link.is_some() && connected,
         "hub": cloud.link.as_ref().map(|l| l.hub.clone()),
         "site": cloud.link.as_ref().map(|l| l.site.clone()),
+        "transport": cloud.link.as_ref().map(|l| if l.mqtt.is_some() { "mqtt" } else { "grpc" }),
+        "keepalive": cloud.link.as_ref().map(keepalive::describe),
         "acked_revision": cloud.acked_revision,
         "hub_revision": (known_by == "leader").then(|| handle.get().hub_revision),
         "since": (since_ms > 0).then(|| timestamp(since_ms)),

@@ -213,6 +213,57 @@ pub fn site_metadata<T>(
     Ok(())
 }
 
+/// A hub that does not answer within 5 s (TCP and TLS) is retried later;
+/// an open link pings the hub when it has been quiet (`keepalive`).
+/// Public for `examples/bench_hub.rs`, whose simulated sites dial the same
+/// way.
+pub fn configure(
+    endpoint: tonic::transport::Endpoint,
+    link: &CloudLink,
+) -> tonic::transport::Endpoint {
+    let endpoint = endpoint.connect_timeout(Duration::from_secs(5));
+    match super::keepalive::interval(link) {
+        Some(every) => endpoint
+            .http2_keep_alive_interval(every)
+            .keep_alive_timeout(super::keepalive::TIMEOUT)
+            .keep_alive_while_idle(true),
+        None => endpoint,
+    }
+}
+
+/// What broke, in words: tonic's message for a dead connection is a
+/// generic h2 error, the cause (an unanswered keepalive ping, a reset)
+/// is at the end of its source chain.
+fn hub_error(status: &tonic::Status) -> String {
+    let cause = crate::tls::describe_connect_error(status);
+    if cause.contains("keep-alive timed out") {
+        return format!(
+            "the hub did not answer a keepalive ping within {}s: the path is down or drops packets",
+            super::keepalive::TIMEOUT.as_secs()
+        );
+    }
+    if cause == status.message() {
+        format!("hub: {cause}")
+    } else {
+        format!("hub: {} ({cause})", status.message())
+    }
+}
+
+/// A link that broke after a long silence most likely lost its path: the
+/// cause at the end of tonic's chain is whatever the closing connection
+/// hit first (the unanswered ping, or a write into it), so say the facts.
+fn broken_link(status: &tonic::Status, silent: Duration, link: &CloudLink) -> String {
+    let cause = hub_error(status);
+    match super::keepalive::interval(link) {
+        Some(every) if silent >= every && !cause.contains("keepalive ping") => format!(
+            "the link broke after {}s without a word from the hub, keepalive pinging every {}: {cause}",
+            silent.as_secs(),
+            humantime::format_duration(every)
+        ),
+        _ => cause,
+    }
+}
+
 /// One connection: Hello, then deliveries and reports until it ends.
 pub async fn run(
     cluster: &Cluster,
@@ -231,7 +282,7 @@ pub async fn run(
     };
     let channel = tokio::select! {
         _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-        connected = crate::tls::connect_channel(&link.hub, connector, |e| e.connect_timeout(Duration::from_secs(5))) => match connected {
+        connected = crate::tls::connect_channel(&link.hub, connector, |e| configure(e, link)) => match connected {
             Ok(c) => c,
             Err(e) => return SessionEnd::Failed(format!("cannot reach the hub at {}: {e}", link.hub)),
         },
@@ -278,7 +329,7 @@ pub async fn run(
                 status.message()
             ))
         }
-        Err(status) => return SessionEnd::Failed(format!("hub: {}", status.message())),
+        Err(status) => return SessionEnd::Failed(hub_error(&status)),
     };
     match inbound.message().await {
         Ok(Some(message)) if matches!(message.msg, Some(In::Welcome(_))) => {
@@ -294,7 +345,7 @@ pub async fn run(
                 status.message()
             ))
         }
-        Err(status) => return SessionEnd::Failed(format!("hub: {}", status.message())),
+        Err(status) => return SessionEnd::Failed(hub_error(&status)),
     }
     tracing::info!(hub = %link.hub, site = %link.site, acked, "cloud link connected");
     handle.set(true, None);
@@ -323,22 +374,15 @@ async fn serve(
 ) -> Result<(), SessionEnd> {
     link.send_full_report().await?;
     let mut applied = link.cluster.state().subscribe();
-    let mut report_at: Option<Instant> = None;
-    let mut digest_wait = tuning.digest_every;
-    let mut next_digest = Instant::now() + digest_wait;
-    let mut reports_at_digest = link.reports;
+    let mut pacing = Pacing::new(tuning, link.reports);
     let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut heard = Instant::now();
     loop {
-        let batch_due = async {
-            match report_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
             message = inbound.message() => {
-                let message = message.map_err(|s| SessionEnd::Failed(format!("hub: {}", s.message())))?;
+                let message = message.map_err(|s| SessionEnd::Failed(broken_link(&s, heard.elapsed(), link.link)))?;
+                heard = Instant::now();
                 let Some(message) = message else { return Ok(()) };
                 link.cluster
                     .telemetry()
@@ -359,31 +403,82 @@ async fn serve(
                     return Err(SessionEnd::Shutdown);
                 }
                 link.still_wanted()?;
-                if report_at.is_none() {
-                    report_at = Some(Instant::now() + tuning.report_batch);
-                }
+                pacing.changed();
             }
-            _ = batch_due => {
-                report_at = None;
+            _ = pacing.batch_due() => {
                 link.send_changes().await?;
-                if link.reports != reports_at_digest {
-                    digest_wait = tuning.digest_every;
-                    next_digest = next_digest.min(Instant::now() + digest_wait);
-                }
+                pacing.batch_sent(link.reports);
             }
-            _ = tokio::time::sleep_until(next_digest) => {
+            _ = pacing.digest_due() => {
                 link.send_changes().await?;
-                digest_wait = if link.reports == reports_at_digest {
-                    (digest_wait * 2).min(tuning.digest_max.max(tuning.digest_every))
-                } else {
-                    tuning.digest_every
-                };
-                reports_at_digest = link.reports;
-                next_digest = Instant::now() + digest_wait;
+                pacing.digest_sent(link.reports);
                 let hash = link.sent.digest();
                 link.send(Out::Digest(Digest { hash })).await?;
             }
             _ = check.tick() => link.still_wanted()?,
         }
+    }
+}
+
+/// When status goes upstream, shared by both forms of the link: changes
+/// are batched for `report_batch`; a digest follows `digest_every` after a
+/// change, its interval doubling while nothing is reported, up to
+/// `digest_max`.
+pub(super) struct Pacing {
+    tuning: Tuning,
+    report_at: Option<Instant>,
+    digest_wait: Duration,
+    next_digest: Instant,
+    reports_at_digest: u64,
+}
+
+impl Pacing {
+    pub(super) fn new(tuning: &Tuning, reports: u64) -> Self {
+        Self {
+            tuning: tuning.clone(),
+            report_at: None,
+            digest_wait: tuning.digest_every,
+            next_digest: Instant::now() + tuning.digest_every,
+            reports_at_digest: reports,
+        }
+    }
+
+    /// The replica changed: a report is due after the batch window.
+    pub(super) fn changed(&mut self) {
+        if self.report_at.is_none() {
+            self.report_at = Some(Instant::now() + self.tuning.report_batch);
+        }
+    }
+
+    pub(super) async fn batch_due(&self) {
+        match self.report_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A batch went out (`reports` counts every report sent so far).
+    pub(super) fn batch_sent(&mut self, reports: u64) {
+        self.report_at = None;
+        if reports != self.reports_at_digest {
+            self.digest_wait = self.tuning.digest_every;
+            self.next_digest = self.next_digest.min(Instant::now() + self.digest_wait);
+        }
+    }
+
+    pub(super) async fn digest_due(&self) {
+        tokio::time::sleep_until(self.next_digest).await
+    }
+
+    /// The digest is going out now; the next one waits longer if nothing
+    /// was reported since the last.
+    pub(super) fn digest_sent(&mut self, reports: u64) {
+        self.digest_wait = if reports == self.reports_at_digest {
+            (self.digest_wait * 2).min(self.tuning.digest_max.max(self.tuning.digest_every))
+        } else {
+            self.tuning.digest_every
+        };
+        self.reports_at_digest = reports;
+        self.next_digest = Instant::now() + self.digest_wait;
     }
 }
