@@ -562,6 +562,50 @@ fn a_hub_serves_a_site_through_the_broker() {
         "two"
     );
 
+    // Side by side: a second site on its own cluster, attached over gRPC
+    // to the same hub, is served as before (and takes no notice of the
+    // broker, where its desired state is published too).
+    let mut other = TestCluster::new();
+    other.init("gw-x", &[]);
+    let other_addr = other.addr(0);
+    let token = cluster.site_token("grpc-site");
+    let hub_addr = cluster.hub_addr();
+    let out = other.cli(
+        &other_addr,
+        &[
+            "cloud",
+            "attach",
+            "--hub",
+            &hub_addr,
+            "--site",
+            "grpc-site",
+            "--token",
+            &token,
+        ],
+    );
+    assert!(out.status.success(), "gRPC attach: {}", stderr(&out));
+    let out = cluster.hub_apply(
+        "grpc-site",
+        "name: api\nimage: 127.0.0.1:5000/gantry/img:1\n",
+        &[],
+    );
+    assert!(out.status.success(), "hub apply: {}", stderr(&out));
+    wait_for("both sites acknowledged at the hub", DEADLINE, || {
+        let grpc = cluster.hub_site("grpc-site");
+        let mqtt = cluster.hub_site(SITE);
+        (grpc["connected"] == true
+            && grpc["acked_revision"] == 1
+            && mqtt["connected"] == true
+            && mqtt["acked_revision"] == 2)
+            .then_some(())
+    });
+    let workloads = other.json(&other_addr, &["get", "workloads"]);
+    assert_eq!(workload(&workloads, "api").unwrap()["source"], "cloud");
+    assert_eq!(
+        other.json(&other_addr, &["status"])["cloud"]["transport"],
+        "grpc"
+    );
+
     // A restarted hub asks for the whole truth again.
     let hub = cluster.hub.as_mut().unwrap();
     hub.kill();
