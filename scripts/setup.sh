@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what gantry needs to build and test on Debian 12 (run as root):
-# protoc and libclang for the build, containerd + runc + busybox-static for
+# protoc (with the well-known protos of libprotobuf-dev, which the etcd
+# client of bench_writes compiles) and libclang for the build, containerd + runc + busybox-static for
 # the runtime tests, iproute2 for the network-namespace tests, curl and
 # prometheus (for `promtool check metrics`) for the metrics test, chromium
 # and chromium-driver for the web page test, systemd for
@@ -9,7 +10,7 @@
 # broker with its own certificates).
 set -euo pipefail
 
-packages=(build-essential pkg-config protobuf-compiler libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo curl prometheus chromium chromium-driver systemd mosquitto mosquitto-clients openssl)
+packages=(build-essential pkg-config protobuf-compiler libprotobuf-dev libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo curl prometheus chromium chromium-driver systemd mosquitto mosquitto-clients openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

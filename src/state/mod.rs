@@ -660,6 +660,10 @@ impl State {
             if change != "unchanged" {
                 changes.insert(StateKey::Workload(spec.name.clone()));
                 self.sync_instances(at, &spec.name, changes);
+                // Not only after a rollout succeeds: a workload that never
+                // runs, changed over and over, would keep every spec it
+                // ever had (and every write would carry them all).
+                self.prune_history(&spec.name, changes);
                 let keys: Vec<InstanceKey> =
                     self.instances_of(&spec.name).map(Instance::key).collect();
                 for key in keys {

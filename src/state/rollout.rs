@@ -160,7 +160,7 @@ impl State {
     }
 
     /// Keeps only the specs that instances still run, plus the last good.
-    fn prune_history(&mut self, name: &str, changes: &mut ChangeSet) {
+    pub(super) fn prune_history(&mut self, name: &str, changes: &mut ChangeSet) {
         let in_use: std::collections::BTreeSet<u64> =
             self.instances_of(name).map(|i| i.generation).collect();
         let Some(workload) = self.workloads.get_mut(name) else {

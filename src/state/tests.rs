@@ -568,3 +568,34 @@ fn a_request_id_is_applied_once_and_its_retry_gets_the_first_answer() {
         .requests
         .contains_key(&format!("bulk-{}", MAX_REMEMBERED_REQUESTS + 299)));
 }
+
+#[test]
+fn a_workload_changed_over_and_over_without_running_keeps_no_pile_of_old_specs() {
+    let mut state = initialised();
+    register(&mut state, "gw-a");
+    for i in 0..50u64 {
+        let workloads = parse_manifest(&format!("name: web\nimage: i:{i}\n")).unwrap();
+        let answer = state.apply(
+            &req(
+                10 + i,
+                Command::ApplyWorkloads {
+                    workloads,
+                    source: Source::Local,
+                },
+            ),
+            &mut ChangeSet::new(),
+        );
+        assert!(matches!(answer, Response::Applied { .. }), "{answer:?}");
+    }
+    let web = &state.workloads["web"];
+    assert_eq!(web.generation, 50);
+    // Only the generations instances still run are kept (none of them
+    // ever ran, so no last good one either).
+    let in_use: BTreeSet<u64> = state.instances_of("web").map(|i| i.generation).collect();
+    assert!(
+        web.history.keys().all(|g| in_use.contains(g)),
+        "history {:?} beyond the generations in use {in_use:?}",
+        web.history.keys().collect::<Vec<_>>()
+    );
+    assert!(web.history.len() <= 1, "{} old specs kept", web.history.len());
+}
