@@ -11,7 +11,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, ErrorKind, Options, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, ErrorKind,
+    Options, DB,
+};
 
 pub const CF_META: &str = "meta";
 pub const CF_LOGS: &str = "logs";
@@ -52,15 +55,38 @@ pub enum StoreError {
     Db(#[from] rocksdb::Error),
 }
 
+/// One memtable of a column family (RocksDB's default is 64 MiB).
+const MEMTABLE_BYTES: usize = 4 << 20;
+/// All memtables together; past it RocksDB flushes the largest.
+const ALL_MEMTABLES_BYTES: usize = 16 << 20;
+/// The block cache the column families share (each would otherwise get
+/// RocksDB's default cache of its own).
+const BLOCK_CACHE_BYTES: usize = 8 << 20;
+
+fn family_options(cache: &Cache) -> Options {
+    let mut opts = Options::default();
+    opts.set_write_buffer_size(MEMTABLE_BYTES);
+    opts.set_max_write_buffer_number(2);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
 /// Opens (or creates) the database and checks it belongs to `cluster_id`.
 pub fn open(path: &Path, cluster_id: &str) -> Result<Arc<DB>, StoreError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    // Small boxes: keep RocksDB's memory modest.
-    opts.set_write_buffer_size(8 << 20);
+    // Small boxes: keep RocksDB's memory modest. Every column family gets
+    // these (RocksDB's default is 64 MiB of memtable per family, up to two
+    // of them: under load the four families held hundreds of MiB), and
+    // all memtables together are capped, as is the one shared block cache.
+    opts.set_write_buffer_size(MEMTABLE_BYTES);
     opts.set_max_write_buffer_number(2);
+    opts.set_db_write_buffer_size(ALL_MEMTABLES_BYTES);
     opts.set_keep_log_file_num(4);
+    let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
     // A torn record at the very end of the WAL is a write that was cut by
     // a crash and never acknowledged: dropping it is right. Damage before
     // the end is not; RocksDB's default (point-in-time recovery) would stop
@@ -69,7 +95,7 @@ pub fn open(path: &Path, cluster_id: &str) -> Result<Arc<DB>, StoreError> {
     opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
     let cfs = [CF_META, CF_LOGS, CF_SM, CF_SM_META]
         .into_iter()
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        .map(|name| ColumnFamilyDescriptor::new(name, family_options(&cache)));
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
         let path = path.display().to_string();
         match source.kind() {

@@ -597,5 +597,9 @@ fn a_workload_changed_over_and_over_without_running_keeps_no_pile_of_old_specs()
         "history {:?} beyond the generations in use {in_use:?}",
         web.history.keys().collect::<Vec<_>>()
     );
-    assert!(web.history.len() <= 1, "{} old specs kept", web.history.len());
+    assert!(
+        web.history.len() <= 1,
+        "{} old specs kept",
+        web.history.len()
+    );
 }
