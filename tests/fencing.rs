@@ -318,14 +318,26 @@ fn a_daemon_that_dies_on_a_full_disk_exits_non_zero_and_its_singleton_is_still_f
         .stderr(std::process::Stdio::null())
         .status();
     let c = cluster.index_of("gw-c");
-    // Writes keep coming (liveness, reports); provoke one more.
-    apply(
-        &cluster,
-        &addr,
-        &format!(
-            "name: poke\nimage: {IMAGE}\nreplicas: 3\nspread: node\ncommand: [sleep, '3601']\n"
-        ),
-    );
+    // Writes keep coming (liveness, reports), but RocksDB may still hold
+    // preallocated WAL space on the full disk, and those writes succeed:
+    // write big entries (a workload nowhere placeable, 60 KB of env each
+    // time) until gw-c's Raft log truly runs out, watching the kernel's
+    // process list all along.
+    let filler = "x".repeat(60_000);
+    let deadline = Instant::now() + LONG;
+    let mut n = 0;
+    while cluster.gateways[c].is_running() {
+        let copies = cluster.kernel_copies("cam");
+        assert!(copies.len() <= 1, "cam runs twice (full disk): {copies:?}");
+        assert!(Instant::now() < deadline, "gw-c never ran out of disk");
+        let _ = cluster.apply(
+            &addr,
+            &format!(
+                "name: poke\nimage: {IMAGE}\nnode_selector: {{nowhere: here}}\nenv: {{FILL: '{filler}{n}'}}\n"
+            ),
+        );
+        n += 1;
+    }
     never_twice(&cluster, "cam", "full disk", |copies| {
         elsewhere(copies, "gw-c")
     });
