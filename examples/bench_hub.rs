@@ -32,8 +32,12 @@
 //! --example bench_hub` (about 30 s). The hub's log goes to a file in
 //! the temporary directory; `BENCH_KEEP=1` keeps that directory.
 
+#[path = "support/gantry_bin.rs"]
+mod gantry_bin;
+use gantry_bin::gantry_binary;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -379,26 +383,6 @@ impl HubProcess {
         }
         Ok(figures)
     }
-}
-
-/// The `gantry` binary of the same build as this example.
-fn gantry_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("BENCH_GANTRY_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("gantry"))
-        .ok_or_else(|| anyhow!("no directory above {}", exe.display()))?;
-    if !binary.exists() {
-        bail!(
-            "{} is missing: build it first (cargo build --release --bin gantry), or set BENCH_GANTRY_BIN",
-            binary.display()
-        );
-    }
-    Ok(binary)
 }
 
 /// Room for every site's socket, here and in the hub (which inherits it).

@@ -15,11 +15,15 @@
 //! BENCH_CLIENTS=1,16,64; BENCH_GANTRY_BIN to test another binary). Needs
 //! Debian's `etcd-server` (`etcd` on the PATH); it installs nothing.
 
-use std::path::{Path, PathBuf};
+#[path = "support/gantry_bin.rs"]
+mod gantry_bin;
+use gantry_bin::gantry_binary;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use gantry_proto::v1::{ApplyRequest, StatusRequest};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -48,26 +52,6 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// The `gantry` binary next to this example (target/PROFILE/gantry).
-fn gantry_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("BENCH_GANTRY_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("gantry"))
-        .ok_or_else(|| anyhow!("no directory above {}", exe.display()))?;
-    if !binary.exists() {
-        bail!(
-            "{} is missing: build it first (cargo build --release --bin gantry), or set BENCH_GANTRY_BIN",
-            binary.display()
-        );
-    }
-    Ok(binary)
 }
 
 /// Child processes, killed (by pid, ours) when dropped.
