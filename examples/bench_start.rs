@@ -1,7 +1,9 @@
 //! Apply -> Running latency: a one-gateway cluster on a private containerd
-//! starts 1 and 20 busybox containers; the same containers are started with
-//! `ctr run -d` on the same containerd for comparison. Run:
-//! `cargo run --example bench_start` (needs containerd, runc, busybox-static).
+//! starts 1, 20 and 100 busybox containers; the same containers are started
+//! with `ctr run -d` on the same containerd for comparison, in the same run.
+//! Prints one line per size. Run: `cargo run --release --example
+//! bench_start` (needs containerd, runc, busybox-static; BENCH_ROUNDS=N,
+//! BENCH_SIZES=1,20,100).
 
 use std::path::Path;
 use std::process::Command;
@@ -141,11 +143,12 @@ async fn main() -> Result<()> {
         .import_image(futures::stream::iter(vec![chunk]))
         .await?;
 
-    println!(
-        "{:>10}  {:>14}  {:>14}  {:>6}",
-        "containers", "gantry apply", "ctr run -d", "ratio"
-    );
-    for n in [1u32, 20] {
+    let sizes: Vec<u32> = std::env::var("BENCH_SIZES")
+        .unwrap_or_else(|_| "1,20,100".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    for n in sizes {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for round in 0..rounds {
@@ -156,8 +159,7 @@ async fn main() -> Result<()> {
         }
         let (ours, theirs) = (median(ours), median(theirs));
         println!(
-            "{:>10}  {:>12.0}ms  {:>12.0}ms  {:>6.2}",
-            n,
+            "start: containers={n} gantry_ms={:.0} ctr_ms={:.0} ratio={:.2}",
             ours.as_secs_f64() * 1e3,
             theirs.as_secs_f64() * 1e3,
             ours.as_secs_f64() / theirs.as_secs_f64()
