@@ -204,7 +204,10 @@ impl Bridge<'_> {
                     .reported(site, live.session, &report)
                     .await
                     .map_err(hub_error)?;
-                if epoch == live.epoch && acked_revision > 0 {
+                // Acks come as their own documents; a full report carries
+                // the count too, for one this hub missed (it was down).
+                // Only then: each save is a synced write.
+                if report.full && epoch == live.epoch && acked_revision > 0 {
                     self.sites
                         .acked(site, live.session, acked_revision)
                         .await
