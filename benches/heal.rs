@@ -4,7 +4,9 @@
 //! every replacement is Running elsewhere. Real gateway processes on
 //! loopback and a private containerd.
 //!
-//! Run: `cargo bench --profile dev --bench heal` (BENCH_TRIALS=N, default 5).
+//! Run: `cargo bench --bench heal` (release, what users run;
+//! BENCH_TRIALS=N, default 10). Prints one line per victim:
+//! `heal: victim=leader trials=10 p50=..s p99=..s max=..s`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -97,15 +99,13 @@ fn main() {
     let trials: usize = std::env::var("BENCH_TRIALS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(10);
     println!("power cut of a gateway running 10 of 30 instances, {trials} trials each");
-    println!("{:>10}  {:>8}  {:>8}  {:>8}", "victim", "p50", "p99", "max");
     for (label, leader) in [("follower", false), ("leader", true)] {
         let mut times: Vec<Duration> = (0..trials).map(|_| trial(leader)).collect();
         times.sort();
         println!(
-            "{:>10}  {:>7.2}s  {:>7.2}s  {:>7.2}s",
-            label,
+            "heal: victim={label} trials={trials} p50={:.2}s p99={:.2}s max={:.2}s",
             percentile(&times, 0.5).as_secs_f64(),
             percentile(&times, 0.99).as_secs_f64(),
             times.last().copied().unwrap_or_default().as_secs_f64()

@@ -16,6 +16,7 @@ use gantry_proto::v1::{
     JoinRequest, JsonDocument, LogsRequest, RaftMessage, RenewCertificateReply,
     RenewCertificateRequest,
 };
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
@@ -25,7 +26,7 @@ use super::status_from;
 use crate::agent::logs::LogStream;
 use crate::agent::{images, logs, pull, NodeRuntime};
 use crate::cluster::node::{JoinArgs, LeaderOp, LeaderReply};
-use crate::cluster::{Cluster, NodeId};
+use crate::cluster::{Cluster, NodeId, TypeConfig};
 use crate::control::liveness::Liveness;
 use crate::state::{Capacity, NodeStatus};
 use crate::trust::Sensitive;
@@ -129,18 +130,22 @@ impl ClusterHandlers {
     }
 
     pub async fn append_entries(&self, message: &RaftMessage) -> Result<RaftMessage, Status> {
-        let req = decode(&self.cluster, message)?;
+        let req: AppendEntriesRequest<TypeConfig> = decode(&self.cluster, message)?;
+        let leader = req.vote.leader_id().voted_for();
         let result = self.cluster.raft().append_entries(req).await;
-        if result.as_ref().is_ok_and(|r| r.is_success()) {
-            self.cluster.note_leader_contact();
+        if let Some(leader) = leader.filter(|_| result.as_ref().is_ok_and(|r| r.is_success())) {
+            self.cluster.note_leader_contact(leader);
         }
         encode(&self.cluster, &result)
     }
 
     pub async fn install_snapshot(&self, message: &RaftMessage) -> Result<RaftMessage, Status> {
-        let req = decode(&self.cluster, message)?;
+        let req: InstallSnapshotRequest<TypeConfig> = decode(&self.cluster, message)?;
+        let leader = req.vote.leader_id().voted_for();
         let result = self.cluster.raft().install_snapshot(req).await;
-        self.cluster.note_leader_contact();
+        if let Some(leader) = leader {
+            self.cluster.note_leader_contact(leader);
+        }
         encode(&self.cluster, &result)
     }
 

@@ -243,7 +243,9 @@ pub(crate) struct Inner {
     contact: ContactRecord,
     /// Leader: how far each gateway said (in its heartbeats) it has applied.
     member_applied: Mutex<std::collections::BTreeMap<NodeId, u64>>,
-    leader_contact: Mutex<Option<Instant>>,
+    /// The last accepted append-entries (or snapshot) and the leader that
+    /// sent it.
+    leader_contact: Mutex<Option<(NodeId, Instant)>>,
     /// Last heartbeat a leader with a quorum accepted (or our own quorum).
     quorum_contact: Mutex<QuorumSync>,
     pub(crate) write_timeout: Duration,
@@ -641,12 +643,23 @@ impl Cluster {
     }
 
     /// Called by the transport whenever the leader replicates to us.
-    pub fn note_leader_contact(&self) {
+    pub fn note_leader_contact(&self, leader: NodeId) {
         *self
             .inner
             .leader_contact
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            .unwrap_or_else(|p| p.into_inner()) = Some((leader, Instant::now()));
+    }
+
+    /// The leader this gateway last heard from through Raft, and when. A
+    /// new leader uses it to judge its predecessor at once: the election
+    /// itself says that leader fell silent (see `liveness::run_leader`).
+    pub fn last_leader_contact(&self) -> Option<(NodeId, Instant)> {
+        *self
+            .inner
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Called when a leader that hears from a quorum accepted our heartbeat
@@ -754,12 +767,8 @@ impl Cluster {
             // A leader cut off from its quorum is not current either.
             return (self.leader_has_quorum(), Some(0));
         }
-        let contact = *self
-            .inner
-            .leader_contact
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let age = contact.map(|at| at.elapsed().as_millis() as u64);
+        let contact = self.last_leader_contact();
+        let age = contact.map(|(_, at)| at.elapsed().as_millis() as u64);
         let fresh = age.is_some_and(|ms| ms < 3_000) && self.metrics().current_leader.is_some();
         (fresh, age)
     }

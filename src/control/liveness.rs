@@ -4,7 +4,9 @@
 //! the gateway's container runtime answers: a gateway whose containerd is
 //! down is NotReady with that reason, flagged `runtime_down` so its
 //! instances are not duplicated at once. A new leader starts with an empty
-//! table and gives every gateway a full grace period.
+//! table and gives every gateway a full grace period, except its
+//! predecessor: an election happens because that leader fell silent, so it
+//! is judged by when this gateway last heard from it through Raft.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,9 @@ use crate::state::{Command, Node, NodeStatus};
 #[derive(Default)]
 pub struct Liveness {
     seen: Mutex<BTreeMap<NodeId, (Instant, Option<String>)>>,
+    /// Gateways whose silence this leader witnessed before it led (its
+    /// predecessor), and since when: they get no fresh grace period.
+    witnessed: Mutex<BTreeMap<NodeId, Instant>>,
     /// What each gateway's instances used, as its last heartbeat said.
     usage: Mutex<BTreeMap<NodeId, (Instant, Vec<InstanceUsage>)>>,
 }
@@ -57,11 +62,29 @@ impl Liveness {
             .cloned()
     }
 
-    fn reset(&self) {
+    fn witnessed_since(&self, node: NodeId) -> Option<Instant> {
+        self.witnessed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .copied()
+    }
+
+    /// A new leader's table: empty, but for the predecessor it last heard
+    /// from (`leader`, at `at`).
+    fn reset(&self, predecessor: Option<(NodeId, Instant)>) {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.usage.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut witnessed = self.witnessed.lock().unwrap_or_else(|p| p.into_inner());
+        witnessed.clear();
+        witnessed.extend(predecessor);
     }
 }
+
+/// The predecessor's last append-entries counts only when it is this
+/// recent: an election follows a leader's silence within a few election
+/// timeouts, and an older contact says nothing about the gateway now.
+const PREDECESSOR_CONTACT_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// How often the leader looks at the table.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -99,9 +122,12 @@ fn transition(
     ) {
         return None;
     }
+    // Counted from this leader's first moment (a fresh grace period), or,
+    // for the predecessor, from the last append-entries it sent here.
+    let counted_from = liveness.witnessed_since(node.id).unwrap_or(since);
     let (seen, problem) = match liveness.last_seen(node.id) {
-        Some((at, problem)) => (at.max(since), problem),
-        None => (since, None),
+        Some((at, problem)) => (at.max(counted_from), problem),
+        None => (counted_from, None),
     };
     let mut wanted = wanted_status(seen.elapsed(), grace, problem);
     // The state machine shows a draining gateway that heartbeats as Draining.
@@ -131,9 +157,21 @@ pub async fn run_leader(
             continue;
         }
         let since = *leading_since.get_or_insert_with(|| {
-            liveness.reset();
-            tracing::info!("leading: every gateway gets a fresh grace period");
-            Instant::now()
+            let now = Instant::now();
+            let predecessor = cluster.last_leader_contact().filter(|(leader, at)| {
+                *leader != cluster.id()
+                    && now.saturating_duration_since(*at) <= PREDECESSOR_CONTACT_MAX_AGE
+            });
+            liveness.reset(predecessor);
+            match predecessor {
+                Some((leader, at)) => tracing::info!(
+                    predecessor = leader,
+                    silent_ms = now.saturating_duration_since(at).as_millis() as u64,
+                    "leading: every gateway gets a fresh grace period but the leader before"
+                ),
+                None => tracing::info!("leading: every gateway gets a fresh grace period"),
+            }
+            now
         });
         liveness.record(cluster.id(), health.problem());
         let transitions: Vec<(NodeId, Wanted)> = {
@@ -255,5 +293,52 @@ mod tests {
                 false
             )
         );
+    }
+
+    fn ready_node(id: NodeId) -> Node {
+        Node {
+            id,
+            name: format!("gw-{id}"),
+            address: "127.0.0.1:1".into(),
+            labels: Default::default(),
+            capacity: Default::default(),
+            devices: Default::default(),
+            status: NodeStatus::Ready,
+            status_reason: None,
+            cordoned: false,
+            runtime_down: false,
+            draining: false,
+            since_ms: 0,
+            joined_ms: 0,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn a_new_leader_judges_its_predecessor_by_the_election_not_a_fresh_grace() {
+        let grace = Duration::from_secs(1);
+        let now = Instant::now();
+        let Some(last_append) = now.checked_sub(Duration::from_millis(1_100)) else {
+            return; // a clock this young cannot express the past
+        };
+        let liveness = Liveness::default();
+        liveness.reset(Some((1, last_append)));
+
+        // The predecessor fell silent 1.1 s ago: NotReady on the first look.
+        let predecessor = transition(&ready_node(1), &liveness, now, grace);
+        assert_eq!(
+            predecessor.map(|(id, w)| (id, w.0)),
+            Some((1, NodeStatus::NotReady))
+        );
+        // Any other gateway gets its full grace from the first moment.
+        assert_eq!(transition(&ready_node(2), &liveness, now, grace), None);
+
+        // The predecessor heartbeats the new leader: Ready again.
+        liveness.record(1, None);
+        assert_eq!(transition(&ready_node(1), &liveness, now, grace), None);
+
+        // The next leader forgets it.
+        liveness.reset(None);
+        assert_eq!(transition(&ready_node(1), &liveness, now, grace), None);
     }
 }
