@@ -87,7 +87,30 @@ fn trial(victim_is_leader: bool) -> Duration {
     wait_for("every replacement Running", LONG, || {
         running_elsewhere(&cluster, &survivor, &victim)
     });
-    started.elapsed()
+    let took = started.elapsed();
+    // BENCH_LOGS=DIR keeps the gateways' logs of the last trial, to see
+    // where the time went.
+    if let Some(dir) = std::env::var_os("BENCH_LOGS") {
+        let dir = std::path::PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        for gateway in &cluster.gateways {
+            if let Some(name) = gateway.log.file_name() {
+                let _ = std::fs::copy(&gateway.log, dir.join(name));
+            }
+        }
+        eprintln!(
+            "power cut at {:?} (unix), healed after {took:?}",
+            unix_now_minus(took)
+        );
+    }
+    took
+}
+
+fn unix_now_minus(ago: Duration) -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(ago)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -102,6 +102,17 @@ async fn start_gantry(root: &Path) -> Result<(Members, gantry::cli::client::Admi
     Ok((members, client))
 }
 
+async fn raft_term(client: &gantry::cli::client::Admin) -> Result<u64> {
+    let status = client
+        .clone()
+        .status(StatusRequest {})
+        .await?
+        .into_inner()
+        .json;
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    Ok(status["term"].as_u64().unwrap_or(0))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let seconds: u64 = std::env::var("BENCH_SECONDS")
@@ -116,6 +127,7 @@ async fn main() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (etcd_members, etcd) = start_etcd(tmp.path(), 3).await?;
     let (gantry_members, gantry) = start_gantry(tmp.path()).await?;
+    let term_before = raft_term(&gantry).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!(
         "idle: gantry_member_rss_mb={:.1} etcd_member_rss_mb={:.1}",
@@ -157,6 +169,12 @@ async fn main() -> Result<()> {
             e.writes,
         );
     }
+    // A leader starved by the load would be deposed: each election
+    // raises the term.
+    println!(
+        "elections: during_load={}",
+        raft_term(&gantry).await?.saturating_sub(term_before)
+    );
     println!(
         "peak: gantry_member_rss_mb={:.1} etcd_member_rss_mb={:.1}",
         gantry_members.peak_rss_mib(),

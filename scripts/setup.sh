@@ -7,10 +7,11 @@
 # and chromium-driver for the web page test, systemd for
 # `systemd-analyze verify` of the units in dist/, mosquitto,
 # mosquitto-clients and openssl for the MQTT link's tests (a private
-# broker with its own certificates).
+# broker with its own certificates), etcd-server for the anchor of the
+# write and footprint benchmarks (scripts/bench-smoke.sh runs them briefly).
 set -euo pipefail
 
-packages=(build-essential pkg-config protobuf-compiler libprotobuf-dev libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo curl prometheus chromium chromium-driver systemd mosquitto mosquitto-clients openssl)
+packages=(build-essential pkg-config protobuf-compiler libprotobuf-dev libclang-dev clang containerd runc busybox-static iproute2 docker-registry skopeo curl prometheus chromium chromium-driver systemd mosquitto mosquitto-clients openssl etcd-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -20,7 +21,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # No packaged daemon starts (prometheus, docker-registry, containerd,
-  # mosquitto):
+  # mosquitto, etcd):
   # they would listen on every interface; tests start their own on loopback.
   policy=/usr/sbin/policy-rc.d
   made_policy=0
@@ -44,7 +45,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # Tests start their own registry on 127.0.0.1; the packaged service is not needed.
-for unit in docker-registry prometheus; do
+for unit in docker-registry prometheus etcd; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet "$unit" 2>/dev/null; then
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
   fi

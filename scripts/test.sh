@@ -22,4 +22,6 @@ else
 fi
 # The shell checks a skeptical reviewer would run against real gateways.
 ./scripts/security-smoke.sh || status=$?
+# Every benchmark runs for a few seconds and prints its line.
+./scripts/bench-smoke.sh || status=$?
 exit "$status"
