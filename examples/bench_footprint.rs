@@ -27,7 +27,8 @@ use anyhow::{bail, Context, Result};
 use gantry_node::testing::{busybox_oci_archive, PrivateContainerd};
 use gantry_proto::v1::{ApplyRequest, GetRequest, ImageChunk};
 use procs::{
-    gateway_addr, round, rss_mib, rss_peak_during, spawn, spec, start_etcd, wait_file, Members,
+    gateway_addr, round, rss_mib, rss_peak_during, rss_split_mib, spawn, spec, start_etcd,
+    wait_file, Members,
 };
 
 const IMAGE: &str = "127.0.0.1:5000/gantry/busybox:bench";
@@ -168,24 +169,18 @@ fn owner(raw: &str, name: &str) -> String {
     if raw.starts_with("_R") || rust_legacy {
         return first_segment(name);
     }
-    if raw.starts_with("_Z") {
-        return match first_segment(name).as_str() {
-            "rocksdb" => "rocksdb (C++)".into(),
-            "std" | "__gnu_cxx" | "__cxxabiv1" => "libstdc++".into(),
-            _ => "other C++".into(),
-        };
+    // The only C++ linked in is RocksDB (libstdc++ itself is a shared
+    // library): its templates from `std` are RocksDB's too.
+    if raw.starts_with("_Z") || name.starts_with("rocksdb_") {
+        return "rocksdb (C++)".into();
     }
-    let lower = name.to_ascii_lowercase();
-    if lower.starts_with("rocksdb_") {
-        "rocksdb (C++)".into()
-    } else if lower.starts_with("aws_lc") || lower.contains("aws_lc_") {
-        "aws-lc (C)".into()
-    } else if lower.starts_with("lz4") {
+    if name.starts_with("LZ4") {
         "lz4 (C)".into()
-    } else if lower.starts_with("ring_core") {
-        "ring (C)".into()
+    } else if name.starts_with("anon.") {
+        "Rust constants".into()
     } else {
-        "other C".into()
+        // aws-lc's and ring's C and assembly, and their tables.
+        "crypto (C, asm)".into()
     }
 }
 
@@ -203,6 +198,7 @@ async fn main() -> Result<()> {
     // Let start-up work (image import, ten starts) settle first.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let gantry_idle = idle_rss(gantry_pid, idle_seconds).await;
+    let gantry_split = rss_split_mib(gantry_pid);
     let (gantry_load, gantry_peak) = rss_peak_during(
         gantry_pid,
         round(CLIENTS, load_seconds, move |c, i| {
@@ -221,6 +217,7 @@ async fn main() -> Result<()> {
     let etcd_pid = etcd.pids()[0];
     tokio::time::sleep(Duration::from_secs(5)).await;
     let etcd_idle = idle_rss(etcd_pid, idle_seconds).await;
+    let etcd_split = rss_split_mib(etcd_pid);
     let kv = etcd_client.kv_client();
     let (etcd_load, etcd_peak) = rss_peak_during(
         etcd_pid,
@@ -240,6 +237,10 @@ async fn main() -> Result<()> {
     println!(
         "footprint: rss_idle_mb gantry={gantry_idle:.1} etcd={etcd_idle:.1} ratio={:.2} (gantry with {INSTANCES} running instances)",
         gantry_idle / etcd_idle.max(f64::EPSILON)
+    );
+    println!(
+        "footprint: rss_idle_split_mb gantry_anon={:.1} gantry_file={:.1} etcd_anon={:.1} etcd_file={:.1}",
+        gantry_split.0, gantry_split.1, etcd_split.0, etcd_split.1
     );
     println!(
         "footprint: rss_under_{CLIENTS}_clients_mb gantry={gantry_peak:.1} etcd={etcd_peak:.1} ratio={:.2} (writes/s gantry={:.0} etcd={:.0})",

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use gantry_node::{AgentEvent, InstanceReport as AgentReport, InstanceState as AgentState};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -106,6 +108,125 @@ fn stopped_for_move(state: &State, node: u64, removed: &AgentReport) -> Option<I
     })
 }
 
+/// Reports of these states are what people and the scheduler wait for (an
+/// instance up, or down): they leave after `MIN_GAP` at most, the others
+/// ride along or wait for the next `FLUSH_EVERY`.
+fn urgent(report: &InstanceReport) -> bool {
+    matches!(
+        report.state,
+        InstanceState::Running | InstanceState::Exited | InstanceState::Failed
+    )
+}
+
+/// The shortest time between two report writes: the first report after a
+/// quiet spell leaves at once, and a site where a thousand instances churn
+/// still writes at most this often (each write is a Raft commit).
+const MIN_GAP: Duration = Duration::from_millis(25);
+
+/// When the reports waiting here should be written.
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    last_write: Instant,
+    due: Option<Instant>,
+}
+
+impl Pacing {
+    fn new(now: Instant) -> Self {
+        Self {
+            last_write: now.checked_sub(FLUSH_EVERY).unwrap_or(now),
+            due: None,
+        }
+    }
+
+    /// A report joined the batch at `now`.
+    fn add(&mut self, now: Instant, urgent: bool) {
+        let gap = if urgent { MIN_GAP } else { FLUSH_EVERY };
+        let at = (self.last_write + gap).max(now);
+        self.due = Some(self.due.map_or(at, |due| due.min(at)));
+    }
+
+    /// A write was tried at `now`; `left` reports are still waiting (it
+    /// failed), to be tried again a `FLUSH_EVERY` later.
+    fn wrote(&mut self, now: Instant, left: bool) {
+        self.last_write = now;
+        self.due = left.then_some(now + FLUSH_EVERY);
+    }
+}
+
+/// What the reporter holds between writes.
+struct Batch {
+    /// Reports not committed yet, latest per instance.
+    pending: BTreeMap<InstanceKey, InstanceReport>,
+    /// The last report of every instance, to re-send when the replicated
+    /// state disagrees.
+    latest: BTreeMap<InstanceKey, InstanceReport>,
+    pacing: Pacing,
+}
+
+impl Batch {
+    fn queue(&mut self, key: InstanceKey, report: InstanceReport) {
+        self.pacing.add(Instant::now(), urgent(&report));
+        self.latest.insert(key.clone(), report.clone());
+        self.pending.insert(key, report);
+    }
+
+    /// Takes in one event from the agent.
+    fn absorb(
+        &mut self,
+        event: AgentEvent,
+        cluster: &Cluster,
+        health: &RuntimeHealth,
+        pids: &super::fence::Pids,
+    ) {
+        match event {
+            AgentEvent::Instance(report) => {
+                let alive = matches!(report.state, AgentState::Running | AgentState::Starting);
+                if report.pid.is_some() || !alive {
+                    pids.set(
+                        &report.container_id,
+                        &report.workload,
+                        report.replica,
+                        report.pid.filter(|_| alive),
+                    );
+                }
+                let key = InstanceKey {
+                    workload: report.workload.clone(),
+                    replica: report.replica,
+                };
+                match convert(&report) {
+                    Some(converted) => self.queue(key, converted),
+                    None => {
+                        if self
+                            .latest
+                            .get(&key)
+                            .is_some_and(|r| r.generation == report.generation)
+                        {
+                            self.latest.remove(&key);
+                        }
+                        // A copy stopped so that it can move (drain of a
+                        // singleton): the leader waits to hear it stopped.
+                        let stopped = {
+                            let guard = cluster.state().read();
+                            stopped_for_move(&guard.state, cluster.id(), &report)
+                        };
+                        if let Some(stopped) = stopped {
+                            self.queue(key, stopped);
+                        }
+                    }
+                }
+            }
+            AgentEvent::RuntimeAvailable { version } => {
+                tracing::info!(%version, "container runtime available");
+                health.set_problem(None);
+            }
+            AgentEvent::RuntimeUnavailable { reason } => {
+                tracing::warn!(%reason, "container runtime unavailable");
+                health.set_problem(Some(reason));
+            }
+        }
+    }
+}
+
 pub async fn run(
     cluster: Cluster,
     mut events: mpsc::Receiver<AgentEvent>,
@@ -113,72 +234,47 @@ pub async fn run(
     pids: super::fence::Pids,
     shutdown: CancellationToken,
 ) {
-    let mut pending: BTreeMap<InstanceKey, InstanceReport> = BTreeMap::new();
-    let mut latest: BTreeMap<InstanceKey, InstanceReport> = BTreeMap::new();
-    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let mut batch = Batch {
+        pending: BTreeMap::new(),
+        latest: BTreeMap::new(),
+        pacing: Pacing::new(Instant::now()),
+    };
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     loop {
+        let due = batch.pacing.due;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             event = events.recv() => match event {
                 None => return,
-                Some(AgentEvent::Instance(report)) => {
-                    let alive = matches!(report.state, AgentState::Running | AgentState::Starting);
-                    if report.pid.is_some() || !alive {
-                        pids.set(
-                            &report.container_id,
-                            &report.workload,
-                            report.replica,
-                            report.pid.filter(|_| alive),
-                        );
-                    }
-                    let key = InstanceKey { workload: report.workload.clone(), replica: report.replica };
-                    match convert(&report) {
-                        Some(converted) => {
-                            latest.insert(key.clone(), converted.clone());
-                            pending.insert(key, converted);
-                        }
-                        None => {
-                            if latest.get(&key).is_some_and(|r| r.generation == report.generation) {
-                                latest.remove(&key);
-                            }
-                            // A copy stopped so that it can move (drain of a
-                            // singleton): the leader waits to hear it stopped.
-                            let stopped = {
-                                let guard = cluster.state().read();
-                                stopped_for_move(&guard.state, cluster.id(), &report)
-                            };
-                            if let Some(stopped) = stopped {
-                                latest.insert(key.clone(), stopped.clone());
-                                pending.insert(key, stopped);
-                            }
-                        }
-                    }
-                }
-                Some(AgentEvent::RuntimeAvailable { version }) => {
-                    tracing::info!(%version, "container runtime available");
-                    health.set_problem(None);
-                }
-                Some(AgentEvent::RuntimeUnavailable { reason }) => {
-                    tracing::warn!(%reason, "container runtime unavailable");
-                    health.set_problem(Some(reason));
-                }
+                Some(event) => batch.absorb(event, &cluster, &health, &pids),
             },
             _ = resync.tick() => {
                 let guard = cluster.state().read();
-                for (key, report) in &latest {
-                    if disagrees(&guard.state, cluster.id(), report) {
-                        pending.insert(key.clone(), report.clone());
-                    }
+                let stale: Vec<(InstanceKey, InstanceReport)> = batch
+                    .latest
+                    .iter()
+                    .filter(|(_, report)| disagrees(&guard.state, cluster.id(), report))
+                    .map(|(key, report)| (key.clone(), report.clone()))
+                    .collect();
+                drop(guard);
+                for (key, report) in stale {
+                    batch.pending.insert(key, report);
+                    batch.pacing.add(Instant::now(), false);
                 }
             }
-            _ = flush.tick() => {
-                if pending.is_empty() {
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                // Everything the agent said meanwhile goes in the same write.
+                while let Ok(event) = events.try_recv() {
+                    batch.absorb(event, &cluster, &health, &pids);
+                }
+                if batch.pending.is_empty() {
+                    batch.pacing.due = None;
                     continue;
                 }
                 let reports: Vec<InstanceReport> = {
                     let guard = cluster.state().read();
-                    pending
+                    batch
+                        .pending
                         .values()
                         .cloned()
                         .map(|mut r| {
@@ -188,6 +284,7 @@ pub async fn run(
                         .collect()
                 };
                 let command = Command::ReportInstances { node: cluster.id(), reports };
+                let started = Instant::now();
                 // Inline on purpose: while the write waits, the agent's
                 // events queue up and hold the agent back (a reporter that
                 // wrote off its loop let the agent churn and slowed a site
@@ -196,11 +293,43 @@ pub async fn run(
                 // only after the write; until then the fence leases it by
                 // container id (README, findings 11 and 12).
                 match tokio::time::timeout(REPORT_TIMEOUT, cluster.write(command)).await {
-                    Ok(Ok(_)) => pending.clear(),
-                    Ok(Err(e)) => tracing::debug!(error = %e, kept = pending.len(), "instance reports not committed yet"),
-                    Err(_) => tracing::debug!(kept = pending.len(), "instance reports not committed yet"),
+                    Ok(Ok(_)) => batch.pending.clear(),
+                    Ok(Err(e)) => tracing::debug!(error = %e, kept = batch.pending.len(), "instance reports not committed yet"),
+                    Err(_) => tracing::debug!(kept = batch.pending.len(), "instance reports not committed yet"),
                 }
+                batch.pacing.wrote(started, !batch.pending.is_empty());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_report_after_quiet_leaves_at_once_and_churn_is_paced() {
+        let start = Instant::now();
+        let mut pacing = Pacing::new(start);
+        assert_eq!(pacing.due, None);
+
+        // Quiet until now: a Running report is due at once.
+        pacing.add(start, true);
+        assert_eq!(pacing.due, Some(start));
+        pacing.wrote(start, false);
+        assert_eq!(pacing.due, None);
+
+        // Right after a write, an urgent report waits out MIN_GAP, an
+        // ordinary one FLUSH_EVERY, and the earlier of the two wins.
+        let soon = start + Duration::from_millis(5);
+        pacing.add(soon, false);
+        assert_eq!(pacing.due, Some(start + FLUSH_EVERY));
+        pacing.add(soon, true);
+        assert_eq!(pacing.due, Some(start + MIN_GAP));
+
+        // A write that did not commit is tried again a FLUSH_EVERY later.
+        let later = start + MIN_GAP;
+        pacing.wrote(later, true);
+        assert_eq!(pacing.due, Some(later + FLUSH_EVERY));
     }
 }
