@@ -109,19 +109,18 @@ fn stopped_for_move(state: &State, node: u64, removed: &AgentReport) -> Option<I
 }
 
 /// Reports of these states are what people and the scheduler wait for (an
-/// instance up, or down): they leave after `MIN_GAP` at most, the others
-/// ride along or wait for the next `FLUSH_EVERY`.
+/// instance up, or down): one leaves as soon as the last write is a
+/// `FLUSH_EVERY` old, so the first after a quiet spell goes at once. The
+/// others wait a `FLUSH_EVERY` (or ride along). Writes stay at least a
+/// `FLUSH_EVERY` apart either way: a site where a thousand instances churn
+/// writes no more often than before (each write is a Raft commit that every
+/// gateway applies; at 25 ms apart such a site starved client writes).
 fn urgent(report: &InstanceReport) -> bool {
     matches!(
         report.state,
         InstanceState::Running | InstanceState::Exited | InstanceState::Failed
     )
 }
-
-/// The shortest time between two report writes: the first report after a
-/// quiet spell leaves at once, and a site where a thousand instances churn
-/// still writes at most this often (each write is a Raft commit).
-const MIN_GAP: Duration = Duration::from_millis(25);
 
 /// When the reports waiting here should be written.
 #[derive(Debug, Clone, Copy)]
@@ -140,8 +139,11 @@ impl Pacing {
 
     /// A report joined the batch at `now`.
     fn add(&mut self, now: Instant, urgent: bool) {
-        let gap = if urgent { MIN_GAP } else { FLUSH_EVERY };
-        let at = (self.last_write + gap).max(now);
+        let at = if urgent {
+            now.max(self.last_write + FLUSH_EVERY)
+        } else {
+            now.max(self.last_write) + FLUSH_EVERY
+        };
         self.due = Some(self.due.map_or(at, |due| due.min(at)));
     }
 
@@ -308,27 +310,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_first_report_after_quiet_leaves_at_once_and_churn_is_paced() {
+    fn the_first_report_after_quiet_leaves_at_once_and_writes_stay_apart() {
         let start = Instant::now();
         let mut pacing = Pacing::new(start);
         assert_eq!(pacing.due, None);
 
-        // Quiet until now: a Running report is due at once.
-        pacing.add(start, true);
-        assert_eq!(pacing.due, Some(start));
-        pacing.wrote(start, false);
+        // A Starting report waits; the Running one after it goes at once
+        // (quiet until now) and takes the Starting one along.
+        pacing.add(start, false);
+        assert_eq!(pacing.due, Some(start + FLUSH_EVERY));
+        let running = start + Duration::from_millis(40);
+        pacing.add(running, true);
+        assert_eq!(pacing.due, Some(running));
+        pacing.wrote(running, false);
         assert_eq!(pacing.due, None);
 
-        // Right after a write, an urgent report waits out MIN_GAP, an
-        // ordinary one FLUSH_EVERY, and the earlier of the two wins.
-        let soon = start + Duration::from_millis(5);
-        pacing.add(soon, false);
-        assert_eq!(pacing.due, Some(start + FLUSH_EVERY));
+        // Right after a write, even an urgent report waits until the last
+        // write is a FLUSH_EVERY old.
+        let soon = running + Duration::from_millis(5);
         pacing.add(soon, true);
-        assert_eq!(pacing.due, Some(start + MIN_GAP));
+        assert_eq!(pacing.due, Some(running + FLUSH_EVERY));
+        pacing.add(soon, false);
+        assert_eq!(pacing.due, Some(running + FLUSH_EVERY));
 
         // A write that did not commit is tried again a FLUSH_EVERY later.
-        let later = start + MIN_GAP;
+        let later = running + FLUSH_EVERY;
         pacing.wrote(later, true);
         assert_eq!(pacing.due, Some(later + FLUSH_EVERY));
     }

@@ -30,8 +30,11 @@ use crate::trust::{NodeTrust, Sensitive};
 /// leader lease (the maximum election timeout) plus a random election
 /// timeout without hearing from it: 0.9-1.2 s here, about etcd's 1 s
 /// election timeout, so a leader is deposed after as much silence as in
-/// etcd, and a lost one is replaced within about a second. Logs are
-/// compacted every 500 entries.
+/// etcd, and a lost one is replaced within about a second. The heartbeat
+/// interval is also openraft's time limit for every append-entries call:
+/// at 100 ms a follower busy applying a burst missed it and replication
+/// stalled (`a_gateway_away_during_1000_writes...` under a parallel
+/// build), so it stays at 150 ms. Logs are compacted every 500 entries.
 #[derive(Debug, Clone)]
 pub struct RaftTimers {
     pub heartbeat_ms: u64,
@@ -44,7 +47,7 @@ pub struct RaftTimers {
 impl Default for RaftTimers {
     fn default() -> Self {
         Self {
-            heartbeat_ms: 100,
+            heartbeat_ms: 150,
             election_min_ms: 300,
             election_max_ms: 600,
             snapshot_after_logs: 500,
