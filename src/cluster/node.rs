@@ -28,13 +28,13 @@ use crate::trust::{NodeTrust, Sensitive};
 /// Raft timing and log retention. Defaults suit loopback and site LANs.
 /// A follower that knows a leader starts an election only after openraft's
 /// leader lease (the maximum election timeout) plus a random election
-/// timeout without hearing from it: 0.9-1.2 s here, about etcd's 1 s
-/// election timeout, so a leader is deposed after as much silence as in
-/// etcd, and a lost one is replaced within about a second. The heartbeat
-/// interval is also openraft's time limit for every append-entries call:
-/// at 100 ms a follower busy applying a burst missed it and replication
-/// stalled (`a_gateway_away_during_1000_writes...` under a parallel
-/// build), so it stays at 150 ms. Logs are compacted every 500 entries.
+/// timeout without hearing from it: 1.8-2.4 s here. Half that (300-600 ms
+/// timeouts) healed a lost leader in 1.8 s instead of 2.6 s, but deposed
+/// a busy leader while a build ran beside the cluster
+/// (`a_gateway_away_during_1000_writes...` stalled on elections), and a
+/// small ARM gateway is slower than that machine: README, "Performance".
+/// The heartbeat interval is also openraft's time limit for every
+/// append-entries call. Logs are compacted every 500 entries.
 #[derive(Debug, Clone)]
 pub struct RaftTimers {
     pub heartbeat_ms: u64,
@@ -48,8 +48,8 @@ impl Default for RaftTimers {
     fn default() -> Self {
         Self {
             heartbeat_ms: 150,
-            election_min_ms: 300,
-            election_max_ms: 600,
+            election_min_ms: 600,
+            election_max_ms: 1200,
             snapshot_after_logs: 500,
             keep_logs: 100,
         }
