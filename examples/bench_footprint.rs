@@ -272,7 +272,7 @@ async fn main() -> Result<()> {
         etcd_binary.display()
     );
     let mut sizes: Vec<(String, u64)> = symbol_sizes(&binary)?.into_iter().collect();
-    sizes.sort_by(|a, b| b.1.cmp(&a.1));
+    sizes.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     let total: u64 = sizes.iter().map(|(_, s)| s).sum();
     for (name, size) in sizes.iter().take(15) {
         println!(
