@@ -661,3 +661,209 @@ fn a_link_whose_packets_vanish_is_noticed_and_a_hub_change_made_meanwhile_arrive
         s["connected"] == true && s["acked_revision"] == 2
     });
 }
+
+/// Edge autonomy (issue #11): three gateways keep working while their
+/// uplink is cut. During the cut a gateway is lost and its work moves, an
+/// admin applies a local change, and the hub queues a change of its own.
+/// When the uplink returns, both changes are in force, nothing that was
+/// not on the lost gateway restarted (same container ids and pids), and
+/// the hub holds the whole truth: every workload, where it runs, and the
+/// lost gateway as not Ready. Default flags throughout; the cut drops
+/// packets without a reset, as a dead mobile uplink does.
+#[test]
+fn an_uplink_cut_while_a_gateway_dies_loses_neither_the_local_nor_the_cloud_change() {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+    use support::blackhole::BlackholeProxy;
+
+    const NOTICE: Duration = Duration::from_secs(120);
+    let mut cluster = TestCluster::new();
+    cluster.start_hub();
+    cluster.init("gw-a", &[]);
+    cluster.join("gw-b", &[]);
+    cluster.join("gw-c", &[]);
+    let addr = cluster.addr(0);
+    let archive = cluster.tmp.path().join("busybox.tar");
+    gantry_node::testing::busybox_oci_archive(&archive, BUSYBOX).expect("busybox archive");
+    let out = cluster.cli(
+        &addr,
+        &["image", "import", archive.to_str().unwrap(), "--all"],
+    );
+    assert!(out.status.success(), "import: {}", stderr(&out));
+
+    let proxy = BlackholeProxy::start(&cluster.hub_addr());
+    let token = token(&cluster, SITE);
+    let out = cluster.cli(
+        &addr,
+        &[
+            "cloud",
+            "attach",
+            "--hub",
+            &proxy.addr,
+            "--site",
+            SITE,
+            "--token",
+            &token,
+        ],
+    );
+    assert!(out.status.success(), "attach: {}", stderr(&out));
+
+    let sleeper = |name: &str, replicas: u32| {
+        format!(
+            "name: {name}\nimage: {BUSYBOX}\nreplicas: {replicas}\ncommand: [sleep, '100000']\n"
+        )
+    };
+    assert!(cluster
+        .hub_apply(SITE, &sleeper("web", 6), &[])
+        .status
+        .success());
+    assert!(cluster
+        .apply(&addr, &sleeper("local-1", 3))
+        .status
+        .success());
+    let all_running = |cluster: &TestCluster, expected: usize| -> Option<Value> {
+        let status = cluster.try_json(&addr, &["status"])?;
+        let leader = status["leader"].as_str()?.to_string();
+        let leader_addr = cluster.addr(cluster.index_of(&leader));
+        let instances = cluster.try_json(&leader_addr, &["get", "instances"])?;
+        let list = instances.as_array()?;
+        (list.len() == expected && list.iter().all(|i| i["state"] == "Running"))
+            .then_some(instances)
+    };
+    wait_for("9 instances Running", DEADLINE, || all_running(&cluster, 9));
+    wait_hub(
+        &cluster,
+        "the hub to hold revision 1 and every instance",
+        |s| s["acked_revision"] == 1 && s["instances"].as_array().is_some_and(|i| i.len() == 9),
+    );
+
+    // The victim: a gateway that does not hold the uplink (only the leader
+    // does), so that the cut and the loss are two separate faults.
+    let leader = cluster.status_with_leader()["leader"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let victim = ["gw-a", "gw-b", "gw-c"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap()
+        .to_string();
+    let survivors: Vec<String> = ["gw-a", "gw-b", "gw-c"]
+        .into_iter()
+        .filter(|n| *n != victim)
+        .map(String::from)
+        .collect();
+    let survivor_addr = cluster.addr(cluster.index_of(&leader));
+    let before: BTreeMap<String, Vec<(String, Option<u32>)>> = survivors
+        .iter()
+        .flat_map(|gw| {
+            ["web", "local-1"].map(|w| (format!("{gw}/{w}"), cluster.running_containers(gw, w)))
+        })
+        .collect();
+
+    // The uplink goes dead; the site notices by its keepalive.
+    proxy.blackhole();
+    wait_for(
+        "the site to notice the dead uplink",
+        NOTICE + DEADLINE,
+        || {
+            let status = cluster.try_json(&survivor_addr, &["status"])?;
+            (status["cloud"]["connected"] == false).then_some(())
+        },
+    );
+
+    // Meanwhile: a gateway is lost (with its containers), the admin adds
+    // a workload, the hub queues one.
+    let doomed = cluster.running_containers(&victim, "web");
+    let doomed_local = cluster.running_containers(&victim, "local-1");
+    let index = cluster.index_of(&victim);
+    cluster.gateways[index].kill();
+    for (_, pid) in doomed.into_iter().chain(doomed_local) {
+        if let Some(pid) = pid {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+    let out = cluster.apply(&survivor_addr, &sleeper("local-2", 1));
+    assert!(
+        out.status.success(),
+        "local apply during the cut: {}",
+        stderr(&out)
+    );
+    assert!(cluster
+        .hub_apply(SITE, &sleeper("db", 1), &[])
+        .status
+        .success());
+    wait_for(
+        "the lost gateway's work to run on the others",
+        DEADLINE,
+        || {
+            let instances = all_running(&cluster, 10)?;
+            instances
+                .as_array()?
+                .iter()
+                .all(|i| i["node"] != victim.as_str())
+                .then_some(())
+        },
+    );
+    let site = cluster.hub_site(SITE);
+    assert_eq!(site["acked_revision"], 1, "nothing crossed the dead uplink");
+
+    // The uplink returns.
+    proxy.restore();
+    wait_for("the hub's change to arrive", NOTICE + DEADLINE, || {
+        let workloads = cluster.try_json(&survivor_addr, &["get", "workloads"])?;
+        (workload(&workloads, "db")?["source"] == "cloud").then_some(())
+    });
+    wait_for("11 instances Running", DEADLINE, || {
+        all_running(&cluster, 11)
+    });
+    let site = wait_hub(&cluster, "the whole truth at the hub", |s| {
+        s["connected"] == true
+            && s["acked_revision"] == 2
+            && names(&s["instances"], "workload") == ["db", "local-1", "local-2", "web"]
+            && s["instances"].as_array().is_some_and(|i| {
+                i.len() == 11
+                    && i.iter()
+                        .all(|x| x["state"] == "Running" && x["node"] != victim.as_str())
+            })
+            && s["nodes"].as_array().is_some_and(|nodes| {
+                nodes
+                    .iter()
+                    .any(|n| n["name"] == victim.as_str() && n["status"] != "Ready")
+            })
+    });
+    let sources: BTreeMap<String, String> = site["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap().to_string(),
+                w["source"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(sources.get("local-2").map(String::as_str), Some("local"));
+    assert_eq!(sources.get("db").map(String::as_str), Some("cloud"));
+
+    // What ran on the survivors before the cut still runs: same ids, same
+    // pids, no restart.
+    for gw in &survivors {
+        for w in ["web", "local-1"] {
+            let now = cluster.running_containers(gw, w);
+            let then = &before[&format!("{gw}/{w}")];
+            for container in then {
+                assert!(
+                    now.contains(container),
+                    "{gw}: {w}'s container {container:?} restarted or went away: now {now:?}"
+                );
+            }
+        }
+    }
+    let instances = cluster.json(&survivor_addr, &["get", "instances"]);
+    for instance in instances.as_array().unwrap() {
+        assert_eq!(instance["restarts"], 0, "no restarts: {instance}");
+    }
+}
