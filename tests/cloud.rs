@@ -22,14 +22,30 @@ fn token(cluster: &TestCluster, site: &str) -> String {
 }
 
 fn attach(cluster: &TestCluster, gateway: &str, token: &str) {
-    let hub = cluster.hub_addr();
+    attach_through(cluster, gateway, &cluster.hub_addr(), token);
+}
+
+/// Attaches through `hub`: the hub itself, or a proxy in front of it.
+fn attach_through(cluster: &TestCluster, gateway: &str, hub: &str, token: &str) {
     let out = cluster.cli(
         gateway,
         &[
-            "cloud", "attach", "--hub", &hub, "--site", SITE, "--token", token,
+            "cloud", "attach", "--hub", hub, "--site", SITE, "--token", token,
         ],
     );
     assert!(out.status.success(), "attach: {}", stderr(&out));
+}
+
+/// Each workload the hub knows of the site, with its source.
+fn sources(site: &Value) -> std::collections::BTreeMap<String, String> {
+    site["workloads"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|w| Some((w["name"].as_str()?.into(), w["source"].as_str()?.into())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn workload<'a>(workloads: &'a Value, name: &str) -> Option<&'a Value> {
@@ -199,19 +215,9 @@ fn with_the_hub_down_local_admin_works_and_after_its_restart_nothing_is_lost() {
             && s["acked_revision"] == 2
             && names(&s["instances"], "workload") == ["db", "mine", "web"]
     });
-    let sources: Vec<(String, String)> = site["workloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| {
-            (
-                w["name"].as_str().unwrap().to_string(),
-                w["source"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    assert!(sources.contains(&("mine".into(), "local".into())));
-    assert!(sources.contains(&("web".into(), "cloud".into())));
+    let sources = sources(&site);
+    assert_eq!(sources.get("mine").map(String::as_str), Some("local"));
+    assert_eq!(sources.get("web").map(String::as_str), Some("cloud"));
     assert_eq!(names(&site["nodes"], "name"), ["gw-a"]);
     let workloads = cluster.json(&addr, &["get", "workloads"]);
     assert_eq!(
@@ -545,20 +551,7 @@ fn a_link_whose_packets_vanish_is_noticed_and_a_hub_change_made_meanwhile_arrive
     let addr = cluster.addr(0);
     let proxy = BlackholeProxy::start(&cluster.hub_addr());
     let token = token(&cluster, SITE);
-    let out = cluster.cli(
-        &addr,
-        &[
-            "cloud",
-            "attach",
-            "--hub",
-            &proxy.addr,
-            "--site",
-            SITE,
-            "--token",
-            &token,
-        ],
-    );
-    assert!(out.status.success(), "attach: {}", stderr(&out));
+    attach_through(&cluster, &addr, &proxy.addr, &token);
     let connected_since = |cluster: &TestCluster| -> Option<u64> {
         let status = cluster.try_json(&addr, &["status"])?;
         (status["cloud"]["connected"] == true).then(|| status["cloud"]["since_ms"].as_u64())?
@@ -693,20 +686,7 @@ fn an_uplink_cut_while_a_gateway_dies_loses_neither_the_local_nor_the_cloud_chan
 
     let proxy = BlackholeProxy::start(&cluster.hub_addr());
     let token = token(&cluster, SITE);
-    let out = cluster.cli(
-        &addr,
-        &[
-            "cloud",
-            "attach",
-            "--hub",
-            &proxy.addr,
-            "--site",
-            SITE,
-            "--token",
-            &token,
-        ],
-    );
-    assert!(out.status.success(), "attach: {}", stderr(&out));
+    attach_through(&cluster, &addr, &proxy.addr, &token);
 
     let sleeper = |name: &str, replicas: u32| {
         format!(
@@ -834,17 +814,7 @@ fn an_uplink_cut_while_a_gateway_dies_loses_neither_the_local_nor_the_cloud_chan
                     .any(|n| n["name"] == victim.as_str() && n["status"] != "Ready")
             })
     });
-    let sources: BTreeMap<String, String> = site["workloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| {
-            (
-                w["name"].as_str().unwrap().to_string(),
-                w["source"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let sources = sources(&site);
     assert_eq!(sources.get("local-2").map(String::as_str), Some("local"));
     assert_eq!(sources.get("db").map(String::as_str), Some("cloud"));
 
