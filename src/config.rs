@@ -68,6 +68,10 @@ pub struct GatewayConfig {
     /// Between SIGTERM and SIGKILL when a container is stopped.
     #[serde(default = "default_stop_grace")]
     pub stop_grace: HumanDuration,
+    /// Below this many free bytes in the data dir the gateway refuses
+    /// writes (`cluster::disk_space`); 0 turns the watch off.
+    #[serde(default = "default_disk_reserve")]
+    pub disk_reserve_bytes: u64,
     /// Registries allowed over plain HTTP and credentials per registry
     /// (edit `registry.credentials` here: `{"host:port": ["user", "pass"]}`).
     #[serde(default)]
@@ -76,6 +80,10 @@ pub struct GatewayConfig {
 
 fn default_stop_grace() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(10))
+}
+
+fn default_disk_reserve() -> u64 {
+    crate::cluster::disk_space::DEFAULT_RESERVE_BYTES
 }
 
 fn default_socket() -> String {

@@ -98,6 +98,13 @@ impl Gateway {
             crate::cluster::fault::inbound,
         );
         tasks.spawn(crate::cluster::fault::watch(shutdown.clone()));
+        tasks.spawn(crate::cluster::disk_space::watch(
+            cluster.clone(),
+            config.name.clone(),
+            data_dir.to_path_buf(),
+            config.disk_reserve_bytes,
+            shutdown.clone(),
+        ));
         let link = crate::cloud::link::LinkHandle::default();
         let renewals = crate::trust::renewal::Renewals::default();
         // A manifest is at most one Raft message; an answer is as large as

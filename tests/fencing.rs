@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use gantry_node::testing::busybox_oci_archive;
 use serde_json::Value;
-use support::{node, wait_for, TestCluster};
+use support::{node, wait_for, TestCluster, Tmpfs};
 
 const IMAGE: &str = "127.0.0.1:5000/gantry/busybox:test";
 /// Generous against hangs; the fences themselves are 30-70 s.
@@ -265,42 +265,15 @@ fn a_shorter_stop_after_applied_during_a_partition_does_not_shorten_the_fence() 
     still_once(&cluster, "cam", Duration::from_secs(5));
 }
 
-/// A tmpfs of `size` on `dir` (the test runs as root, as CI does).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("mount");
-        assert!(
-            out.status.success(),
-            "mount tmpfs (needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_daemon_that_dies_on_a_full_disk_exits_non_zero_and_its_singleton_is_still_fenced() {
     let mut cluster = TestCluster::new();
     cluster.init("gw-a", &[]);
     cluster.join("gw-b", &[]);
     let disk = Tmpfs::mount(&cluster.tmp.path().join("gw-c"), "48m");
-    cluster.join("gw-c", &["--labels", "cam=here"]);
+    // The disk reserve (tests/full_disk.rs) would stop gw-c's writes before
+    // the disk is full; this is the path past it, a storage error.
+    cluster.join("gw-c", &["--labels", "cam=here", "--disk-reserve", "0"]);
     import(&cluster);
     let addr = cluster.addr(0);
     apply(&cluster, &addr, &cam("node_selector: {cam: here}\n"));

@@ -8,6 +8,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How this gateway reaches image registries. Part of the gateway config.
@@ -84,18 +85,36 @@ impl RegistryConfig {
     /// A client that uses HTTP for the insecure registries only. The
     /// client's own platform resolver is unused: we resolve indexes
     /// ourselves so the exact registry bytes reach the content store.
+    ///
+    /// Building one loads and parses the system's CA bundle (some 150 PEM
+    /// certificates). Built for every pull, hundreds of instances retrying
+    /// an unreachable registry kept a 2-core gateway so busy parsing PEM
+    /// that Raft went unserved for seconds; so clients are kept, one per
+    /// set of plain-HTTP registries (its connection pool and registry
+    /// tokens are then shared too).
     pub(crate) fn client(&self) -> Client {
+        static CLIENTS: Mutex<Vec<(Vec<String>, Client)>> = Mutex::new(Vec::new());
         let mut plain: Vec<String> = Vec::new();
         for reg in &self.insecure {
             plain.extend(aliases(reg).into_iter().map(str::to_string));
         }
-        Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain),
+        let mut clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, client)) = clients.iter().find(|(key, _)| *key == plain) {
+            return client.clone();
+        }
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(plain.clone()),
             platform_resolver: None,
             connect_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(60)),
             ..ClientConfig::default()
-        })
+        });
+        // Configs change rarely; a handful of them is all a process sees.
+        if clients.len() >= 8 {
+            clients.remove(0);
+        }
+        clients.push((plain, client.clone()));
+        client
     }
 }
 

@@ -131,6 +131,12 @@ impl ClusterHandlers {
 
     pub async fn append_entries(&self, message: &RaftMessage) -> Result<RaftMessage, Status> {
         let req: AppendEntriesRequest<TypeConfig> = decode(&self.cluster, message)?;
+        // Entries this gateway may not have room for are refused; a bare
+        // heartbeat still counts, so nobody stands for election over a full
+        // disk. The leader retries, and we catch up once space is freed.
+        if !req.entries.is_empty() {
+            low_disk_refuses(&self.cluster)?;
+        }
         let leader = req.vote.leader_id().voted_for();
         let result = self.cluster.raft().append_entries(req).await;
         if let Some(leader) = leader.filter(|_| result.as_ref().is_ok_and(|r| r.is_success())) {
@@ -141,6 +147,7 @@ impl ClusterHandlers {
 
     pub async fn install_snapshot(&self, message: &RaftMessage) -> Result<RaftMessage, Status> {
         let req: InstallSnapshotRequest<TypeConfig> = decode(&self.cluster, message)?;
+        low_disk_refuses(&self.cluster)?;
         let leader = req.vote.leader_id().voted_for();
         let result = self.cluster.raft().install_snapshot(req).await;
         if let Some(leader) = leader {
@@ -225,33 +232,50 @@ fn encode<T: Serialize>(cluster: &Cluster, value: &T) -> Result<RaftMessage, Sta
     })
 }
 
+fn low_disk_refuses(cluster: &Cluster) -> Result<(), Status> {
+    cluster
+        .disk_space()
+        .check()
+        .map_err(|low| Status::resource_exhausted(low.to_string()))
+}
+
+/// Runs a Raft RPC's handler to the end even when the caller stops waiting.
+/// openraft gives every append-entries call one heartbeat interval (150 ms);
+/// on a loaded small box decoding and appending a batch can take longer, and
+/// a handler dropped half-way wastes the work, so the leader sends the same
+/// batch again and again while the follower, hearing nothing it finished,
+/// stands for election: a livelock under load. Finished in its own task, the
+/// batch is in the follower's log and the next attempt is a quick match.
+async fn to_completion(
+    handler: impl std::future::Future<Output = Result<RaftMessage, Status>> + Send + 'static,
+) -> Result<Response<RaftMessage>, Status> {
+    match tokio::spawn(handler).await {
+        Ok(reply) => reply.map(Response::new),
+        Err(e) => Err(Status::internal(format!("raft handler failed: {e}"))),
+    }
+}
+
 #[tonic::async_trait]
 impl ClusterRpc for ClusterService {
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.handlers
-            .vote(request.get_ref())
-            .await
-            .map(Response::new)
+        let handlers = self.handlers.clone();
+        to_completion(async move { handlers.vote(request.get_ref()).await }).await
     }
 
     async fn append_entries(
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.handlers
-            .append_entries(request.get_ref())
-            .await
-            .map(Response::new)
+        let handlers = self.handlers.clone();
+        to_completion(async move { handlers.append_entries(request.get_ref()).await }).await
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.handlers
-            .install_snapshot(request.get_ref())
-            .await
-            .map(Response::new)
+        let handlers = self.handlers.clone();
+        to_completion(async move { handlers.install_snapshot(request.get_ref()).await }).await
     }
 
     async fn add_member(

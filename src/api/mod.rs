@@ -18,6 +18,7 @@ pub fn status_from(error: ClusterError) -> Status {
             Code::Unavailable
         }
         ClusterError::Refused(_) => Code::FailedPrecondition,
+        ClusterError::DiskLow(_) => Code::ResourceExhausted,
         ClusterError::Raft(_) | ClusterError::Start(_) => Code::Internal,
         ClusterError::NoIdentity => Code::Unimplemented,
     };

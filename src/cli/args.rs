@@ -620,6 +620,10 @@ pub struct MemberArgs {
     /// Between SIGTERM and SIGKILL when this gateway stops a container.
     #[arg(long, default_value = "10s")]
     pub stop_grace: HumanDuration,
+    /// Free space kept in the data dir, like `64Mi`: below it the gateway
+    /// refuses writes (and leadership) until space is freed; `0` turns this off.
+    #[arg(long, default_value = "64Mi", value_parser = parse_bytes)]
+    pub disk_reserve: u64,
     /// Registries (HOST:PORT) this gateway may pull from over plain HTTP.
     #[arg(long = "insecure-registry", value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
@@ -644,6 +648,7 @@ impl MemberArgs {
             containerd_socket: crate::config::DEFAULT_CONTAINERD_SOCKET.into(),
             containerd_namespace: crate::config::DEFAULT_CONTAINERD_NAMESPACE.into(),
             stop_grace: HumanDuration(std::time::Duration::from_secs(10)),
+            disk_reserve: crate::cluster::disk_space::DEFAULT_RESERVE_BYTES,
             insecure_registries: Vec::new(),
             // Embedded gateways (benches, `gantry dev`) stay on this machine.
             allowed_registries: vec!["127.0.0.1".into()],
@@ -731,6 +736,11 @@ fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
         }
     }
     Ok(labels)
+}
+
+/// A size in bytes with the memory units (`64Mi`, `1G`, `0`).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    parse_memory(text).map_err(|e| e.to_string())
 }
 
 fn parse_capacity(text: &str) -> Result<CapacityOverride, String> {

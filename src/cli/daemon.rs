@@ -117,6 +117,7 @@ fn new_config(
         containerd_socket: member.containerd_socket.clone(),
         containerd_namespace: member.containerd_namespace.clone(),
         stop_grace: member.stop_grace,
+        disk_reserve_bytes: member.disk_reserve,
         registry: gantry_node::RegistryConfig {
             insecure: member.insecure_registries.clone(),
             credentials: Default::default(),

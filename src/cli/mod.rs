@@ -50,7 +50,17 @@ pub fn main() -> ExitCode {
         _ => {}
     }
     init_tracing(&cli);
+    // At least 4 workers, also on a 2-core gateway: a long poll (the node
+    // agent reconciling hundreds of instances, the desired set recomputed
+    // over a large state) holds its worker, and with one worker per core
+    // two of them left Raft unpolled for seconds, so a follower stood for
+    // election under load. Spare workers cost a thread stack each.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(4);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {

@@ -7,6 +7,7 @@
 //! back in). The rest of the daemon sees `Cluster`, `state::Request` and
 //! `state::Response`.
 
+pub mod disk_space;
 pub mod fault;
 pub mod log_store;
 pub mod mem_store;

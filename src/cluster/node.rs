@@ -66,6 +66,10 @@ pub enum ClusterError {
     Refused(String),
     #[error("cannot reach the leader at {addr}: {message}")]
     Unreachable { addr: String, message: String },
+    /// A gateway on the write's path is below its disk reserve
+    /// (`disk_space`).
+    #[error("{0}")]
+    DiskLow(String),
     #[error("raft: {0}")]
     Raft(String),
     #[error("cannot start the Raft member: {0}")]
@@ -156,6 +160,9 @@ pub enum LeaderFailure {
     Failed(String),
     #[error("timed out after {0} ms")]
     Timeout(u64),
+    /// The leader is below its disk reserve (`disk_space`).
+    #[error("{0}")]
+    DiskLow(String),
 }
 
 /// When this gateway was last in touch with a quorum and caught up, on the
@@ -261,6 +268,8 @@ pub(crate) struct Inner {
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     /// What this gateway counts for `/metrics` (`crate::metrics`).
     pub(crate) telemetry: Arc<crate::metrics::Metrics>,
+    /// Free space in the data dir, kept by `disk_space::watch`.
+    disk: super::disk_space::DiskSpace,
 }
 
 #[derive(Clone)]
@@ -316,6 +325,10 @@ fn raft_config(cluster_id: &str, timers: &RaftTimers) -> Result<openraft::Config
         snapshot_policy: SnapshotPolicy::LogsSinceLast(timers.snapshot_after_logs),
         max_in_snapshot_log_to_keep: timers.keep_logs,
         purge_batch_size: 64,
+        // openraft gives each append-entries call one heartbeat interval;
+        // a smaller batch than the default 300 keeps a catching-up
+        // follower's calls inside it on a loaded small box.
+        max_payload_entries: 64,
         snapshot_max_chunk_size: 256 << 10,
         ..Default::default()
     }
@@ -441,6 +454,7 @@ impl Cluster {
                 write_timeout: Duration::from_secs(10),
                 membership_lock: tokio::sync::Mutex::new(()),
                 telemetry,
+                disk: Default::default(),
             }),
         })
     }
@@ -798,8 +812,18 @@ impl Cluster {
         .await
     }
 
+    /// The free space of this gateway's data dir, as last read.
+    pub fn disk_space(&self) -> &super::disk_space::DiskSpace {
+        &self.inner.disk
+    }
+
     async fn write_op(&self, op: LeaderOp) -> Result<Response, ClusterError> {
-        let reply = self.on_leader(op).await;
+        // A write this gateway cannot keep is refused before it goes
+        // anywhere: it would count on a quorum this gateway is not part of.
+        let reply = match self.inner.disk.check() {
+            Ok(()) => self.on_leader(op).await,
+            Err(low) => Err(ClusterError::DiskLow(low.to_string())),
+        };
         if let Err(e) = &reply {
             self.count_failure(e);
         }
@@ -824,6 +848,9 @@ impl Cluster {
         if !self.is_leader() {
             return Err(ClusterError::Refused("not the leader".into()));
         }
+        if let Err(low) = self.inner.disk.check() {
+            return Err(ClusterError::DiskLow(low.to_string()));
+        }
         let request = Request::new(self.now_ms(), command);
         let result =
             match tokio::time::timeout(self.inner.write_timeout, self.propose(request)).await {
@@ -846,6 +873,7 @@ impl Cluster {
             ClusterError::NoLeader(_) => "no_leader",
             ClusterError::Refused(_) => "refused",
             ClusterError::Unreachable { .. } => "unreachable",
+            ClusterError::DiskLow(_) => "disk_low",
             _ => "error",
         };
         self.inner.telemetry.proposal_failed(reason);
@@ -915,6 +943,7 @@ impl Cluster {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(LeaderFailure::Refused(reason)) => return Err(ClusterError::Refused(reason)),
+                Err(LeaderFailure::DiskLow(reason)) => return Err(ClusterError::DiskLow(reason)),
                 Err(LeaderFailure::Failed(reason)) => return Err(ClusterError::Raft(reason)),
                 Err(LeaderFailure::Timeout(_)) => {
                     return Err(ClusterError::Timeout(self.inner.write_timeout))
@@ -947,6 +976,12 @@ impl Cluster {
 
     /// Carries out `op` here, refusing with `NotLeader` when we do not lead.
     pub async fn execute_as_leader(&self, op: LeaderOp) -> Result<LeaderReply, LeaderFailure> {
+        if !matches!(op, LeaderOp::AutoscaleReading { .. }) {
+            self.inner
+                .disk
+                .check()
+                .map_err(|low| LeaderFailure::DiskLow(low.to_string()))?;
+        }
         match op {
             LeaderOp::Write(request) => {
                 let (response, index) = self.propose_indexed(self.stamped(request)).await?;

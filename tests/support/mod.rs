@@ -787,6 +787,19 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        // GANTRY_TEST_LOGS=DIR keeps a failed test's whole gateway logs.
+        if let (true, Some(dir)) = (
+            std::thread::panicking(),
+            std::env::var_os("GANTRY_TEST_LOGS"),
+        ) {
+            let dir = Path::new(&dir);
+            let _ = std::fs::create_dir_all(dir);
+            for gateway in &self.gateways {
+                let name = self.tmp.path().file_name().unwrap_or_default();
+                let to = dir.join(format!("{}-{}.log", name.to_string_lossy(), gateway.name));
+                let _ = std::fs::copy(&gateway.log, to);
+            }
+        }
         if std::thread::panicking() {
             for gateway in &self.gateways {
                 let log = gateway.log_text();
@@ -829,4 +842,33 @@ pub fn node<'a>(status: &'a Value, name: &str) -> &'a Value {
         .as_array()
         .and_then(|nodes| nodes.iter().find(|n| n["name"] == name))
         .unwrap_or(&Value::Null)
+}
+
+/// A tmpfs of `size` on `dir` (the test runs as root, as CI does).
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "mount tmpfs (needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
 }
