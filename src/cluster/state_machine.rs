@@ -187,7 +187,9 @@ fn all_keys(state: &State) -> ChangeSet {
     keys
 }
 
-fn load_record(state: &mut State, key: &[u8], value: &[u8]) -> Result<(), serde_json::Error> {
+/// Loads one `sm` record as read back from RocksDB into `state`: corrupt
+/// bytes are an error, never a panic (public for the `records` fuzz target).
+pub fn load_record(state: &mut State, key: &[u8], value: &[u8]) -> Result<(), serde_json::Error> {
     if key == b"meta" {
         state.meta = serde_json::from_slice(value)?;
     } else if key.starts_with(b"node/") {

@@ -19,7 +19,7 @@ mod walk;
 
 use serde_yaml_ng::Value;
 
-use crate::state::quantity::format_memory;
+use crate::state::quantity::format_memory_exact;
 use crate::state::spec::{
     accept_spec, finish_manifest, spec_from_document, yaml_documents, SpecError, WorkloadSpec,
 };
@@ -81,7 +81,10 @@ pub fn to_yaml(specs: &[WorkloadSpec]) -> Result<String, SpecError> {
         if let (Some(memory), Some(Value::Mapping(resources))) =
             (spec.resources.memory, map.get_mut("resources"))
         {
-            resources.insert("memory".into(), Value::String(exact_memory(memory.0)));
+            resources.insert(
+                "memory".into(),
+                Value::String(format_memory_exact(memory.0)),
+            );
         }
         documents.push(serde_yaml_ng::to_string(&map).map_err(failed)?);
     }
@@ -102,25 +105,6 @@ fn one_figure(limit: Figure, reserved: Figure, what: &str) -> walk::Result<Optio
         (Some((l, _)), _) | (None, Some((l, _))) => Ok(Some(l)),
         (None, None) => Ok(None),
     }
-}
-
-/// Bytes in the largest unit that divides them exactly.
-fn exact_memory(bytes: u64) -> String {
-    let readable = format_memory(bytes);
-    if !readable.contains('.') {
-        return readable;
-    }
-    for (unit, size) in [
-        ("T", 1_000_000_000_000u64),
-        ("G", 1_000_000_000),
-        ("M", 1_000_000),
-        ("k", 1_000),
-    ] {
-        if bytes.is_multiple_of(size) {
-            return format!("{}{unit}", bytes / size);
-        }
-    }
-    bytes.to_string()
 }
 
 #[cfg(test)]

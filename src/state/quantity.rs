@@ -180,23 +180,54 @@ pub fn format_cpu(millis: u64) -> String {
     }
 }
 
-/// Largest binary unit that keeps the number readable: `268435456` -> `256Mi`.
-pub fn format_memory(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("Ti", 1 << 40),
-        ("Gi", 1 << 30),
-        ("Mi", 1 << 20),
-        ("Ki", 1 << 10),
-    ];
-    for (unit, size) in UNITS {
-        if bytes >= size {
-            if bytes.is_multiple_of(size) {
-                return format!("{}{unit}", bytes / size);
-            }
-            return format!("{:.1}{unit}", bytes as f64 / size as f64);
+const BINARY_UNITS: [(&str, u64); 4] = [
+    ("Ti", 1 << 40),
+    ("Gi", 1 << 30),
+    ("Mi", 1 << 20),
+    ("Ki", 1 << 10),
+];
+
+/// Bytes in the largest unit that divides them exactly: what specs are
+/// stored and sent as. `format_memory` rounds to one decimal for people;
+/// a spec's figure must come back as it was given (the fuzzer found
+/// `1M` turning into 976.6Ki = 1,000,038 bytes on its way through the
+/// Raft log, and 2^64-1 printing as `16777216.0Ti`, which does not parse).
+pub fn format_memory_exact(bytes: u64) -> String {
+    let Some((unit, size)) = BINARY_UNITS.iter().find(|(_, size)| bytes >= *size) else {
+        return bytes.to_string();
+    };
+    if bytes.is_multiple_of(*size) {
+        return format!("{}{unit}", bytes / size);
+    }
+    for (unit, size) in [
+        ("T", 1_000_000_000_000u64),
+        ("G", 1_000_000_000),
+        ("M", 1_000_000),
+        ("k", 1_000),
+    ] {
+        if bytes.is_multiple_of(size) {
+            return format!("{}{unit}", bytes / size);
         }
     }
-    format!("{bytes}")
+    bytes.to_string()
+}
+
+/// Largest binary unit that keeps the number readable: `268435456` -> `256Mi`.
+pub fn format_memory(bytes: u64) -> String {
+    let Some((unit, size)) = BINARY_UNITS.iter().find(|(_, size)| bytes >= *size) else {
+        return bytes.to_string();
+    };
+    if bytes.is_multiple_of(*size) {
+        return format!("{}{unit}", bytes / size);
+    }
+    let rounded = format!("{:.1}{unit}", bytes as f64 / *size as f64);
+    // Just below 2^64 the rounding leaves the u64 range: the exact figure
+    // then, so that whatever is shown can be typed back.
+    if parse_memory(&rounded).is_ok() {
+        rounded
+    } else {
+        format_memory_exact(bytes)
+    }
 }
 
 /// `1500ms` -> `1500ms`, `120000` -> `2m`.

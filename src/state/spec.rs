@@ -8,7 +8,7 @@ use std::fmt;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::quantity::{format_cpu, format_memory, parse_cpu, parse_memory, HumanDuration};
+use super::quantity::{format_cpu, format_memory_exact, parse_cpu, parse_memory, HumanDuration};
 
 /// Replicas above this are refused: a gateway site never needs more, and a
 /// typo like `replicas: 10000` should not flood the state machine.
@@ -384,7 +384,7 @@ impl<'de> Deserialize<'de> for Memory {
 
 impl Serialize for Memory {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_memory(self.0))
+        s.serialize_str(&format_memory_exact(self.0))
     }
 }
 

@@ -49,8 +49,9 @@ pub mod mutation {
     }
 }
 
-/// Decodes a delivery into specs, refusing it as a whole on any error.
-fn decode(desired: &Desired) -> Result<Vec<WorkloadSpec>, String> {
+/// Decodes a delivery into specs, refusing it as a whole on any error
+/// (public for the `proto` fuzz target).
+pub fn decode(desired: &Desired) -> Result<Vec<WorkloadSpec>, String> {
     desired
         .upserts
         .iter()

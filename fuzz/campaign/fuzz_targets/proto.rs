@@ -1,0 +1,6 @@
+//! `proto`: see `gantry_fuzz::proto` for what it feeds and checks.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| gantry_fuzz::proto(data));

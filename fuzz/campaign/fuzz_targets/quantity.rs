@@ -1,0 +1,6 @@
+//! `quantity`: see `gantry_fuzz::quantity` for what it feeds and checks.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| gantry_fuzz::quantity(data));

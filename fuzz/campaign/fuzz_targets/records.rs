@@ -1,0 +1,6 @@
+//! `records`: see `gantry_fuzz::records` for what it feeds and checks.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| gantry_fuzz::records(data));

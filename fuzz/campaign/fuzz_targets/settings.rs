@@ -1,0 +1,6 @@
+//! `settings`: see `gantry_fuzz::settings` for what it feeds and checks.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| gantry_fuzz::settings(data));

@@ -1,0 +1,2 @@
+ø
+webð{"env":{"A":"b"},"image":"registry.local/web:1","name":"web","node_selector":{"zone":"a"},"on_disconnect":{"stop_after":"30s"},"probes":{"readiness":{"http":{"path":"/","port":8080}}},"replicas":2,"resources":{"cpu":"250m","memory":"64Mi"}}"db(

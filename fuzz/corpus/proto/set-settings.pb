@@ -1,0 +1,2 @@
+
+node-grace=2s
