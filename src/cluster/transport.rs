@@ -63,8 +63,14 @@ pub struct TonicTransport {
     pub peers: PeerChannels,
 }
 
+/// Unavailable (no connection) and ResourceExhausted (a peer below its
+/// disk reserve, `disk_space`) did nothing and will not succeed at once:
+/// openraft backs off instead of resending every few milliseconds.
 fn failed(status: tonic::Status) -> TransportError {
-    if status.code() == tonic::Code::Unavailable {
+    if matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+    ) {
         TransportError::Unreachable(status.message().to_string())
     } else {
         TransportError::Failed(status.message().to_string())

@@ -11,6 +11,7 @@
 
 pub mod blackhole;
 pub mod broker;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -48,6 +49,8 @@ pub struct Gateway {
     /// stderr: the daemon's log.
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// The network namespace it runs in (`netns::Topology`), if any.
+    pub netns: Option<String>,
 }
 
 /// Where a daemon's stdout goes (next to its log).
@@ -72,7 +75,19 @@ const CREDENTIAL_ENV: &[&str] = &[
 
 /// A `gantry` command without any credential from the caller's shell.
 pub fn gantry() -> Command {
-    let mut command = Command::new(gantry_bin());
+    gantry_in(None)
+}
+
+/// `gantry`, inside network namespace `netns` when given.
+pub fn gantry_in(netns: Option<&str>) -> Command {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns]).arg(gantry_bin());
+            command
+        }
+        None => Command::new(gantry_bin()),
+    };
     for name in CREDENTIAL_ENV {
         command.env_remove(name);
     }
@@ -115,9 +130,11 @@ impl Gateway {
     /// `gantry run --data-dir DIR`.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "{} is still running", self.name);
-        self.child = Some(spawn(
+        self.child = Some(spawn_with_env(
             &["run", "--data-dir", path_str(&self.dir)],
             &self.log,
+            &[],
+            self.netns.as_deref(),
         ));
     }
 
@@ -140,11 +157,12 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }
 
-fn spawn(args: &[&str], log: &Path) -> Child {
-    spawn_with_env(args, log, &[])
-}
-
-fn spawn_with_env(args: &[&str], log: &Path, env: &[(String, String)]) -> Child {
+fn spawn_with_env(
+    args: &[&str],
+    log: &Path,
+    env: &[(String, String)],
+    netns: Option<&str>,
+) -> Child {
     let open = |path: &Path| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -154,7 +172,7 @@ fn spawn_with_env(args: &[&str], log: &Path, env: &[(String, String)]) -> Child 
     };
     let err = open(log);
     let out = open(&stdout_of(log));
-    gantry()
+    gantry_in(netns)
         .args(args)
         .env("GANTRY_LOG", "info,openraft=warn")
         .env("GANTRY_FAULT_FILE", log.with_extension("fault"))
@@ -184,6 +202,9 @@ pub struct TestCluster {
     pub hub: Option<Hub>,
     /// The admin token every CLI call carries (made after `init`).
     pub token_file: PathBuf,
+    /// When set, each gateway runs in a network namespace of its own
+    /// (`with_network`), and the harness reaches it from inside.
+    pub network: Option<netns::Topology>,
 }
 
 /// A `gantry hub serve` process. Restarted on the address it first bound,
@@ -217,7 +238,7 @@ impl Hub {
             &self.addr,
         ];
         args.extend(self.extra.iter().map(String::as_str));
-        self.child = Some(spawn(&args, &self.log));
+        self.child = Some(spawn_with_env(&args, &self.log, &[], None));
         let file = self.dir.join("hub-address");
         wait_for("the restarted hub to listen", DEADLINE, || {
             std::fs::read_to_string(&file).ok()
@@ -252,7 +273,34 @@ impl TestCluster {
             env: Vec::new(),
             hub: None,
             token_file,
+            network: None,
         }
+    }
+
+    /// A cluster whose gateways (up to `gateways`) each run in a network
+    /// namespace of their own on one bridge (`netns::Topology`), listening
+    /// on the port `netns::PORT` and advertising 127.77.0.N.
+    pub fn with_network(gateways: usize) -> Self {
+        let mut cluster = Self::new();
+        cluster.network = Some(netns::Topology::create(gateways));
+        cluster
+    }
+
+    /// A client command for `server`: run inside the gateway's namespace
+    /// when it has one.
+    fn client(&self, server: &str) -> Command {
+        if let Some(network) = &self.network {
+            if let Some(i) = network.index_of(server) {
+                let mut command = gantry_in(Some(&network.ns(i)));
+                command
+                    .arg("--server")
+                    .arg(format!("127.0.0.1:{}", netns::PORT));
+                return command;
+            }
+        }
+        let mut command = gantry();
+        command.arg("--server").arg(server);
+        command
     }
 
     /// Starts `gantry hub serve` on a free loopback port; returns its address.
@@ -273,7 +321,7 @@ impl TestCluster {
             "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
-        let child = spawn(&args, &log);
+        let child = spawn_with_env(&args, &log, &[], None);
         let file = dir.join("hub-address");
         let addr = wait_for("the hub to listen", DEADLINE, || {
             std::fs::read_to_string(&file).ok()
@@ -466,55 +514,15 @@ impl TestCluster {
     /// (`/proc/*/cgroup`), not per containerd or gantry: what really runs,
     /// also while a containerd is down. Returns (gateway, container id).
     pub fn kernel_copies(&self, workload: &str) -> Vec<(String, String)> {
-        let mut found = std::collections::BTreeSet::new();
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        for entry in procs.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name
-                .to_str()
-                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            else {
-                continue;
-            };
-            // Zombies have exited; only live processes count.
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next());
-            if matches!(state, Some("Z") | Some("X") | None) {
-                continue;
-            }
-            let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-                continue;
-            };
-            for gateway in &self.gateways {
-                let namespace = self.namespace_of(&gateway.name);
-                let prefix = format!("/{namespace}/{workload}-");
-                for line in cgroup.lines() {
-                    let Some(at) = line.find(&prefix) else {
-                        continue;
-                    };
-                    let id = line[at + namespace.len() + 2..]
-                        .split('/')
-                        .next()
-                        .unwrap_or_default();
-                    // `<workload>-<replica>-g<generation>` exactly.
-                    let rest = &id[workload.len() + 1..];
-                    let ok = rest.split_once("-g").is_some_and(|(r, g)| {
-                        !r.is_empty()
-                            && r.bytes().all(|b| b.is_ascii_digit())
-                            && !g.is_empty()
-                            && g.bytes().all(|b| b.is_ascii_digit())
-                    });
-                    if ok {
-                        found.insert((gateway.name.clone(), id.to_string()));
-                    }
-                }
-            }
-        }
-        found.into_iter().collect()
+        kernel_copies(&self.namespaces(), workload)
+    }
+
+    /// (gateway name, its containerd namespace) of every gateway.
+    pub fn namespaces(&self) -> Vec<(String, String)> {
+        self.gateways
+            .iter()
+            .map(|g| (g.name.clone(), self.namespace_of(&g.name)))
+            .collect()
     }
 
     fn dirs(&self, name: &str) -> (PathBuf, PathBuf) {
@@ -550,10 +558,9 @@ impl TestCluster {
     /// one (which goes when that gateway leaves; this one stays).
     fn make_admin_token(&self, index: usize) {
         let addr = self.gateways[index].addr();
-        let out = gantry()
-            .args([
-                "--server", &addr, "token", "create", "--role", "admin", "--name", "tests",
-            ])
+        let out = self
+            .client(&addr)
+            .args(["token", "create", "--role", "admin", "--name", "tests"])
             .env("GANTRY_DATA_DIR", &self.gateways[index].dir)
             .stdin(Stdio::null())
             .output()
@@ -580,13 +587,22 @@ impl TestCluster {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         all.extend(self.runtime_flags(name));
         all.extend(extra.iter().map(|s| s.to_string()));
+        let netns = self.network.as_ref().map(|network| {
+            let index = self.gateways.len();
+            if let Some(at) = all.iter().position(|a| a == "--listen") {
+                all[at + 1] = format!("0.0.0.0:{}", netns::PORT);
+            }
+            all.extend(["--advertise".to_string(), network.addr(index)]);
+            network.ns(index)
+        });
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        let child = spawn_with_env(&all, &log, &self.env);
+        let child = spawn_with_env(&all, &log, &self.env, netns.as_deref());
         self.gateways.push(Gateway {
             name: name.into(),
             dir,
             log,
             child: Some(child),
+            netns,
         });
         self.gateways.len() - 1
     }
@@ -656,8 +672,9 @@ impl TestCluster {
             if !token.exists() {
                 return None;
             }
-            let out = gantry()
-                .args(["--server", &addr, "status", "-o", "json"])
+            let out = self
+                .client(&addr)
+                .args(["status", "-o", "json"])
                 .env("GANTRY_DATA_DIR", dir)
                 .stdin(Stdio::null())
                 .output()
@@ -672,9 +689,7 @@ impl TestCluster {
 
     /// Runs a client verb against `server` with the harness's admin token.
     pub fn cli(&self, server: &str, args: &[&str]) -> Output {
-        gantry()
-            .arg("--server")
-            .arg(server)
+        self.client(server)
             .args(args)
             .env("GANTRY_TOKEN_FILE", &self.token_file)
             .stdin(Stdio::null())
@@ -685,9 +700,7 @@ impl TestCluster {
     /// Runs a client verb with exactly the environment given (no harness
     /// token): for tests of credentials themselves.
     pub fn cli_as(&self, server: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
-        gantry()
-            .arg("--server")
-            .arg(server)
+        self.client(server)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -827,6 +840,59 @@ impl Drop for TestCluster {
             hub.kill();
         }
     }
+}
+
+/// Containers of `workload` with a live process in any of `namespaces`
+/// ((gateway, containerd namespace) pairs), read from `/proc/*/cgroup`.
+pub fn kernel_copies(namespaces: &[(String, String)], workload: &str) -> Vec<(String, String)> {
+    let mut found = std::collections::BTreeSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in procs.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        // Zombies have exited; only live processes count.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next());
+        if matches!(state, Some("Z") | Some("X") | None) {
+            continue;
+        }
+        let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        for (gateway, namespace) in namespaces {
+            let prefix = format!("/{namespace}/{workload}-");
+            for line in cgroup.lines() {
+                let Some(at) = line.find(&prefix) else {
+                    continue;
+                };
+                let id = line[at + namespace.len() + 2..]
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
+                // `<workload>-<replica>-g<generation>` exactly.
+                let rest = &id[workload.len() + 1..];
+                let ok = rest.split_once("-g").is_some_and(|(r, g)| {
+                    !r.is_empty()
+                        && r.bytes().all(|b| b.is_ascii_digit())
+                        && !g.is_empty()
+                        && g.bytes().all(|b| b.is_ascii_digit())
+                });
+                if ok {
+                    found.insert((gateway.clone(), id.to_string()));
+                }
+            }
+        }
+    }
+    found.into_iter().collect()
 }
 
 fn rand_suffix() -> u128 {
