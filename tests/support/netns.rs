@@ -132,32 +132,13 @@ impl Topology {
 
     /// No packet between `a` and `b`, either way.
     pub fn cut(&self, a: usize, b: usize) {
-        self.iptables(
-            a,
-            &[
-                "-A",
-                "OUTPUT",
-                "-o",
-                "eth0",
-                "-d",
-                &self.host(b),
-                "-j",
-                "DROP",
-            ],
-        );
-        self.iptables(
-            b,
-            &[
-                "-A",
-                "OUTPUT",
-                "-o",
-                "eth0",
-                "-d",
-                &self.host(a),
-                "-j",
-                "DROP",
-            ],
-        );
+        for (from, to) in [(a, b), (b, a)] {
+            let to = self.host(to);
+            self.iptables(
+                from,
+                &["-A", "OUTPUT", "-o", "eth0", "-d", &to, "-j", "DROP"],
+            );
+        }
     }
 
     /// Gateway `i` loses `probability` of the packets it receives.
