@@ -28,8 +28,8 @@ use gantry::cloud::site_view::SiteView;
 use gantry::cluster::node::{LeaderFailure, LeaderOp, LeaderReply};
 use gantry::cluster::{NodeId, TypeConfig};
 use gantry::state::quantity::{
-    format_cpu, format_duration, format_memory, parse_cpu, parse_duration, parse_memory,
-    HumanDuration,
+    format_cpu, format_duration, format_memory, format_memory_exact, parse_cpu, parse_duration,
+    parse_memory, HumanDuration,
 };
 use gantry::state::settings::SettingsChange;
 use gantry::state::State;
@@ -168,6 +168,13 @@ fn memory_round_trip(bytes: u64) {
     } else {
         assert_eq!(back, bytes, "memory {bytes} prints as '{printed}'");
     }
+    // What specs are stored as must come back to the byte.
+    let exact = format_memory_exact(bytes);
+    assert_eq!(
+        parse_memory(&exact),
+        Ok(bytes),
+        "memory {bytes} is stored as '{exact}'"
+    );
 }
 
 fn duration_round_trip(ms: u128) {
