@@ -35,7 +35,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_node::testing::busybox_oci_archive;
 use serde_json::Value;
 use support::{gantry_in, kernel_copies, netns, wait_for, TestCluster, Tmpfs};
 
@@ -332,18 +331,8 @@ impl Site {
         for i in 1..GATEWAYS {
             cluster.join_with_own_containerd(&format!("g{i}"), &[]);
         }
-        let archive = cluster.tmp.path().join("busybox.tar");
-        busybox_oci_archive(&archive, IMAGE).expect("busybox archive (install busybox-static)");
         let addr = cluster.addr(0);
-        let out = cluster.cli(
-            &addr,
-            &["image", "import", archive.to_str().unwrap(), "--all"],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cluster.import_busybox(&addr, IMAGE);
         let network = cluster.network.as_ref().expect("a network");
         let reach = Reach {
             namespaces: (0..GATEWAYS).map(|i| network.ns(i)).collect(),

@@ -12,7 +12,6 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use gantry_node::testing::busybox_oci_archive;
 use support::{wait_for, TestCluster, Tmpfs};
 
 const IMAGE: &str = "127.0.0.1:5000/gantry/busybox:test";
@@ -55,17 +54,7 @@ fn a_full_data_dir_refuses_writes_keeps_its_containers_and_recovers_once_space_i
     cluster.init("gw-a", &["--labels", "disk=small"]);
     cluster.join("gw-b", &[]);
     cluster.join("gw-c", &[]);
-    let archive = cluster.tmp.path().join("busybox.tar");
-    busybox_oci_archive(&archive, IMAGE).expect("busybox archive (install busybox-static)");
-    let out = cluster.cli(
-        &cluster.addr(0),
-        &["image", "import", archive.to_str().unwrap(), "--all"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.import_busybox(&cluster.addr(0), IMAGE);
     let (a, b) = (cluster.addr(0), cluster.addr(1));
     // `sleep` as PID 1 ignores SIGTERM.
     let out = cluster.apply(
