@@ -2,7 +2,7 @@
 # Installs what gantry needs to build and test on Debian 12 (run as root):
 # protoc (with the well-known protos of libprotobuf-dev, which the etcd
 # client of bench_writes compiles) and libclang for the build, containerd + runc + busybox-static for
-# the runtime tests, iproute2 and iptables for the network-namespace tests
+# the runtime tests, iproute2, iptables and faketime (libfaketime) for the network-namespace and chaos tests
 # (tests/chaos.rs), curl and
 # prometheus (for `promtool check metrics`) for the metrics test, chromium
 # and chromium-driver for the web page test, systemd for
@@ -12,7 +12,7 @@
 # write and footprint benchmarks (scripts/bench-smoke.sh runs them briefly).
 set -euo pipefail
 
-packages=(build-essential pkg-config protobuf-compiler libprotobuf-dev libclang-dev clang containerd runc busybox-static iproute2 iptables docker-registry skopeo curl prometheus chromium chromium-driver systemd mosquitto mosquitto-clients openssl etcd-server)
+packages=(build-essential pkg-config protobuf-compiler libprotobuf-dev libclang-dev clang containerd runc busybox-static iproute2 iptables faketime docker-registry skopeo curl prometheus chromium chromium-driver systemd mosquitto mosquitto-clients openssl etcd-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,29 +1,35 @@
 //! Chaos on real gateways (issue #11 item 1): five gateways, each in a
 //! network namespace of its own on one bridge (`support::netns`), each
-//! with its own containerd and its data dir on a tmpfs of its own, every
-//! daemon flag at its default. Clients write through random gateways
-//! while a nemesis injects one fault after another: kill -9 of the leader
-//! or a follower (restarted 1-4 s later), SIGSTOP of a gateway (at most
-//! 2 s), isolation, a gateway that hears nothing but still sends, a 2|3
-//! split, 30 % packet loss, a 256 kbit/s link, a full data dir, and kill
-//! and restart of a gateway's containerd. Two singletons run `sleep`, which
-//! ignores SIGTERM.
+//! with its own containerd, its data dir on a tmpfs of its own and a wall
+//! clock the harness can step (libfaketime), every daemon flag at its
+//! default, attached to a real hub in one more namespace. Clients write
+//! through random gateways (applies that also change the replica count,
+//! deletes), the hub changes workloads of its own, and a nemesis injects
+//! faults, one round after another, a quarter of the rounds two at once:
+//! kill -9 of the leader or a follower (restarted 1-4 s later), SIGSTOP
+//! of a gateway (at most 2 s), isolation, a gateway that hears nothing but
+//! still sends, a 2|3 split, 30 % packet loss, a 256 kbit/s link, a full
+//! data dir, kill and restart of a gateway's containerd, a wall-clock jump
+//! of up to 20 minutes either way, the uplink to the hub refused (resets)
+//! or silently dropped, and a drain of a singleton's gateway. Two
+//! singletons run `sleep`, which ignores SIGTERM.
 //!
 //! What is checked, from the outside:
 //! - every acknowledged write is there at the end (an acknowledged apply
 //!   with one of the values written since, an acknowledged delete
-//!   absent): `lost`;
+//!   absent; for the hub's changes, what the hub acknowledged): `lost`;
 //! - no write applied twice: a workload's generation never exceeds the
 //!   applies sent for it (acknowledged or not): `duplicated`;
 //! - at most one running copy of each singleton at every 100 ms sample of
 //!   the kernel's process list (cgroups, not gantry's word): `overlaps`;
-//! - after each fault is healed the site converges (every gateway Ready
-//!   under one leader, each singleton Running once), timed: `converge_s`;
-//!   and at the end every gateway holds the same workloads: `diverged`.
+//! - after each round is healed the site converges (every gateway Ready
+//!   under one leader, each singleton Running once, the hub connected and
+//!   acknowledged up to its last revision), timed: `converge_s`; and at
+//!   the end every gateway holds the same workloads: `diverged`.
 //!
 //! `CHAOS_FAULTS` (60) and `CHAOS_SEED` set the run; `scripts/chaos.sh
 //! --faults 1000` is the soak. The run prints one line:
-//! `chaos: gateways=5 faults=60 by_kind={..} acked=.. lost=0 ...`.
+//! `chaos: gateways=5 faults=60 rounds=.. together=.. by_kind={..} acked=.. lost=0 ...`.
 
 mod support;
 
@@ -43,6 +49,9 @@ const IMAGE: &str = "127.0.0.1:5000/gantry/busybox:test";
 const SINGLETONS: [&str; 2] = ["solo-a", "solo-b"];
 /// Against hangs only; convergence is measured, not bounded by this.
 const HANG: Duration = Duration::from_secs(180);
+/// The hub's namespace on the bridge, after the gateways'.
+const HUB: usize = GATEWAYS;
+const SITE: &str = "chaos";
 
 /// A small seeded generator: the same seed gives the same fault schedule.
 struct Rng(u64);
@@ -76,9 +85,13 @@ enum Fault {
     Slow,
     DiskFull,
     ContainerdRestart,
+    ClockJump,
+    UplinkCut,
+    UplinkBlackhole,
+    Drain,
 }
 
-const FAULTS: [Fault; 10] = [
+const FAULTS: [Fault; 14] = [
     Fault::KillLeader,
     Fault::KillFollower,
     Fault::Pause,
@@ -89,6 +102,10 @@ const FAULTS: [Fault; 10] = [
     Fault::Slow,
     Fault::DiskFull,
     Fault::ContainerdRestart,
+    Fault::ClockJump,
+    Fault::UplinkCut,
+    Fault::UplinkBlackhole,
+    Fault::Drain,
 ];
 
 impl Fault {
@@ -104,8 +121,36 @@ impl Fault {
             Fault::Slow => "slow",
             Fault::DiskFull => "disk_full",
             Fault::ContainerdRestart => "containerd_restart",
+            Fault::ClockJump => "clock_jump",
+            Fault::UplinkCut => "uplink_cut",
+            Fault::UplinkBlackhole => "uplink_blackhole",
+            Fault::Drain => "drain",
         }
     }
+
+    /// Whether it can be in force together with another fault. A drain
+    /// is an operator's action that waits for its moves; it runs alone.
+    fn pairs(self) -> bool {
+        self != Fault::Drain
+    }
+
+    fn touches_uplink(self) -> bool {
+        matches!(self, Fault::UplinkCut | Fault::UplinkBlackhole)
+    }
+}
+
+/// A fault in force, and what heals it.
+enum Active {
+    Killed(usize),
+    Paused(u32),
+    /// iptables rules or a qdisc in the gateway's namespace.
+    Network(usize),
+    Split(usize, usize),
+    Ballast(PathBuf),
+    ContainerdDown(usize),
+    Clock(usize),
+    Uplink,
+    Drained(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,71 +174,60 @@ struct Record {
     outcome: Outcome,
 }
 
-/// How a client thread reaches gateway `i`: from inside its namespace,
-/// with the harness's admin token.
+/// How a client thread reaches gateway `i` (from inside its namespace,
+/// with the harness's admin token) and the hub (from inside its own).
 #[derive(Clone)]
 struct Reach {
     namespaces: Vec<String>,
     token_file: PathBuf,
     scratch: PathBuf,
+    hub_namespace: String,
+    hub_addr: String,
+    hub_dir: PathBuf,
 }
 
 impl Reach {
     /// Runs `gantry ARGS` against gateway `i`, killed after 30 s.
     fn run(&self, i: usize, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+        self.run_for(i, args, stdin, Duration::from_secs(30))
+    }
+
+    /// `run`, killed after `deadline`.
+    fn run_for(
+        &self,
+        i: usize,
+        args: &[&str],
+        stdin: Option<&str>,
+        deadline: Duration,
+    ) -> (bool, String) {
         let mut command = gantry_in(Some(&self.namespaces[i]));
         command
             .arg("--server")
             .arg(format!("127.0.0.1:{}", netns::PORT))
             .args(args)
-            .env("GANTRY_TOKEN_FILE", &self.token_file)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let Ok(mut child) = command.spawn() else {
-            return (false, "cannot spawn gantry".into());
-        };
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        // Drained while it runs: an answer larger than a pipe's buffer
-        // would otherwise stall the command until the deadline.
-        let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                if let Some(mut pipe) = pipe {
-                    let _ = pipe.read_to_string(&mut text);
-                }
-                text
-            })
-        };
-        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
-        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-            }
-        };
-        let stdout = stdout.join().unwrap_or_default();
-        let stderr = stderr.join().unwrap_or_default();
-        match status {
-            Some(status) if status.success() => (true, stdout),
-            Some(_) => (false, stderr),
-            None => (false, "no answer within 30 s".into()),
-        }
+            .env("GANTRY_TOKEN_FILE", &self.token_file);
+        finish(command, stdin, deadline)
+    }
+
+    /// Runs `gantry hub VERB --hub ADDR REST` with the hub's admin token.
+    fn hub(&self, args: &[&str]) -> (bool, String) {
+        let mut command = gantry_in(Some(&self.hub_namespace));
+        command
+            .args(["hub", args[0], "--hub", &self.hub_addr])
+            .args(&args[1..])
+            .env("GANTRY_HUB_DATA_DIR", &self.hub_dir);
+        finish(command, None, Duration::from_secs(30))
+    }
+
+    /// The hub's entry for the site.
+    fn hub_site(&self) -> Option<Value> {
+        let (ok, out) = self.hub(&["status", "-o", "json"]);
+        let status: Value = ok.then(|| serde_json::from_str(&out).ok()).flatten()?;
+        status["sites"]
+            .as_array()?
+            .iter()
+            .find(|s| s["site"] == SITE)
+            .cloned()
     }
 
     fn apply(&self, i: usize, manifest: &str) -> (bool, String) {
@@ -219,11 +253,65 @@ impl Reach {
     }
 }
 
+/// Runs `command`, feeding it `stdin`, killed after `deadline`; its
+/// stdout on success, else its stderr.
+fn finish(mut command: Command, stdin: Option<&str>, deadline: Duration) -> (bool, String) {
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let Ok(mut child) = command.spawn() else {
+        return (false, "cannot spawn gantry".into());
+    };
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    // Drained while it runs: an answer larger than a pipe's buffer
+    // would otherwise stall the command until the deadline.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + deadline;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        Some(status) if status.success() => (true, stdout),
+        Some(_) => (false, stderr),
+        None => (false, "no answer in time".into()),
+    }
+}
+
 static NEXT_FILE: AtomicUsize = AtomicUsize::new(0);
 
+/// A workload that records `value`; its replica count changes with it, so
+/// updates are also scale changes. It fits no gateway, so nothing starts.
 fn record_of(name: &str, value: u64) -> String {
     format!(
-        "name: {name}\nimage: {IMAGE}\nnode_selector: {{nowhere: here}}\nenv: {{V: '{value}'}}\n"
+        "name: {name}\nimage: {IMAGE}\nreplicas: {}\nnode_selector: {{nowhere: here}}\nenv: {{V: '{value}'}}\n",
+        1 + value % 3
     )
 }
 
@@ -285,6 +373,31 @@ fn client(
     }
 }
 
+/// The cloud's side: changes four workloads at the hub, one every 2 s,
+/// until `stop`; records what the hub acknowledged.
+fn hub_client(reach: Reach, stop: Arc<AtomicBool>, history: Arc<Mutex<Vec<Record>>>) {
+    let mut value = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        value += 1;
+        let name = format!("hub-{}", value % 4);
+        let path = reach.scratch.join(format!("hub-{value}.yaml"));
+        let written = std::fs::write(&path, record_of(&name, value)).is_ok();
+        let (ok, _) = if written {
+            reach.hub(&["apply", "--site", SITE, "-f", &path.to_string_lossy()])
+        } else {
+            (false, String::new())
+        };
+        let _ = std::fs::remove_file(&path);
+        if let Ok(mut history) = history.lock() {
+            history.push(Record {
+                op: Op::Apply { name, value },
+                outcome: if ok { Outcome::Ok } else { Outcome::Unknown },
+            });
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 /// Samples the kernel's process list every 100 ms; counts the samples in
 /// which a singleton ran more than once.
 fn sampler(
@@ -319,7 +432,8 @@ struct Site {
 
 impl Site {
     fn start() -> Self {
-        let mut cluster = TestCluster::with_network(GATEWAYS);
+        let mut cluster = TestCluster::with_network(GATEWAYS + 1);
+        cluster.with_fake_clocks();
         let mut disks = Vec::new();
         for i in 0..GATEWAYS {
             disks.push(Tmpfs::mount(
@@ -334,10 +448,28 @@ impl Site {
         let addr = cluster.addr(0);
         cluster.import_busybox(&addr, IMAGE);
         let network = cluster.network.as_ref().expect("a network");
+        let (hub_namespace, hub_listen) = (network.ns(HUB), network.addr(HUB));
+        let namespaces = (0..GATEWAYS).map(|i| network.ns(i)).collect();
+        let hub_addr = cluster.start_hub_in(Some(&hub_namespace), &hub_listen, &[]);
+        let token = cluster.site_token(SITE);
+        let out = cluster.cli(
+            &addr,
+            &[
+                "cloud", "attach", "--hub", &hub_addr, "--site", SITE, "--token", &token,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "attach: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let reach = Reach {
-            namespaces: (0..GATEWAYS).map(|i| network.ns(i)).collect(),
+            namespaces,
             token_file: cluster.token_file.clone(),
             scratch: cluster.tmp.path().to_path_buf(),
+            hub_namespace,
+            hub_addr,
+            hub_dir: cluster.hub.as_ref().expect("a hub").dir.clone(),
         };
         for singleton in SINGLETONS {
             let manifest = format!(
@@ -417,6 +549,13 @@ impl Site {
             .reach
             .json(leader, &["get", "instances"])
             .ok_or("the leader lists no instances")?;
+        let hub = self.reach.hub_site().ok_or("the hub lists no site")?;
+        if hub["connected"] != true || hub["acked_revision"] != hub["desired_revision"] {
+            return Err(format!(
+                "the hub: connected={} acked {} of {}",
+                hub["connected"], hub["acked_revision"], hub["desired_revision"]
+            ));
+        }
         for singleton in SINGLETONS {
             let states: Vec<String> = instances
                 .as_array()
@@ -442,102 +581,186 @@ impl Site {
         Ok(())
     }
 
-    /// Injects `fault` for about `span`, then heals it.
-    fn inject(&mut self, fault: Fault, rng: &mut Rng) {
-        let span = rng.millis(1_000, 4_000);
-        match fault {
+    /// A gateway no fault in force already touches.
+    fn pick(&self, rng: &mut Rng, busy: &[usize]) -> Option<usize> {
+        let free: Vec<usize> = (0..GATEWAYS).filter(|i| !busy.contains(i)).collect();
+        (!free.is_empty()).then(|| free[rng.below(free.len())])
+    }
+
+    /// Puts `fault` in force; `busy` holds the gateways faults in force
+    /// already touch (a second fault picks others). `None` when no gateway
+    /// fits.
+    fn begin(&mut self, fault: Fault, rng: &mut Rng, busy: &mut Vec<usize>) -> Option<Active> {
+        let active = match fault {
             Fault::KillLeader | Fault::KillFollower => {
-                let leader = self.leader().unwrap_or(0);
-                let victim = if fault == Fault::KillLeader {
-                    leader
-                } else {
-                    (leader + 1 + rng.below(GATEWAYS - 1)) % GATEWAYS
+                let leader = self.leader().filter(|l| !busy.contains(l));
+                let victim = match (fault, leader) {
+                    (Fault::KillLeader, Some(leader)) => leader,
+                    (_, leader) => {
+                        let mut busy = busy.clone();
+                        busy.extend(leader);
+                        self.pick(rng, &busy)?
+                    }
                 };
-                eprintln!("chaos: {} g{victim} for {span:?}", fault.name());
+                eprintln!("chaos: {} g{victim}", fault.name());
                 self.cluster.gateways[victim].kill();
-                std::thread::sleep(span);
-                self.cluster.gateways[victim].restart();
+                busy.push(victim);
+                Active::Killed(victim)
             }
             Fault::Pause => {
-                let victim = rng.below(GATEWAYS);
-                let pid = self.cluster.gateways[victim]
-                    .child
-                    .as_ref()
-                    .map(|c| c.id())
-                    .expect("a running gateway");
-                eprintln!(
-                    "chaos: pause g{victim} for {:?}",
-                    span.min(Duration::from_secs(2))
-                );
+                let victim = self.pick(rng, busy)?;
+                let pid = self.cluster.gateways[victim].child.as_ref()?.id();
+                eprintln!("chaos: pause g{victim}");
                 signal(pid, "-STOP");
-                std::thread::sleep(span.min(Duration::from_secs(2)));
-                signal(pid, "-CONT");
+                busy.push(victim);
+                Active::Paused(pid)
             }
             Fault::Isolate | Fault::Deafen | Fault::Lossy | Fault::Slow => {
-                let victim = rng.below(GATEWAYS);
+                let victim = self.pick(rng, busy)?;
                 let network = self.network();
-                eprintln!("chaos: {} g{victim} for {span:?}", fault.name());
+                eprintln!("chaos: {} g{victim}", fault.name());
                 match fault {
                     Fault::Isolate => network.isolate(victim),
                     Fault::Deafen => network.deafen(victim),
                     Fault::Lossy => network.lossy(victim, 0.3),
                     _ => network.slow(victim, "256kbit"),
                 }
-                std::thread::sleep(span);
-                network.heal(victim);
+                busy.push(victim);
+                Active::Network(victim)
             }
             Fault::Split => {
-                let first = rng.below(GATEWAYS);
-                let second = (first + 1 + rng.below(GATEWAYS - 1)) % GATEWAYS;
+                let first = self.pick(rng, busy)?;
+                let mut with_first = busy.clone();
+                with_first.push(first);
+                let second = self.pick(rng, &with_first)?;
                 let network = self.network();
-                eprintln!("chaos: split g{first} g{second} from the rest for {span:?}");
+                eprintln!("chaos: split g{first} g{second} from the rest");
                 for minority in [first, second] {
                     for other in (0..GATEWAYS).filter(|o| *o != first && *o != second) {
                         network.cut(minority, other);
                     }
                 }
-                std::thread::sleep(span);
-                for i in 0..GATEWAYS {
-                    network.heal(i);
-                }
+                busy.extend([first, second]);
+                Active::Split(first, second)
             }
             Fault::DiskFull => {
-                let victim = rng.below(GATEWAYS);
+                let victim = self.pick(rng, busy)?;
                 let dir = self.cluster.gateways[victim].dir.clone();
                 let ballast = dir.join("ballast");
                 let size = free_bytes(&dir).saturating_sub(16 << 20);
-                eprintln!("chaos: disk_full g{victim} for {span:?}");
+                eprintln!("chaos: disk_full g{victim}");
                 let _ = Command::new("fallocate")
                     .args(["-l", &size.to_string()])
                     .arg(&ballast)
                     .status();
-                std::thread::sleep(span);
-                let _ = std::fs::remove_file(&ballast);
+                busy.push(victim);
+                Active::Ballast(ballast)
             }
             Fault::ContainerdRestart => {
-                // g0 uses the cluster's first containerd, the others their own.
-                let victim = rng.below(GATEWAYS);
-                let cluster = &mut self.cluster;
-                let containerd = if victim == 0 {
-                    &mut cluster.containerd
+                let victim = self.pick(rng, busy)?;
+                eprintln!("chaos: containerd_restart g{victim}");
+                self.containerd_of(victim).kill();
+                busy.push(victim);
+                Active::ContainerdDown(victim)
+            }
+            Fault::ClockJump => {
+                let victim = self.pick(rng, busy)?;
+                // Up to 20 minutes either way: within the hour certificates
+                // are backdated by, as a gateway without NTP drifts.
+                let seconds = 30 + rng.below(1_170) as i64;
+                let seconds = if rng.below(2) == 0 { seconds } else { -seconds };
+                eprintln!("chaos: clock_jump g{victim} by {seconds:+} s");
+                self.cluster.gateways[victim].set_clock_offset(seconds);
+                busy.push(victim);
+                Active::Clock(victim)
+            }
+            Fault::UplinkCut | Fault::UplinkBlackhole => {
+                let network = self.network();
+                eprintln!("chaos: {}", fault.name());
+                if fault == Fault::UplinkCut {
+                    network.refuse(HUB);
                 } else {
-                    let name = format!("g{victim}");
-                    &mut cluster
-                        .own_containerd
-                        .iter_mut()
-                        .find(|(n, _)| *n == name)
-                        .expect("its own containerd")
-                        .1
-                };
-                eprintln!("chaos: containerd_restart g{victim} after {span:?}");
-                containerd.kill();
-                std::thread::sleep(span);
-                cluster
-                    .tokio
-                    .block_on(containerd.restart())
+                    network.isolate(HUB);
+                }
+                Active::Uplink
+            }
+            Fault::Drain => {
+                // The gateway one singleton runs on: the drain moves it.
+                let namespaces = self.cluster.namespaces();
+                let singleton = SINGLETONS[rng.below(SINGLETONS.len())];
+                let copies = kernel_copies(&namespaces, singleton);
+                let victim = copies
+                    .first()
+                    .and_then(|(gateway, _)| gateway.strip_prefix('g')?.parse().ok())
+                    .filter(|v| !busy.contains(v))
+                    .or_else(|| self.pick(rng, busy))?;
+                let via = self.pick(rng, &[])?;
+                let name = format!("g{victim}");
+                eprintln!("chaos: drain {name} (runs {singleton}: {copies:?})");
+                let (ok, out) =
+                    self.reach
+                        .run_for(via, &["drain", &name], None, Duration::from_secs(150));
+                eprintln!(
+                    "chaos: drain {name}: {}",
+                    if ok { "done" } else { out.trim() }
+                );
+                busy.push(victim);
+                Active::Drained(victim)
+            }
+        };
+        Some(active)
+    }
+
+    /// Heals what `begin` put in force.
+    fn end(&mut self, active: Active) {
+        match active {
+            Active::Killed(victim) => self.cluster.gateways[victim].restart(),
+            Active::Paused(pid) => signal(pid, "-CONT"),
+            Active::Network(victim) => self.network().heal(victim),
+            Active::Split(first, second) => {
+                let network = self.network();
+                for i in (0..GATEWAYS).filter(|i| *i != first && *i != second) {
+                    network.heal(i);
+                }
+                network.heal(first);
+                network.heal(second);
+            }
+            Active::Ballast(ballast) => {
+                let _ = std::fs::remove_file(&ballast);
+            }
+            Active::ContainerdDown(victim) => {
+                let tokio = self.cluster.tokio.handle().clone();
+                tokio
+                    .block_on(self.containerd_of(victim).restart())
                     .expect("containerd restarts");
             }
+            Active::Clock(victim) => self.cluster.gateways[victim].set_clock_offset(0),
+            Active::Uplink => self.network().heal(HUB),
+            Active::Drained(victim) => {
+                // Until it answers: a gateway left cordoned would starve
+                // the singletons of room for the rest of the run.
+                let name = format!("g{victim}");
+                wait_for(&format!("{name} to be uncordoned"), HANG, || {
+                    (0..GATEWAYS).find(|via| self.reach.run(*via, &["uncordon", &name], None).0)
+                });
+            }
         }
+    }
+
+    /// Gateway `i`'s containerd: g0 uses the cluster's first, the others
+    /// their own.
+    fn containerd_of(&mut self, i: usize) -> &mut gantry_node::testing::PrivateContainerd {
+        let cluster = &mut self.cluster;
+        if i == 0 {
+            return &mut cluster.containerd;
+        }
+        let name = format!("g{i}");
+        &mut cluster
+            .own_containerd
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .expect("its own containerd")
+            .1
     }
 }
 
@@ -687,26 +910,62 @@ fn five_gateways_under_a_nemesis_lose_no_acknowledged_write_and_never_run_a_sing
         }));
     }
 
+    {
+        let (reach, stop, history) = (site.reach.clone(), stop.clone(), history.clone());
+        threads.push(std::thread::spawn(move || hub_client(reach, stop, history)));
+    }
+
     let mut rng = Rng(seed);
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
     let mut converge = Vec::new();
-    for n in 0..faults {
-        let fault = FAULTS[rng.below(FAULTS.len())];
-        *by_kind.entry(fault.name()).or_default() += 1;
-        site.inject(fault, &mut rng);
+    let (mut injected, mut together, mut round) = (0, 0, 0);
+    while injected < faults {
+        let first = FAULTS[rng.below(FAULTS.len())];
+        let mut kinds = vec![first];
+        // One round in four, a second fault joins the first.
+        if first.pairs() && injected + 1 < faults && rng.below(4) == 0 {
+            let second = FAULTS[rng.below(FAULTS.len())];
+            if second.pairs() && !(first.touches_uplink() && second.touches_uplink()) {
+                kinds.push(second);
+            }
+        }
+        let mut span = rng.millis(1_000, 4_000);
+        let mut busy = Vec::new();
+        let mut active = Vec::new();
+        for kind in &kinds {
+            if let Some(fault) = site.begin(*kind, &mut rng, &mut busy) {
+                *by_kind.entry(kind.name()).or_default() += 1;
+                injected += 1;
+                active.push(fault);
+            }
+        }
+        if active.iter().any(|a| matches!(a, Active::Paused(_))) {
+            // A frozen process, not a dead one.
+            span = span.min(Duration::from_secs(2));
+        }
+        together += usize::from(active.len() > 1);
+        let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        eprintln!("chaos: round {round}: {names:?} for {span:?}");
+        std::thread::sleep(span);
+        for fault in active.into_iter().rev() {
+            site.end(fault);
+        }
         let healed = Instant::now();
         settle(
             &site,
             &namespaces,
-            &format!("the site to converge after fault {n} ({})", fault.name()),
+            &format!("the site to converge after round {round} ({names:?})"),
         );
         converge.push(healed.elapsed().as_secs_f64());
+        round += 1;
     }
 
     stop.store(true, Ordering::Relaxed);
     for thread in threads {
         thread.join().expect("a client or the sampler panicked");
     }
+    // The last writes, the hub's included, have reached everyone.
+    settle(&site, &namespaces, "the site to converge at the end");
     let history = history.lock().map(|h| h.clone()).unwrap_or_default();
     let leader = site.leader().expect("a leader at the end");
     let workloads = wait_for("the leader's workloads", HANG, || {
@@ -757,7 +1016,7 @@ fn five_gateways_under_a_nemesis_lose_no_acknowledged_write_and_never_run_a_sing
         .filter(|r| r.outcome == Outcome::Unknown)
         .count();
     println!(
-        "chaos: gateways={GATEWAYS} faults={faults} by_kind={{{}}} ops={} acked={} indeterminate={unknown} lost={} duplicated={} overlaps={} diverged={} converge_s p50={:.2} p99={:.2} max={:.2} over_10s={} seed={seed} wall_min={:.1}",
+        "chaos: gateways={GATEWAYS} faults={injected} rounds={round} together={together} by_kind={{{}}} ops={} acked={} indeterminate={unknown} lost={} duplicated={} overlaps={} diverged={} converge_s p50={:.2} p99={:.2} max={:.2} over_10s={} seed={seed} wall_min={:.1}",
         kinds.join(","),
         history.len(),
         verdict.acked,

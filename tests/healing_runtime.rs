@@ -287,3 +287,86 @@ fn a_gateway_returning_after_its_work_moved_stops_its_old_copies() {
     let status = cluster.try_json(&majority, &["status"]).unwrap();
     assert_eq!(node(&status, &away)["status"], "Ready");
 }
+
+/// The chaos soak's finding (seed 20261130, fault 331): a gateway whose
+/// containerd was killed and restarted twice within 75 s lost its
+/// singleton's process while gantry kept saying Running there. Here the
+/// gateway that runs a SIGTERM-ignoring singleton loses its containerd
+/// again and again, for 1 to 4 s at a time with 2 to 40 s between, default
+/// flags; after each outage exactly one copy must run, per the kernel, and
+/// gantry must say so.
+#[test]
+fn a_singleton_outlives_its_runtime_restarting_again_and_again() {
+    let mut cluster = TestCluster::new();
+    cluster.init("gw-a", &[]);
+    cluster.join_with_own_containerd("gw-b", &[]);
+    cluster.join_with_own_containerd("gw-c", &[]);
+    let addr = cluster.addr(0);
+    cluster.import_busybox(&addr, IMAGE);
+    apply(
+        &cluster,
+        &addr,
+        &format!("name: solo\nimage: {IMAGE}\nsingleton: true\ncommand: [sleep, '100000']\n"),
+    );
+    // (outage, then time until the next one)
+    let rounds = [
+        (1_000, 5_000),
+        (3_000, 40_000),
+        (2_000, 2_000),
+        (4_000, 20_000),
+        (1_500, 10_000),
+        (3_500, 30_000),
+    ];
+    for (round, (outage, gap)) in rounds.into_iter().enumerate() {
+        let (node, copies) = wait_for("one Running copy, by gantry and the kernel", LONG, || {
+            let running: Vec<Value> = instances(&cluster, &addr, "solo")?
+                .into_iter()
+                .filter(|i| i["state"] == "Running")
+                .collect();
+            let copies = cluster.kernel_copies("solo");
+            (running.len() == 1 && copies.len() == 1).then(|| {
+                (
+                    running[0]["node"].as_str().unwrap_or_default().to_string(),
+                    copies,
+                )
+            })
+        });
+        assert_eq!(
+            copies[0].0, node,
+            "round {round}: the kernel runs it where gantry says"
+        );
+        eprintln!("round {round}: solo runs on {node}; its containerd goes for {outage} ms");
+        let index = cluster.index_of(&node);
+        let containerd = if index == 0 {
+            &mut cluster.containerd
+        } else {
+            &mut cluster
+                .own_containerd
+                .iter_mut()
+                .find(|(n, _)| *n == node)
+                .expect("its own containerd")
+                .1
+        };
+        containerd.kill();
+        std::thread::sleep(Duration::from_millis(outage));
+        cluster
+            .tokio
+            .block_on(containerd.restart())
+            .expect("containerd restarts");
+        let until = Instant::now() + Duration::from_millis(gap);
+        while Instant::now() < until {
+            assert!(
+                cluster.kernel_copies("solo").len() <= 1,
+                "round {round}: the singleton runs twice"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    wait_for("one Running copy at the end", LONG, || {
+        let running = instances(&cluster, &addr, "solo")?
+            .into_iter()
+            .filter(|i| i["state"] == "Running")
+            .count();
+        (running == 1 && cluster.kernel_copies("solo").len() == 1).then_some(())
+    });
+}

@@ -51,6 +51,8 @@ pub struct Gateway {
     pub child: Option<Child>,
     /// The network namespace it runs in (`netns::Topology`), if any.
     pub netns: Option<String>,
+    /// Environment it gets again at every restart (a fake clock's).
+    pub kept_env: Vec<(String, String)>,
 }
 
 /// Where a daemon's stdout goes (next to its log).
@@ -133,9 +135,22 @@ impl Gateway {
         self.child = Some(spawn_with_env(
             &["run", "--data-dir", path_str(&self.dir)],
             &self.log,
-            &[],
+            &self.kept_env,
             self.netns.as_deref(),
         ));
+    }
+
+    /// Steps this gateway's wall clock to `seconds` off the machine's
+    /// (its clock is a fake one: `TestCluster::with_fake_clocks`); the
+    /// monotonic and boot clocks keep true time, as with an NTP step.
+    pub fn set_clock_offset(&self, seconds: i64) {
+        assert!(
+            !self.kept_env.is_empty(),
+            "{} was not started with a fake clock",
+            self.name
+        );
+        std::fs::write(clock_file(&self.log), format!("{seconds:+}\n"))
+            .expect("write the fake clock's offset");
     }
 
     /// Cuts every gateway-to-gateway call in or out of this gateway
@@ -151,6 +166,22 @@ impl Gateway {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The file a gateway's fake clock reads its offset from.
+fn clock_file(log: &Path) -> PathBuf {
+    log.with_extension("clock")
+}
+
+/// libfaketime's thread-safe library, where Debian's `faketime` package
+/// puts it for this machine's architecture.
+fn libfaketime() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib").ok().and_then(|dirs| {
+        dirs.flatten()
+            .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+            .find(|p| p.exists())
+    });
+    found.expect("libfaketime is missing: apt-get install faketime (scripts/setup.sh does)")
 }
 
 fn path_str(p: &Path) -> &str {
@@ -205,6 +236,9 @@ pub struct TestCluster {
     /// When set, each gateway runs in a network namespace of its own
     /// (`with_network`), and the harness reaches it from inside.
     pub network: Option<netns::Topology>,
+    /// libfaketime, preloaded into every gateway started from now on
+    /// (`with_fake_clocks`).
+    pub fake_clock: Option<PathBuf>,
 }
 
 /// A `gantry hub serve` process. Restarted on the address it first bound,
@@ -216,6 +250,8 @@ pub struct Hub {
     pub child: Option<Child>,
     /// Flags it was started with beyond data dir and address.
     pub extra: Vec<String>,
+    /// The network namespace it runs in, if any (`start_hub_in`).
+    pub netns: Option<String>,
 }
 
 impl Hub {
@@ -238,7 +274,7 @@ impl Hub {
             &self.addr,
         ];
         args.extend(self.extra.iter().map(String::as_str));
-        self.child = Some(spawn_with_env(&args, &self.log, &[], None));
+        self.child = Some(spawn_with_env(&args, &self.log, &[], self.netns.as_deref()));
         let file = self.dir.join("hub-address");
         wait_for("the restarted hub to listen", DEADLINE, || {
             std::fs::read_to_string(&file).ok()
@@ -274,6 +310,7 @@ impl TestCluster {
             hub: None,
             token_file,
             network: None,
+            fake_clock: None,
         }
     }
 
@@ -284,6 +321,12 @@ impl TestCluster {
         let mut cluster = Self::new();
         cluster.network = Some(netns::Topology::create(gateways));
         cluster
+    }
+
+    /// Gateways started from now on run with a wall clock the test can
+    /// step (`Gateway::set_clock_offset`), through libfaketime.
+    pub fn with_fake_clocks(&mut self) {
+        self.fake_clock = Some(libfaketime());
     }
 
     /// A client command for `server`: run inside the gateway's namespace
@@ -310,6 +353,12 @@ impl TestCluster {
 
     /// `start_hub` with more `hub serve` flags (kept for restarts).
     pub fn start_hub_with(&mut self, extra: &[&str]) -> String {
+        self.start_hub_in(None, "127.0.0.1:0", extra)
+    }
+
+    /// Starts the hub inside network namespace `netns` (when given),
+    /// listening on `listen`.
+    pub fn start_hub_in(&mut self, netns: Option<&str>, listen: &str, extra: &[&str]) -> String {
         let dir = self.tmp.path().join("hub");
         let log = self.tmp.path().join("hub.log");
         let mut args = vec![
@@ -318,10 +367,10 @@ impl TestCluster {
             "--data-dir",
             path_str(&dir),
             "--listen",
-            "127.0.0.1:0",
+            listen,
         ];
         args.extend_from_slice(extra);
-        let child = spawn_with_env(&args, &log, &[], None);
+        let child = spawn_with_env(&args, &log, &[], netns);
         let file = dir.join("hub-address");
         let addr = wait_for("the hub to listen", DEADLINE, || {
             std::fs::read_to_string(&file).ok()
@@ -332,6 +381,7 @@ impl TestCluster {
             addr: addr.clone(),
             child: Some(child),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns: netns.map(String::from),
         });
         addr
     }
@@ -345,13 +395,14 @@ impl TestCluster {
     /// (from its data dir).
     pub fn hub_cli(&self, args: &[&str]) -> Output {
         let addr = self.hub_addr();
-        let dir = self.hub.as_ref().expect("a hub was started").dir.clone();
+        let hub = self.hub.as_ref().expect("a hub was started");
+        let (dir, netns) = (hub.dir.clone(), hub.netns.clone());
         // `--hub` right after the verb: a trailing one would land in `delete`'s subcommand.
         let mut full = vec!["hub"];
         full.extend_from_slice(&args[..1]);
         full.extend_from_slice(&["--hub", &addr]);
         full.extend_from_slice(&args[1..]);
-        gantry()
+        gantry_in(netns.as_deref())
             .args(&full)
             .env("GANTRY_HUB_DATA_DIR", &dir)
             .stdin(Stdio::null())
@@ -596,13 +647,29 @@ impl TestCluster {
             network.ns(index)
         });
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        let child = spawn_with_env(&all, &log, &self.env, netns.as_deref());
+        let mut kept_env = Vec::new();
+        if let Some(lib) = &self.fake_clock {
+            let file = clock_file(&log);
+            std::fs::write(&file, "+0\n").expect("write the fake clock's offset");
+            // Monotonic clocks stay true (an NTP step moves only the wall
+            // clock); the offset is read again at most once a second.
+            kept_env = vec![
+                ("LD_PRELOAD".to_string(), path_str(lib).to_string()),
+                ("FAKETIME_TIMESTAMP_FILE".into(), path_str(&file).into()),
+                ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+                ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+            ];
+        }
+        let mut env = self.env.clone();
+        env.extend(kept_env.iter().cloned());
+        let child = spawn_with_env(&all, &log, &env, netns.as_deref());
         self.gateways.push(Gateway {
             name: name.into(),
             dir,
             log,
             child: Some(child),
             netns,
+            kept_env,
         });
         self.gateways.len() - 1
     }

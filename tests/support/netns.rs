@@ -130,6 +130,29 @@ impl Topology {
         self.iptables(i, &["-A", "INPUT", "-i", "eth0", "-j", "DROP"]);
     }
 
+    /// Everything to or from `i` is refused at once (a reset for TCP), as
+    /// a link whose far end is gone says so.
+    pub fn refuse(&self, i: usize) {
+        for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+            self.iptables(
+                i,
+                &[
+                    "-A",
+                    chain,
+                    dir,
+                    "eth0",
+                    "-p",
+                    "tcp",
+                    "-j",
+                    "REJECT",
+                    "--reject-with",
+                    "tcp-reset",
+                ],
+            );
+            self.iptables(i, &["-A", chain, dir, "eth0", "-j", "REJECT"]);
+        }
+    }
+
     /// No packet between `a` and `b`, either way.
     pub fn cut(&self, a: usize, b: usize) {
         for (from, to) in [(a, b), (b, a)] {
