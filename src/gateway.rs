@@ -285,12 +285,13 @@ fn spawn_control_loops(
     ));
     tasks.spawn(liveness::run_heartbeats(
         cluster.clone(),
-        liveness,
+        liveness.clone(),
         health,
         shutdown.clone(),
     ));
     tasks.spawn(crate::control::scheduling::run(
         cluster.clone(),
+        liveness,
         shutdown.clone(),
     ));
     tasks.spawn(crate::control::rollout::run(

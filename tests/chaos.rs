@@ -52,6 +52,8 @@ const HANG: Duration = Duration::from_secs(180);
 /// The hub's namespace on the bridge, after the gateways'.
 const HUB: usize = GATEWAYS;
 const SITE: &str = "chaos";
+/// Workloads each client keeps at most.
+const LIVE: usize = 24;
 
 /// A small seeded generator: the same seed gives the same fault schedule.
 struct Rng(u64);
@@ -342,7 +344,10 @@ fn client(
         let gateway = rng.below(GATEWAYS);
         value += 1;
         let roll = rng.below(10);
-        let op = if roll < 2 && !live.is_empty() {
+        // A site's workloads come and go: each client keeps at most
+        // `LIVE` of its own, as an unbounded set would grow the state (and
+        // every gateway's data dir) for as long as the soak runs.
+        let op = if (roll < 2 || live.len() >= LIVE) && !live.is_empty() {
             // Names are never applied again once a delete was sent.
             let name = live.swap_remove(rng.below(live.len()));
             Op::Delete { name }
@@ -764,18 +769,28 @@ impl Site {
     }
 }
 
-/// Waits until the site converged; on a hang, says what was still amiss.
+/// Waits until the site converged; on a hang, says what was still amiss
+/// (the last few different reasons, oldest first: the very last one may
+/// be a race with the moment the wait ended).
 fn settle(site: &Site, namespaces: &[(String, String)], what: &str) {
-    let mut last = String::new();
+    let mut reasons: Vec<String> = Vec::new();
     let start = Instant::now();
     while start.elapsed() < HANG {
         match site.converged(namespaces) {
             Ok(()) => return,
-            Err(reason) => last = reason,
+            Err(reason) => {
+                if reasons.last() != Some(&reason) {
+                    reasons.push(reason);
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("timed out after {HANG:?} waiting for {what}: {last}");
+    let from = reasons.len().saturating_sub(4);
+    panic!(
+        "timed out after {HANG:?} waiting for {what}: {}",
+        reasons[from..].join(" | then: ")
+    );
 }
 
 fn signal(pid: u32, which: &str) {

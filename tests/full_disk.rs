@@ -186,3 +186,102 @@ fn a_full_data_dir_refuses_writes_keeps_its_containers_and_recovers_once_space_i
     }
     drop(disk);
 }
+
+/// What the chaos soaks ran into (README, "Chaos on real gateways"): a
+/// follower whose data dir stays below its reserve refuses the log's
+/// entries, so it cannot learn of a move, and its fence kills its
+/// singleton by the isolation limit. It still heartbeats, and the leader
+/// used to keep it Ready and the singleton placed there: it ran nowhere
+/// while gantry said Running. Now the leader moves it once the fence has
+/// passed; one copy at a time, per the kernel, and the gateway's other
+/// containers keep running.
+#[test]
+fn a_singleton_on_a_gateway_whose_disk_stays_full_runs_again_elsewhere() {
+    let mut cluster = TestCluster::new();
+    let dir = cluster.tmp.path().join("gw-b");
+    let disk = Tmpfs::mount(&dir, "160m");
+    cluster.init("gw-a", &[]);
+    cluster.join("gw-b", &["--labels", "disk=small"]);
+    cluster.join("gw-c", &[]);
+    let a = cluster.addr(0);
+    cluster.import_busybox(&a, IMAGE);
+    // Placed on gw-b first (the selector), then free to go anywhere.
+    let out = cluster.apply(
+        &a,
+        &format!("name: solo\nimage: {IMAGE}\nsingleton: true\ncommand: [sleep, '3601']\nnode_selector: {{disk: small}}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cluster.apply(
+        &a,
+        &format!("name: keeper\nimage: {IMAGE}\ncommand: [sleep, '3601']\nnode_selector: {{disk: small}}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("solo running on gw-b", LONG, || {
+        (cluster.running_containers("gw-b", "solo").len() == 1).then_some(())
+    });
+    let keeper = wait_for("keeper running on gw-b", LONG, || {
+        let running = cluster.running_containers("gw-b", "keeper");
+        (running.len() == 1 && running[0].1.is_some()).then(|| running[0].clone())
+    });
+    let out = cluster.apply(
+        &a,
+        &format!("name: solo\nimage: {IMAGE}\nsingleton: true\ncommand: [sleep, '3601']\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ballast = dir.join("ballast");
+    let size = free_bytes(&dir).saturating_sub(16 << 20);
+    let out = std::process::Command::new("fallocate")
+        .args(["-l", &size.to_string()])
+        .arg(&ballast)
+        .output()
+        .expect("fallocate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Writes go on through gw-a; gw-b cannot store them.
+    for i in 0..5 {
+        let _ = cluster.apply(&a, &record(&format!("after-{i}")));
+    }
+    let mut max_copies = 0;
+    let moved = wait_for("solo running on a gateway other than gw-b", LONG, || {
+        let copies = cluster.kernel_copies("solo");
+        max_copies = max_copies.max(copies.len());
+        copies
+            .iter()
+            .find(|(gateway, _)| gateway != "gw-b")
+            .map(|(gateway, _)| gateway.clone())
+    });
+    assert_eq!(max_copies, 1, "solo ran twice");
+    eprintln!("solo moved to {moved}");
+    let status = cluster.json(&a, &["status"]);
+    assert_eq!(
+        support::node(&status, "gw-b")["status"],
+        "Ready",
+        "gw-b heartbeats: {status}"
+    );
+    assert_eq!(
+        cluster.running_containers("gw-b", "keeper"),
+        vec![keeper],
+        "gw-b's other container runs on, untouched"
+    );
+    let _ = std::fs::remove_file(&ballast);
+    for gateway in &mut cluster.gateways {
+        gateway.kill();
+    }
+    drop(disk);
+}

@@ -415,6 +415,7 @@ async fn heartbeat_for(
         runtime_problem: String::new(),
         applied_index: 0,
         usage: Vec::new(),
+        storage_problem: String::new(),
     };
     match client.heartbeat(request).await {
         Ok(_) => tonic::Code::Ok,

@@ -188,6 +188,7 @@ enum Op {
         stop: Vec<(u8, u8)>,
         drained: Vec<u8>,
         retired_gone: Vec<(u8, u8, u8, u16)>,
+        fenced_out: Vec<(u8, u8)>,
     },
     Report {
         node: u8,
@@ -377,6 +378,7 @@ impl Op {
                 stop,
                 drained,
                 retired_gone,
+                fenced_out,
             } => Command::ApplyPlan {
                 plan: PlanRecord {
                     placements: placements
@@ -396,6 +398,11 @@ impl Op {
                         .collect(),
                     stop: stop.iter().take(3).map(|(w, r)| key(*w, *r)).collect(),
                     drained: drained.iter().take(3).map(|n| node_id(*n)).collect(),
+                    fenced_out: fenced_out
+                        .iter()
+                        .take(2)
+                        .map(|(w, r)| key(*w, *r))
+                        .collect(),
                     retired_gone: retired_gone
                         .iter()
                         .take(3)

@@ -339,6 +339,7 @@ fn proto_seeds() {
             node_id: 2,
             runtime_problem: String::new(),
             applied_index: 77,
+            storage_problem: String::new(),
             usage: vec![v1::InstanceUsage {
                 workload: "web".into(),
                 replica: 1,

@@ -180,9 +180,12 @@ impl ClusterHandlers {
             )));
         }
         let leading = self.cluster.is_leader();
+        let cannot_store = !req.storage_problem.is_empty();
         if leading {
             let problem = Some(req.runtime_problem).filter(|p| !p.is_empty());
             self.liveness.record(req.node_id, problem);
+            let storage = Some(req.storage_problem).filter(|p| !p.is_empty());
+            self.liveness.record_storage(req.node_id, storage);
             self.liveness.record_usage(req.node_id, req.usage);
             self.cluster
                 .note_member_applied(req.node_id, req.applied_index);
@@ -204,7 +207,11 @@ impl ClusterHandlers {
             });
             (silent, applied.last_applied.map(|l| l.index).unwrap_or(0))
         };
-        let accepted = leading && self.cluster.leader_has_quorum() && !silent;
+        // A gateway that cannot store the log cannot learn of a move either:
+        // no contact counts for it, so its fence runs from the leader's
+        // first word of the problem on (`control::scheduling` moves its
+        // fenced copies by that same count).
+        let accepted = leading && self.cluster.leader_has_quorum() && !silent && !cannot_store;
         Ok(HeartbeatReply {
             accepted,
             applied_index,

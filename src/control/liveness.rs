@@ -3,7 +3,12 @@
 //! (Ready -> NotReady -> Ready) through Raft. A heartbeat also says whether
 //! the gateway's container runtime answers: a gateway whose containerd is
 //! down is NotReady with that reason, flagged `runtime_down` so its
-//! instances are not duplicated at once. A new leader starts with an empty
+//! instances are not duplicated at once. It also says whether the gateway
+//! can store the log (its data dir above its disk reserve): one that
+//! cannot stays Ready, keeps its containers, gets its heartbeats answered
+//! unaccepted (so its fence counts), and loses only the copies its fence
+//! kills, once that fence has passed (`control::scheduling`). A new leader
+//! starts with an empty
 //! table and gives every gateway a full grace period, except its
 //! predecessor: an election happens because that leader fell silent, so it
 //! is judged by when this gateway last heard from it through Raft.
@@ -31,12 +36,40 @@ pub struct Liveness {
     witnessed: Mutex<BTreeMap<NodeId, Instant>>,
     /// What each gateway's instances used, as its last heartbeat said.
     usage: Mutex<BTreeMap<NodeId, (Instant, Vec<InstanceUsage>)>>,
+    /// Gateways whose heartbeats say they cannot store the log, since when
+    /// this leader has heard so without a break.
+    storage: Mutex<BTreeMap<NodeId, (Instant, String)>>,
 }
 
 impl Liveness {
     pub fn record(&self, node: NodeId, runtime_problem: Option<String>) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.insert(node, (Instant::now(), runtime_problem));
+    }
+
+    /// What a heartbeat said of the gateway's storage: a problem starts
+    /// (or continues) the count of `cannot_store`, its absence ends it.
+    pub fn record_storage(&self, node: NodeId, problem: Option<String>) {
+        let mut table = self.storage.lock().unwrap_or_else(|p| p.into_inner());
+        match problem {
+            Some(problem) => {
+                let since = table.get(&node).map_or_else(Instant::now, |(at, _)| *at);
+                table.insert(node, (since, problem));
+            }
+            None => {
+                table.remove(&node);
+            }
+        }
+    }
+
+    /// Gateways that cannot store the log, and for how long this leader
+    /// has heard so.
+    pub fn cannot_store(&self) -> BTreeMap<NodeId, Duration> {
+        let table = self.storage.lock().unwrap_or_else(|p| p.into_inner());
+        table
+            .iter()
+            .map(|(node, (since, _))| (*node, since.elapsed()))
+            .collect()
     }
 
     pub fn record_usage(&self, node: NodeId, usage: Vec<InstanceUsage>) {
@@ -75,6 +108,10 @@ impl Liveness {
     fn reset(&self, predecessor: Option<(NodeId, Instant)>) {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.usage.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.storage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let mut witnessed = self.witnessed.lock().unwrap_or_else(|p| p.into_inner());
         witnessed.clear();
         witnessed.extend(predecessor);
@@ -244,6 +281,12 @@ pub async fn run_heartbeats(
             runtime_problem: health.problem().unwrap_or_default(),
             applied_index,
             usage: health.usage(),
+            storage_problem: cluster
+                .disk_space()
+                .check()
+                .err()
+                .map(|low| low.to_string())
+                .unwrap_or_default(),
         };
         match tokio::time::timeout(
             crate::control::fencing::HEARTBEAT_TIMEOUT,

@@ -61,6 +61,9 @@ pub struct Timing {
     pub leading_since_ms: u64,
     /// None in dry runs.
     pub lost_for: Option<BTreeMap<NodeId, Duration>>,
+    /// Gateways that heartbeat but cannot store the log (data dir below
+    /// the reserve), and for how long the leader has heard so.
+    pub cannot_store: BTreeMap<NodeId, Duration>,
 }
 
 /// One round's outcome: what to commit, and the instances that must leave
@@ -191,6 +194,19 @@ fn fate(state: &State, instance: &Instance, workload: &Workload, timing: &Timing
             node.name
         ));
     }
+    // A gateway that heartbeats but cannot store the log cannot learn of
+    // a move, and no contact counts for it meanwhile (the leader answers
+    // its heartbeats unaccepted), so its fence kills every copy with an
+    // isolation limit by that limit. Those copies move once their fence
+    // has passed since the leader first heard of the problem, as from a
+    // silent gateway; everything else stays there, running.
+    if let Some(out) = fenced_out_by_storage(state, node, instance, timing) {
+        return if out {
+            Fate::Pending { moving: true }
+        } else {
+            Fate::Stays(node.id)
+        };
+    }
     match node.status {
         NodeStatus::NotReady if node.runtime_down => {
             // A runtime outage (the gateway still heartbeats) usually ends
@@ -240,6 +256,24 @@ fn fate(state: &State, instance: &Instance, workload: &Workload, timing: &Timing
         }
         _ => Fate::Stays(node.id),
     }
+}
+
+/// For a copy with an isolation limit on a gateway that heartbeats but
+/// cannot store the log: whether its fence has passed since the leader
+/// first heard so (None: not such a copy, or not such a gateway).
+fn fenced_out_by_storage(
+    state: &State,
+    node: &crate::state::Node,
+    instance: &Instance,
+    timing: &Timing,
+) -> Option<bool> {
+    if is_lost(node.status) {
+        return None;
+    }
+    let lagging = timing.cannot_store.get(&node.id)?;
+    let fence = fence_of(instance, state)?;
+    let spec = &state.workloads.get(&instance.workload)?.spec;
+    Some(*lagging >= fence.max(fencing::reschedule_after(spec)))
 }
 
 fn is_lost(status: NodeStatus) -> bool {
@@ -294,7 +328,8 @@ pub fn round(state: &State, timing: &Timing) -> Round {
         .map(|n| sched::NodeView {
             id: n.id,
             name: n.name.clone(),
-            ready: n.status == NodeStatus::Ready,
+            // One that cannot store the log would never learn of a new copy.
+            ready: n.status == NodeStatus::Ready && !timing.cannot_store.contains_key(&n.id),
             cordoned: n.cordoned,
             labels: n.labels.clone(),
             devices: n.devices.clone(),
@@ -335,6 +370,12 @@ pub fn round(state: &State, timing: &Timing) -> Round {
             Fate::Pending { moving: m } => {
                 if m {
                     moving.insert(instance.key());
+                    let node = instance.node.and_then(|id| state.nodes.get(&id));
+                    if node.is_some_and(|node| {
+                        fenced_out_by_storage(state, node, instance, timing) == Some(true)
+                    }) {
+                        out.record.fenced_out.push(instance.key());
+                    }
                 }
                 pending.push(sched::PendingInstance {
                     workload: req.clone(),
@@ -487,7 +528,11 @@ impl LostClock {
     }
 }
 
-pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
+pub async fn run(
+    cluster: Cluster,
+    liveness: std::sync::Arc<crate::control::liveness::Liveness>,
+    shutdown: CancellationToken,
+) {
     let mut applied = cluster.state().subscribe();
     let mut leading_since: Option<(u64, tokio::time::Instant)> = None;
     let mut clock = LostClock::default();
@@ -517,6 +562,7 @@ pub async fn run(cluster: Cluster, shutdown: CancellationToken) {
                 now_ms: cluster.now_ms(),
                 leading_since_ms: since,
                 lost_for: Some(clock.observe(&guard.state, since_instant)),
+                cannot_store: liveness.cannot_store(),
             };
             round(&guard.state, &timing).record
         };
@@ -794,6 +840,53 @@ mod tests {
         apply_plan(&mut state, plan);
         assert_eq!(plan_for(&state, 3_000), None, "the reason is said once");
         assert_eq!(plan_for(&state, 34_000).unwrap().placements.len(), 1);
+    }
+
+    #[test]
+    fn a_gateway_that_cannot_store_the_log_loses_only_its_fenced_copies_after_the_fence() {
+        let mut state = with_manifest(
+            "name: cam\nimage: i\nsingleton: true\non_disconnect: {stop_after: 5s}\n",
+        );
+        let k = key("cam", 0);
+        let first = node_of(&state, &k).unwrap();
+        let lagging = |d: Duration| Timing {
+            now_ms: 1_000,
+            cannot_store: BTreeMap::from([(first, d)]),
+            ..Timing::default()
+        };
+        // Fence: 5 s + 2 x 1 s + 1 s = 8 s since the leader heard of it.
+        let early = round(&state, &lagging(Duration::from_millis(7_999))).record;
+        assert!(early.placements.is_empty(), "{early:?}");
+        let plan = round(&state, &lagging(Duration::from_secs(8))).record;
+        assert_eq!(plan.fenced_out, vec![k.clone()]);
+        let to = plan.placements[0].1;
+        assert_ne!(to, first, "never back onto the gateway that cannot store");
+        // Without the leader's word the state machine keeps it where it is
+        // (its gateway is Ready in the log); with it, it moves.
+        let unvouched = PlanRecord {
+            fenced_out: Vec::new(),
+            ..plan.clone()
+        };
+        let mut copy = state.clone();
+        apply_plan(&mut copy, unvouched);
+        assert_eq!(node_of(&copy, &k), Some(first));
+        apply_plan(&mut state, plan);
+        assert_eq!(node_of(&state, &k), Some(to));
+
+        // A copy without an isolation limit stays, running, however long.
+        let state = with_manifest("name: web\nimage: i\n");
+        let k = key("web", 0);
+        let first = node_of(&state, &k).unwrap();
+        let timing = Timing {
+            now_ms: 1_000,
+            cannot_store: BTreeMap::from([(first, Duration::from_secs(3_600))]),
+            ..Timing::default()
+        };
+        let plan = round(&state, &timing).record;
+        assert!(
+            plan.placements.is_empty() && plan.fenced_out.is_empty(),
+            "{plan:?}"
+        );
     }
 
     #[test]

@@ -211,6 +211,12 @@ pub struct PlanRecord {
     /// stopped: their gateway was fenced out or is gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired_gone: Vec<(InstanceKey, NodeId, u64)>,
+    /// Copies whose gateway still heartbeats but has not been able to
+    /// store the log for their whole fence, on the leader's word (soft
+    /// state the log cannot hold): their gateway's fence has killed them,
+    /// so they may leave it as they would leave a silent gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fenced_out: Vec<InstanceKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -970,7 +970,7 @@ impl State {
                 let silent = self.nodes.get(&current).is_none_or(|n| {
                     n.status == NodeStatus::Left
                         || (n.status == NodeStatus::NotReady && !n.runtime_down)
-                });
+                }) || plan.fenced_out.contains(key);
                 if singleton && instance.may_be_running() && !silent {
                     continue;
                 }
