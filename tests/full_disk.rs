@@ -22,6 +22,24 @@ fn free_bytes(dir: &Path) -> u64 {
     stat.f_bavail * stat.f_frsize
 }
 
+/// Fills the file system of `dir` to 16 MiB free, below the 64 MiB
+/// reserve; returns the ballast file, whose removal frees the space.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    let ballast = dir.join("ballast");
+    let size = free_bytes(dir).saturating_sub(16 << 20);
+    let out = std::process::Command::new("fallocate")
+        .args(["-l", &size.to_string()])
+        .arg(&ballast)
+        .output()
+        .expect("fallocate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ballast
+}
+
 fn leader(cluster: &mut TestCluster) -> String {
     cluster.status_with_leader()["leader"]
         .as_str()
@@ -73,18 +91,7 @@ fn a_full_data_dir_refuses_writes_keeps_its_containers_and_recovers_once_space_i
     assert_eq!(leader(&mut cluster), "gw-a");
 
     // Fill gw-a's disk to 16 MiB free, below the 64 MiB reserve.
-    let ballast = dir.join("ballast");
-    let size = free_bytes(&dir).saturating_sub(16 << 20);
-    let out = std::process::Command::new("fallocate")
-        .args(["-l", &size.to_string()])
-        .arg(&ballast)
-        .output()
-        .expect("fallocate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ballast = fill(&dir);
 
     // A write through gw-a is refused, saying where and why (writes in
     // the half second before gw-a reads its free space again may pass).
@@ -241,18 +248,7 @@ fn a_singleton_on_a_gateway_whose_disk_stays_full_runs_again_elsewhere() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let ballast = dir.join("ballast");
-    let size = free_bytes(&dir).saturating_sub(16 << 20);
-    let out = std::process::Command::new("fallocate")
-        .args(["-l", &size.to_string()])
-        .arg(&ballast)
-        .output()
-        .expect("fallocate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ballast = fill(&dir);
     // Writes go on through gw-a; gw-b cannot store them.
     for i in 0..5 {
         let _ = cluster.apply(&a, &record(&format!("after-{i}")));
