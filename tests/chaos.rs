@@ -664,7 +664,7 @@ impl Site {
             Fault::ContainerdRestart => {
                 let victim = self.pick(rng, busy)?;
                 eprintln!("chaos: containerd_restart g{victim}");
-                self.containerd_of(victim).kill();
+                self.cluster.containerd_of_mut(&format!("g{victim}")).kill();
                 busy.push(victim);
                 Active::ContainerdDown(victim)
             }
@@ -736,7 +736,11 @@ impl Site {
             Active::ContainerdDown(victim) => {
                 let tokio = self.cluster.tokio.handle().clone();
                 tokio
-                    .block_on(self.containerd_of(victim).restart())
+                    .block_on(
+                        self.cluster
+                            .containerd_of_mut(&format!("g{victim}"))
+                            .restart(),
+                    )
                     .expect("containerd restarts");
             }
             Active::Clock(victim) => self.cluster.gateways[victim].set_clock_offset(0),
@@ -750,22 +754,6 @@ impl Site {
                 });
             }
         }
-    }
-
-    /// Gateway `i`'s containerd: g0 uses the cluster's first, the others
-    /// their own.
-    fn containerd_of(&mut self, i: usize) -> &mut gantry_node::testing::PrivateContainerd {
-        let cluster = &mut self.cluster;
-        if i == 0 {
-            return &mut cluster.containerd;
-        }
-        let name = format!("g{i}");
-        &mut cluster
-            .own_containerd
-            .iter_mut()
-            .find(|(n, _)| *n == name)
-            .expect("its own containerd")
-            .1
     }
 }
 

@@ -336,21 +336,11 @@ fn a_singleton_outlives_its_runtime_restarting_again_and_again() {
             "round {round}: the kernel runs it where gantry says"
         );
         eprintln!("round {round}: solo runs on {node}; its containerd goes for {outage} ms");
-        let index = cluster.index_of(&node);
-        let containerd = if index == 0 {
-            &mut cluster.containerd
-        } else {
-            &mut cluster
-                .own_containerd
-                .iter_mut()
-                .find(|(n, _)| *n == node)
-                .expect("its own containerd")
-                .1
-        };
+        let tokio = cluster.tokio.handle().clone();
+        let containerd = cluster.containerd_of_mut(&node);
         containerd.kill();
         std::thread::sleep(Duration::from_millis(outage));
-        cluster
-            .tokio
+        tokio
             .block_on(containerd.restart())
             .expect("containerd restarts");
         let until = Instant::now() + Duration::from_millis(gap);

@@ -528,6 +528,17 @@ impl TestCluster {
             .unwrap_or(&self.containerd)
     }
 
+    /// `containerd_of`, to kill or restart it.
+    pub fn containerd_of_mut(
+        &mut self,
+        name: &str,
+    ) -> &mut gantry_node::testing::PrivateContainerd {
+        match self.own_containerd.iter_mut().find(|(n, _)| n == name) {
+            Some((_, containerd)) => containerd,
+            None => &mut self.containerd,
+        }
+    }
+
     /// Flags that point a gateway at this test's containerd. Every other
     /// daemon flag keeps its default (the stop grace of 10 s included):
     /// tests see what users get.
