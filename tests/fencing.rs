@@ -47,15 +47,6 @@ fn three(extra: &[&str]) -> TestCluster {
     cluster
 }
 
-fn apply(cluster: &TestCluster, addr: &str, manifest: &str) {
-    let out = cluster.apply(addr, manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn instance(cluster: &TestCluster, addr: &str, workload: &str, replica: u64) -> Option<Value> {
     let all = cluster.try_json(addr, &["get", "instances"])?;
     all.as_array()?
@@ -119,7 +110,7 @@ fn a_leader_cut_off_by_a_partition_never_runs_its_singleton_beside_the_new_one()
     let cluster = three(&[]);
     let addr = cluster.addr(0);
     // On the leader (gw-a): the measured case of the review.
-    apply(&cluster, &addr, &cam("node_selector: {}\n"));
+    cluster.apply_ok(&addr, &cam("node_selector: {}\n"));
     let first = running_on(&cluster, &addr);
     let index = cluster.index_of(&first);
     let majority = cluster.addr((index + 1) % 3);
@@ -139,7 +130,7 @@ fn a_leader_cut_off_by_a_partition_never_runs_its_singleton_beside_the_new_one()
 fn a_gateway_restarted_while_still_cut_off_does_not_restart_its_singleton() {
     let mut cluster = three(&[]);
     let addr = cluster.addr(0);
-    apply(&cluster, &addr, &cam(""));
+    cluster.apply_ok(&addr, &cam(""));
     let first = running_on(&cluster, &addr);
     let index = cluster.index_of(&first);
     let other = cluster.addr((index + 1) % 3);
@@ -173,11 +164,11 @@ fn a_singleton_stranded_by_a_containerd_outage_moves_only_once_killed() {
     cluster.join_with_own_containerd("gw-c", &["--labels", "cam=here"]);
     import(&cluster);
     let addr = cluster.addr(0);
-    apply(&cluster, &addr, &cam("node_selector: {cam: here}\n"));
+    cluster.apply_ok(&addr, &cam("node_selector: {cam: here}\n"));
     assert_eq!(running_on(&cluster, &addr), "gw-c");
     // Let the singleton go anywhere, then take gw-c's containerd away: the
     // copy keeps running under its shim while gw-c still heartbeats.
-    apply(&cluster, &addr, &cam(""));
+    cluster.apply_ok(&addr, &cam(""));
     let c = cluster.index_of("gw-c");
     let pos = cluster
         .own_containerd
@@ -214,17 +205,14 @@ fn a_preempted_singleton_starts_elsewhere_only_after_its_old_copy_is_gone() {
     cluster.join("gw-b", &["--capacity", "cpu=1000m,memory=1Gi"]);
     import(&cluster);
     let addr = cluster.addr(0);
-    apply(
-        &cluster,
+    cluster.apply_ok(
         &addr,
         &cam("resources: {cpu: 600m}\nnode_selector: {zone: a}\n"),
     );
     assert_eq!(running_on(&cluster, &addr), "gw-a");
     // Free to move, then a higher priority workload wants gw-a.
-    apply(&cluster, &addr, &cam("resources: {cpu: 600m}\n"));
-    apply(
-        &cluster,
-        &addr,
+    cluster.apply_ok(&addr, &cam("resources: {cpu: 600m}\n"));
+    cluster.apply_ok(&addr,
         &format!("name: big\nimage: {IMAGE}\npriority: 10\nresources: {{cpu: 600m}}\nnode_selector: {{zone: a}}\ncommand: [sleep, '3601']\n"),
     );
     never_twice(&cluster, "cam", "preemption", |c| elsewhere(c, "gw-a"));
@@ -236,7 +224,7 @@ fn a_preempted_singleton_starts_elsewhere_only_after_its_old_copy_is_gone() {
 fn a_shorter_stop_after_applied_during_a_partition_does_not_shorten_the_fence() {
     let cluster = three(&[]);
     let addr = cluster.addr(0);
-    apply(&cluster, &addr, &cam("on_disconnect: {stop_after: 60s}\n"));
+    cluster.apply_ok(&addr, &cam("on_disconnect: {stop_after: 60s}\n"));
     let first = running_on(&cluster, &addr);
     let index = cluster.index_of(&first);
     let majority = cluster.addr((index + 1) % 3);
@@ -247,11 +235,7 @@ fn a_shorter_stop_after_applied_during_a_partition_does_not_shorten_the_fence() 
         let status = cluster.try_json(&majority, &["status"])?;
         (!status["leader"].is_null() && status["leader"] != first.as_str()).then_some(())
     });
-    apply(
-        &cluster,
-        &majority,
-        &cam("on_disconnect: {stop_after: 5s}\n"),
-    );
+    cluster.apply_ok(&majority, &cam("on_disconnect: {stop_after: 5s}\n"));
     let cut = Instant::now();
     never_twice(&cluster, "cam", "shortened stop_after", |c| {
         elsewhere(c, &first)
@@ -276,9 +260,9 @@ fn a_daemon_that_dies_on_a_full_disk_exits_non_zero_and_its_singleton_is_still_f
     cluster.join("gw-c", &["--labels", "cam=here", "--disk-reserve", "0"]);
     import(&cluster);
     let addr = cluster.addr(0);
-    apply(&cluster, &addr, &cam("node_selector: {cam: here}\n"));
+    cluster.apply_ok(&addr, &cam("node_selector: {cam: here}\n"));
     assert_eq!(running_on(&cluster, &addr), "gw-c");
-    apply(&cluster, &addr, &cam(""));
+    cluster.apply_ok(&addr, &cam(""));
     // Fill gw-c's data dir: its next Raft write fails.
     let ballast = cluster.tmp.path().join("gw-c/ballast");
     let _ = std::process::Command::new("fallocate")
@@ -341,7 +325,7 @@ fn the_fence_kills_a_container_by_its_id_through_its_cgroup() {
     cluster.init("gw-a", &[]);
     import(&cluster);
     let addr = cluster.addr(0);
-    apply(&cluster, &addr, &cam(""));
+    cluster.apply_ok(&addr, &cam(""));
     running_on(&cluster, &addr);
     let copy = instance(&cluster, &addr, "cam", 0).expect("the singleton");
     let id = copy["container_id"].as_str().expect("a container id");
@@ -377,7 +361,7 @@ fn a_rollback_keeps_the_replicas_that_never_left_the_good_spec() {
     let web = |image: &str| {
         format!("name: web\nimage: {image}\nimage_pull: never\nreplicas: 2\nprogress_deadline: 10s\ncommand: [sleep, '3601']\n")
     };
-    apply(&cluster, &addr, &web(IMAGE));
+    cluster.apply_ok(&addr, &web(IMAGE));
     let running = |cluster: &TestCluster| {
         wait_for("both replicas Running", LONG, || {
             let all = cluster.try_json(&addr, &["get", "instances"])?;
@@ -394,7 +378,7 @@ fn a_rollback_keeps_the_replicas_that_never_left_the_good_spec() {
     let before = cluster.kernel_copies("web");
     assert_eq!(before.len(), 2);
     // A bad image: the first upgraded replica fails, the rollout rolls back.
-    apply(&cluster, &addr, &web("127.0.0.1:5000/gantry/missing:1"));
+    cluster.apply_ok(&addr, &web("127.0.0.1:5000/gantry/missing:1"));
     wait_for("the rollback", LONG, || {
         let rollout = cluster.try_json(&addr, &["rollout", "status", "web", "--watch=false"])?;
         (!rollout["rolled_back"].is_null()).then_some(())

@@ -22,15 +22,6 @@ fn free_bytes(dir: &Path) -> u64 {
     stat.f_bavail * stat.f_frsize
 }
 
-fn apply(cluster: &TestCluster, addr: &str, manifest: &str) {
-    let out = cluster.apply(addr, manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Fills the file system of `dir` to 16 MiB free, below the 64 MiB
 /// reserve; returns the ballast file, whose removal frees the space.
 fn fill(dir: &Path) -> std::path::PathBuf {
@@ -84,7 +75,7 @@ fn a_full_data_dir_refuses_writes_keeps_its_containers_and_recovers_once_space_i
     cluster.import_busybox(&cluster.addr(0), IMAGE);
     let (a, b) = (cluster.addr(0), cluster.addr(1));
     // `sleep` as PID 1 ignores SIGTERM.
-    apply(&cluster, &a, &format!("name: keeper\nimage: {IMAGE}\ncommand: [sleep, '3601']\nnode_selector: {{disk: small}}\n"));
+    cluster.apply_ok(&a, &format!("name: keeper\nimage: {IMAGE}\ncommand: [sleep, '3601']\nnode_selector: {{disk: small}}\n"));
     let keeper = wait_for("keeper running on gw-a", LONG, || {
         let running = cluster.running_containers("gw-a", "keeper");
         (running.len() == 1 && running[0].1.is_some()).then(|| running[0].clone())
@@ -214,8 +205,8 @@ fn a_singleton_on_a_gateway_whose_disk_stays_full_runs_again_elsewhere() {
     let a = cluster.addr(0);
     cluster.import_busybox(&a, IMAGE);
     // Placed on gw-b first (the selector), then free to go anywhere.
-    apply(&cluster, &a, &format!("name: solo\nimage: {IMAGE}\nsingleton: true\ncommand: [sleep, '3601']\nnode_selector: {{disk: small}}\n"));
-    apply(&cluster, &a, &format!("name: keeper\nimage: {IMAGE}\ncommand: [sleep, '3601']\nnode_selector: {{disk: small}}\n"));
+    cluster.apply_ok(&a, &format!("name: solo\nimage: {IMAGE}\nsingleton: true\ncommand: [sleep, '3601']\nnode_selector: {{disk: small}}\n"));
+    cluster.apply_ok(&a, &format!("name: keeper\nimage: {IMAGE}\ncommand: [sleep, '3601']\nnode_selector: {{disk: small}}\n"));
     wait_for("solo running on gw-b", LONG, || {
         (cluster.running_containers("gw-b", "solo").len() == 1).then_some(())
     });
@@ -223,8 +214,7 @@ fn a_singleton_on_a_gateway_whose_disk_stays_full_runs_again_elsewhere() {
         let running = cluster.running_containers("gw-b", "keeper");
         (running.len() == 1 && running[0].1.is_some()).then(|| running[0].clone())
     });
-    apply(
-        &cluster,
+    cluster.apply_ok(
         &a,
         &format!("name: solo\nimage: {IMAGE}\nsingleton: true\ncommand: [sleep, '3601']\n"),
     );

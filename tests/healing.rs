@@ -31,15 +31,6 @@ fn three(extra_init: &[&str]) -> TestCluster {
     cluster
 }
 
-fn applied(cluster: &TestCluster, addr: &str, manifest: &str) {
-    let out = cluster.apply(addr, manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// instance ("web/0") -> gateway name, for the instances placed.
 fn placement(cluster: &TestCluster, addr: &str) -> Option<BTreeMap<String, String>> {
     let instances = cluster.try_json(addr, &["get", "instances"])?;
@@ -107,8 +98,7 @@ fn a_cordoned_gateway_gets_nothing_new_until_uncordoned() {
         let status = cluster.try_json(&cluster.addr(0), &["status"])?;
         (node(&status, "gw-c")["cordoned"] == true).then_some(())
     });
-    applied(
-        &cluster,
+    cluster.apply_ok(
         &addr,
         "name: fresh\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 4\n",
     );
@@ -116,8 +106,7 @@ fn a_cordoned_gateway_gets_nothing_new_until_uncordoned() {
     assert!(map.values().all(|n| n != "gw-c"), "{map:?}");
 
     run_ok(&cluster, &addr, &["uncordon", "gw-c"]);
-    applied(
-        &cluster,
+    cluster.apply_ok(
         &addr,
         "name: wide\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 3\nspread: node\n",
     );
@@ -141,8 +130,7 @@ fn a_cordoned_gateway_gets_nothing_new_until_uncordoned() {
 fn drain_moves_instances_respecting_spread_and_reports_what_is_stuck() {
     let cluster = three(&[]);
     let addr = cluster.addr(0);
-    applied(
-        &cluster,
+    cluster.apply_ok(
         &addr,
         "name: web\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 2\nspread: node\n",
     );
@@ -189,8 +177,7 @@ fn drain_moves_instances_respecting_spread_and_reports_what_is_stuck() {
 
     // One replica on every gateway: the one on `kept` has no other home.
     run_ok(&cluster, &addr, &["uncordon", &drained]);
-    applied(
-        &cluster,
+    cluster.apply_ok(
         &addr,
         "name: pin\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 3\nspread: node\n",
     );
@@ -275,9 +262,7 @@ fn a_leader_change_moves_no_instance() {
     let addr = cluster.addr(cluster.index_of(followers[0]));
     // Everything lives on the followers, except `patient`, which may sit on
     // the leader but waits an hour before it moves anywhere.
-    applied(
-        &cluster,
-        &addr,
+    cluster.apply_ok(&addr,
         &format!(
             "name: one\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 2\nnode_selector: {{slot: {}}}\n---\nname: two\nimage: 127.0.0.1:5000/gantry/i\nnode_selector: {{slot: {}}}\n---\nname: patient\nimage: 127.0.0.1:5000/gantry/i\nreplicas: 3\nspread: node\non_disconnect: {{reschedule_after: 1h}}\n",
             followers[0], followers[1]

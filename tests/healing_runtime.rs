@@ -33,15 +33,6 @@ fn three_gateways_with_image() -> TestCluster {
     cluster
 }
 
-fn apply(cluster: &TestCluster, addr: &str, manifest: &str) {
-    let out = cluster.apply(addr, manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn instances(cluster: &TestCluster, addr: &str, workload: &str) -> Option<Vec<Value>> {
     let all = cluster.try_json(addr, &["get", "instances"])?;
     Some(
@@ -72,8 +63,7 @@ fn all_running_elsewhere(
 fn power_cut(victim_is_leader: bool) {
     let mut cluster = three_gateways_with_image();
     let addr = cluster.addr(0);
-    apply(
-        &cluster,
+    cluster.apply_ok(
         &addr,
         &format!("name: web\nimage: {IMAGE}\nreplicas: 4\ncommand: [sleep, '100000']\n"),
     );
@@ -140,9 +130,7 @@ fn a_leader_power_cut_moves_its_instances() {
 fn a_partitioned_singleton_never_runs_twice() {
     let cluster = three_gateways_with_image();
     let addr = cluster.addr(0);
-    apply(
-        &cluster,
-        &addr,
+    cluster.apply_ok(&addr,
         &format!(
             "name: lock\nimage: {IMAGE}\nsingleton: true\non_disconnect: {{stop_after: 2s}}\ncommand: [sleep, '100000']\n"
         ),
@@ -201,8 +189,7 @@ fn a_partitioned_singleton_never_runs_twice() {
 fn losing_the_quorum_keeps_containers_running_and_says_so() {
     let mut cluster = three_gateways_with_image();
     let addr = cluster.addr(0);
-    apply(
-        &cluster,
+    cluster.apply_ok(
         &addr,
         &format!(
             "name: spread\nimage: {IMAGE}\nreplicas: 3\nspread: node\ncommand: [sleep, '100000']\n"
@@ -259,8 +246,7 @@ fn losing_the_quorum_keeps_containers_running_and_says_so() {
 fn a_gateway_returning_after_its_work_moved_stops_its_old_copies() {
     let cluster = three_gateways_with_image();
     let addr = cluster.addr(0);
-    apply(
-        &cluster,
+    cluster.apply_ok(
         &addr,
         &format!("name: svc\nimage: {IMAGE}\ncommand: [sleep, '100000']\n"),
     );
@@ -303,8 +289,7 @@ fn a_singleton_outlives_its_runtime_restarting_again_and_again() {
     cluster.join_with_own_containerd("gw-c", &[]);
     let addr = cluster.addr(0);
     cluster.import_busybox(&addr, IMAGE);
-    apply(
-        &cluster,
+    cluster.apply_ok(
         &addr,
         &format!("name: solo\nimage: {IMAGE}\nsingleton: true\ncommand: [sleep, '100000']\n"),
     );

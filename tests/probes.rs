@@ -21,15 +21,6 @@ fn one_gateway() -> TestCluster {
     cluster
 }
 
-fn apply(cluster: &TestCluster, manifest: &str) {
-    let out = cluster.apply(&cluster.addr(0), manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn instance(cluster: &TestCluster, workload: &str) -> Option<Value> {
     let all = cluster.try_json(&cluster.addr(0), &["get", "instances"])?;
     all.as_array()?
@@ -68,9 +59,7 @@ fn a_hung_container_is_restarted_by_its_liveness_probe_with_the_reason_and_backs
     cluster.import_busybox(&cluster.addr(0), IMAGE);
     // Healthy for 3 s, then it hangs ignoring SIGTERM, as a deadlocked
     // bridge would: the process lives, the check fails.
-    apply(
-        &cluster,
-        &format!(
+    cluster.apply_ok(&cluster.addr(0), &format!(
             "name: bridge\nimage: {IMAGE}\n\
              command: [sh, -c, \"trap '' TERM; touch /healthy; sleep 3; rm /healthy; while :; do sleep 1; done\"]\n\
              probes:\n  liveness: {{exec: [sh, -c, 'test -f /healthy || {{ echo serial port wedged; exit 1; }}'], period: 1s, failure_threshold: 2}}\n"
@@ -126,7 +115,7 @@ fn a_replica_that_never_becomes_ready_blocks_its_rollout_until_the_deadline_roll
              probes:\n  readiness: {{http: {{port: {probe_port}, path: /}}, period: 1s}}\n"
         )
     };
-    apply(&cluster, &manifest("one", port));
+    cluster.apply_ok(&cluster.addr(0), &manifest("one", port));
     let up = wait_instance(&cluster, "web", "Running and ready", |i| {
         i["state"] == "Running" && i["ready"] == true
     });
@@ -136,7 +125,7 @@ fn a_replica_that_never_becomes_ready_blocks_its_rollout_until_the_deadline_roll
 
     // Generation 2 probes a port nothing serves: Running, never ready.
     let dead = free_port();
-    apply(&cluster, &manifest("two", dead));
+    cluster.apply_ok(&cluster.addr(0), &manifest("two", dead));
     // Not ready from its start; the reason comes with the third failure.
     let stuck = wait_instance(&cluster, "web", "generation 2 Running, not ready", |i| {
         i["generation"] == 2
@@ -208,9 +197,7 @@ fn an_images_healthcheck_is_the_liveness_probe_and_a_startup_probe_holds_probes_
     );
     // No probe in the spec: the image's HEALTHCHECK restarts it once
     // /healthy is gone.
-    apply(
-        &cluster,
-        &format!(
+    cluster.apply_ok(&cluster.addr(0), &format!(
             "name: checked\nimage: {image}\ncommand: [sh, -c, 'touch /healthy; sleep 2; rm /healthy; exec sleep 100000']\n"
         ),
     );
@@ -227,9 +214,7 @@ fn an_images_healthcheck_is_the_liveness_probe_and_a_startup_probe_holds_probes_
     // A slow starter: its liveness check fails until it has started (6 s),
     // which would restart it at once; the startup probe holds it back.
     cluster.import_busybox(&cluster.addr(0), IMAGE);
-    apply(
-        &cluster,
-        &format!(
+    cluster.apply_ok(&cluster.addr(0), &format!(
             "name: slow\nimage: {IMAGE}\ncommand: [sh, -c, 'sleep 6; touch /started; exec sleep 100000']\n\
              probes:\n  startup: {{exec: [test, -f, /started], period: 1s, failure_threshold: 30}}\n  \
              liveness: {{exec: [test, -f, /started], period: 1s, failure_threshold: 1}}\n  \
@@ -262,8 +247,8 @@ fn tcp_readiness_follows_a_listener_that_comes_and_goes() {
     let server = serve();
     // Eight replicas start at once: each one's first verdict comes while
     // its start is still being reported, and must not be lost.
-    apply(
-        &cluster,
+    cluster.apply_ok(
+        &cluster.addr(0),
         &format!(
             "name: mqtt\nimage: {IMAGE}\nreplicas: 8\ncommand: [sleep, '100000']\n\
              probes:\n  readiness: {{tcp: {{port: {port}}}, period: 1s}}\n"

@@ -819,6 +819,16 @@ impl TestCluster {
         self.cli(server, &["apply", "-f", path_str(&path)])
     }
 
+    /// `apply`, which must succeed (the test stops with the CLI's error).
+    pub fn apply_ok(&self, server: &str, text: &str) {
+        let out = self.apply(server, text);
+        assert!(
+            out.status.success(),
+            "apply through {server}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Status from any running gateway that knows a leader.
     pub fn status_with_leader(&mut self) -> Value {
         wait_for("a gateway that knows the leader", DEADLINE, || {
